@@ -1,0 +1,146 @@
+"""Per-user state: category affinities, a bounded history, blocked items, seen event ids.
+
+A :class:`UserProfile` is an immutable value: :func:`apply_signal` and friends return a
+new one. It round-trips through :meth:`UserProfile.snapshot` / :meth:`UserProfile.restore`
+(compact JSON), which is what the worker keeps in its RocksDB table. Every collection is
+bounded (see ``LimitSettings``), so a user's state never grows without limit.
+
+Example:
+    >>> p = UserProfile.new("u1")
+    >>> UserProfile.restore(p.snapshot()) == p
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from operators.signals import Signal
+
+
+@dataclass(frozen=True)
+class ProfileLimits:
+    """Bounds on one user's state."""
+
+    history_size: int = 200
+    dedupe_window: int = 500
+    max_categories: int = 64
+    max_blocked: int = 1000
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """Everything recloop remembers about one user."""
+
+    user_id: str
+    events_applied: int = 0
+    snapshot_version: int = 0
+    last_event_at: str | None = None
+    affinity: dict[str, float] = field(default_factory=dict)
+    history: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+    recent_event_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def new(cls, user_id: str) -> UserProfile:
+        """An empty profile for a user recloop has not seen."""
+        return cls(user_id=user_id)
+
+    def has_seen(self, event_id: str) -> bool:
+        """Whether this event was already applied (within the dedupe window)."""
+        return event_id in self.recent_event_ids
+
+    def excluded(self) -> frozenset[str]:
+        """Items never to recommend again: consumed or marked not relevant."""
+        return frozenset(self.history) | frozenset(self.blocked)
+
+    def snapshot(self) -> bytes:
+        """Compact JSON bytes of this profile."""
+        return json.dumps(
+            {
+                "v": 1,
+                "user_id": self.user_id,
+                "events_applied": self.events_applied,
+                "snapshot_version": self.snapshot_version,
+                "last_event_at": self.last_event_at,
+                "affinity": self.affinity,
+                "history": self.history,
+                "blocked": self.blocked,
+                "recent_event_ids": self.recent_event_ids,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def restore(cls, data: bytes) -> UserProfile:
+        """The profile :meth:`snapshot` wrote."""
+        raw = json.loads(data)
+        return cls(
+            user_id=raw["user_id"],
+            events_applied=raw["events_applied"],
+            snapshot_version=raw["snapshot_version"],
+            last_event_at=raw["last_event_at"],
+            affinity=dict(raw["affinity"]),
+            history=tuple(raw["history"]),
+            blocked=tuple(raw["blocked"]),
+            recent_event_ids=tuple(raw["recent_event_ids"]),
+        )
+
+
+def _push(items: tuple[str, ...], value: str, limit: int) -> tuple[str, ...]:
+    """Append ``value`` (moving it to the end if present), keeping the newest ``limit``."""
+    kept = tuple(item for item in items if item != value) + (value,)
+    return kept[-limit:]
+
+
+def record_event(
+    profile: UserProfile, event_id: str, event_time: datetime, limits: ProfileLimits
+) -> UserProfile:
+    """Count one applied event and remember its id for de-duplication."""
+    last = profile.last_event_at
+    newest = event_time.isoformat()
+    if last is not None and datetime.fromisoformat(last) > event_time:
+        newest = last  # a late event does not move the user's clock backwards
+    return replace(
+        profile,
+        events_applied=profile.events_applied + 1,
+        last_event_at=newest,
+        recent_event_ids=(profile.recent_event_ids + (event_id,))[-limits.dedupe_window :],
+    )
+
+
+def apply_signal(
+    profile: UserProfile,
+    signal: Signal,
+    category: str | None,
+    limits: ProfileLimits,
+    blocks: bool = False,
+) -> UserProfile:
+    """Fold one item signal into the profile.
+
+    Args:
+        profile: the user's current state.
+        signal: what the event says about the item.
+        category: the item's category, when the catalog knows the item.
+        limits: bounds on the state.
+        blocks: the user asked never to see this item again (``not_relevant``).
+    """
+    affinity = dict(profile.affinity)
+    if category is not None:
+        affinity[category] = affinity.get(category, 0.0) + signal.target * signal.weight
+        if len(affinity) > limits.max_categories:
+            # keep the categories the user feels most strongly about, either way
+            strongest = sorted(affinity.items(), key=lambda kv: abs(kv[1]), reverse=True)
+            affinity = dict(strongest[: limits.max_categories])
+    history = profile.history
+    if signal.target > 0 or signal.explicit:
+        history = _push(history, signal.item_id, limits.history_size)
+    blocked = _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
+    return replace(profile, affinity=affinity, history=history, blocked=blocked)
+
+
+def next_snapshot_version(profile: UserProfile) -> UserProfile:
+    """The profile with its snapshot counter advanced by one."""
+    return replace(profile, snapshot_version=profile.snapshot_version + 1)

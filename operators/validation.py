@@ -1,0 +1,131 @@
+"""Turn the bytes of one Kafka message into a valid event, or say exactly why not.
+
+Schema checks come from the contract (:mod:`schemas.events`); this module adds what the
+schema cannot know: the size limit, the message key, and whether the event time is
+plausible against the worker's (injected) clock.
+
+Example:
+    >>> from datetime import datetime, timezone
+    >>> limits = ValidationLimits(max_event_bytes=1024, max_future_skew_s=60, min_event_year=1990)
+    >>> now = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    >>> try:
+    ...     decode_event(b"{not json", key=b"u1", now=now, limits=limits)
+    ... except InvalidEvent as exc:
+    ...     exc.reason
+    'invalid_json'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+
+from schemas.events import SCHEMA_VERSION, Event, parse_event
+
+#: Machine-readable reasons, as they appear in the dead-letter topic's headers.
+REASONS = (
+    "too_large",
+    "invalid_json",
+    "invalid_utf8",
+    "unknown_type",
+    "missing_type",
+    "unsupported_schema_version",
+    "missing_field",
+    "unexpected_field",
+    "schema_violation",
+    "timestamp_in_future",
+    "timestamp_too_old",
+    "key_mismatch",
+)
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be processed; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """The checks beyond the schema (see ``LimitSettings``)."""
+
+    max_event_bytes: int
+    max_future_skew_s: float
+    min_event_year: int
+
+
+def _reason_for(exc: ValidationError) -> tuple[str, str]:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    kind = first["type"]
+    where = ".".join(str(part) for part in first["loc"]) or "(root)"
+    message = f"{where}: {first['msg']}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    if kind == "json_invalid":
+        text = str(first.get("ctx", {}).get("error", ""))
+        if "utf-8" in text.lower() or "utf8" in text.lower():
+            return "invalid_utf8", message
+        return "invalid_json", message
+    if kind == "union_tag_invalid":
+        return "unknown_type", message
+    if kind == "union_tag_not_found":
+        return "missing_type", message
+    if any("schema_version" in map(str, err["loc"]) for err in errors):
+        return "unsupported_schema_version", f"{message}; this worker reads {SCHEMA_VERSION}"
+    if kind == "missing":
+        return "missing_field", message
+    if kind == "extra_forbidden":
+        return "unexpected_field", message
+    return "schema_violation", message
+
+
+def decode_event(
+    raw: bytes | None, *, key: bytes | None, now: datetime, limits: ValidationLimits
+) -> Event:
+    """Validate one message from the events topic.
+
+    Args:
+        raw: the message value, exactly as it arrived.
+        key: the message key; it must be the event's ``user_id`` (state is per partition).
+        now: the worker's wall clock, timezone-aware.
+        limits: size and time limits.
+
+    Raises:
+        InvalidEvent: with a machine-readable ``reason`` and a human ``detail``.
+    """
+    if raw is None:
+        raise InvalidEvent("invalid_json", "the message has no value")
+    if len(raw) > limits.max_event_bytes:
+        raise InvalidEvent(
+            "too_large", f"{len(raw)} bytes is over the limit of {limits.max_event_bytes}"
+        )
+    try:
+        event = parse_event(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(*_reason_for(exc)) from None
+    if event.timestamp > now + timedelta(seconds=limits.max_future_skew_s):
+        raise InvalidEvent(
+            "timestamp_in_future",
+            f"timestamp {event.timestamp.isoformat()} is more than "
+            f"{limits.max_future_skew_s:g}s ahead of the worker clock {now.isoformat()}",
+        )
+    if event.timestamp.year < limits.min_event_year:
+        raise InvalidEvent(
+            "timestamp_too_old",
+            f"timestamp {event.timestamp.isoformat()} is before {limits.min_event_year}",
+        )
+    if key is not None and key != event.user_id.encode():
+        raise InvalidEvent(
+            "key_mismatch",
+            f"the message key {key[:64]!r} is not the event's user_id {event.user_id!r}; "
+            "events must be keyed by user_id so each user's state lives in one partition",
+        )
+    if key is None:
+        raise InvalidEvent("key_mismatch", "the message has no key; key events by user_id")
+    return event

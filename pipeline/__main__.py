@@ -1,0 +1,5 @@
+"""``python -m pipeline``: the recloop command."""
+
+from pipeline.cli import main
+
+main()

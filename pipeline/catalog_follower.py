@@ -1,0 +1,115 @@
+"""Every worker's copy of every item: a reader of the whole compacted item-state topic.
+
+Retrieval needs all items on every worker, while consumer groups split partitions; so
+this reader uses no group: it assigns itself every partition from the beginning. A
+background thread only polls and queues; the records are applied to the :class:`Catalog`
+on the event-loop thread by :meth:`CatalogFollower.drain`, so ranking never sees a
+half-applied update (and, later, the index is never written while it is queried).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from operators.catalog import Catalog, ItemState
+
+
+class CatalogFollower:
+    """Follows the item-state topic into a :class:`Catalog`.
+
+    Args:
+        bootstrap_servers: the broker.
+        topic: the item-state topic's full name.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.topic = topic
+        self.catalog = Catalog()
+        self._bootstrap = bootstrap_servers
+        self._queue: queue.SimpleQueue[tuple[bytes | None, bytes | None, int, int]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._targets: dict[int, int] = {}
+        self._applied: dict[int, int] = {}
+        self.errors: list[str] = []
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Assign every partition and start polling in a background thread."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._bootstrap,
+                "group.id": "recloop-catalog-follower",  # required, never used for commits
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        meta = consumer.list_topics(self.topic, timeout=timeout_s)
+        partitions = sorted(meta.topics[self.topic].partitions)
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=timeout_s
+            )
+            self._targets[partition] = high
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._thread = threading.Thread(
+            target=self._poll, args=(consumer,), name="catalog-follower", daemon=True
+        )
+        self._thread.start()
+
+    def _poll(self, consumer: Consumer) -> None:
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(num_messages=500, timeout=0.2):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            self.errors.append(str(error))
+                        continue
+                    self._queue.put(
+                        (message.key(), message.value(), message.partition(), message.offset())
+                    )
+        finally:
+            consumer.close()
+
+    def drain(self) -> int:
+        """Apply every queued record to the catalog; returns how many were applied."""
+        applied = 0
+        while True:
+            try:
+                key, value, partition, offset = self._queue.get_nowait()
+            except queue.Empty:
+                return applied
+            if key is None:
+                pass  # not ours to interpret: item state is always keyed by item id
+            elif value is None:
+                self.catalog.remove(key.decode())
+            else:
+                self.catalog.put(ItemState.restore(value))
+            self._applied[partition] = offset + 1
+            applied += 1
+
+    def caught_up(self) -> bool:
+        """Whether everything present at start has been applied."""
+        return all(self._applied.get(p, 0) >= high for p, high in self._targets.items())
+
+    async def wait_caught_up(self, timeout_s: float = 60.0) -> bool:
+        """Drain until the catalog holds what the topic held at start (or time runs out)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.drain()
+            if self.caught_up():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Stop the polling thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

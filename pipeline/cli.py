@@ -1,0 +1,155 @@
+"""The ``recloop`` command. The entry point is the only place that reads the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from pipeline.settings import Settings, SettingsError, load_settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@click.group()
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, envvar="RECLOOP_CONFIG", help="YAML settings file (env: RECLOOP_CONFIG).",
+)  # fmt: skip
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """recloop: a real-time recommendation feedback loop on Kafka."""
+    try:
+        ctx.obj = load_settings(config_path, os.environ)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _resolved(ctx: click.Context) -> Settings:
+    from pipeline.broker import resolve_bootstrap
+    from pipeline.embedded_kafka import BrokerError
+
+    try:
+        return resolve_bootstrap(_settings(ctx))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a worker: the events and items agents with their tables."""
+    from pipeline.worker import run_worker
+
+    run_worker(_resolved(ctx))
+
+
+@cli.group()
+def topics() -> None:
+    """Manage recloop's topics."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create recloop's topics (partitions and replication from the settings)."""
+    from pipeline.topics import create_topics
+
+    settings = _resolved(ctx)
+    assert settings.kafka.bootstrap_servers is not None
+    created = create_topics(settings.kafka, settings.kafka.bootstrap_servers)
+    click.echo(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+@cli.command()
+@click.argument("source", type=click.File("r"), default="-")
+@click.option("--kind", type=click.Choice(["events", "items"]), default="events",
+              help="events (keyed by user_id) or catalog items (keyed by item_id).")  # fmt: skip
+@click.pass_context
+def produce(ctx: click.Context, source: TextIO, kind: str) -> None:
+    """Validate JSON lines from SOURCE (a file, or - for stdin) and produce the valid ones."""
+    from pipeline.clients import produce_lines
+
+    settings = _resolved(ctx)
+    assert settings.kafka.bootstrap_servers is not None
+    topic = settings.kafka.topic(kind)
+    report = produce_lines(source, topic, kind, settings.kafka.bootstrap_servers)  # type: ignore[arg-type]
+    click.echo(json.dumps(report.as_dict()))
+    if report.rejected or report.delivery_failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--user", "user_id", default=None, help="Only this user's snapshots.")
+@click.option("--from-beginning/--from-now", default=True, help="Start offset.")
+@click.option("--group", "group_id", default=None, help="Consumer group (none: no commits).")
+@click.option("--idle-timeout", type=float, default=None,
+              help="Stop after this many seconds without a snapshot.")  # fmt: skip
+@click.pass_context
+def consume(
+    ctx: click.Context, user_id: str | None, from_beginning: bool, group_id: str | None,
+    idle_timeout: float | None,
+) -> None:  # fmt: skip
+    """Tail the snapshots topic as JSON lines."""
+    from pipeline.clients import snapshot_line, tail_snapshots
+
+    settings = _resolved(ctx)
+    assert settings.kafka.bootstrap_servers is not None
+    for snapshot in tail_snapshots(
+        settings.kafka.bootstrap_servers, settings.kafka.topic("snapshots"), group_id,
+        from_beginning, user_id, idle_timeout,
+    ):  # fmt: skip
+        click.echo(snapshot_line(snapshot))
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["start", "stop", "status", "reset", "fetch"]))
+@click.pass_context
+def kafka(ctx: click.Context, action: str) -> None:
+    """The embedded single-node Kafka broker (used when no bootstrap servers are set)."""
+    from pipeline.embedded_kafka import default_cache_dir
+    from pipeline.embedded_kafka import main as kafka_main
+
+    cache = _settings(ctx).cache_dir or default_cache_dir()
+    sys.exit(kafka_main([action, "--cache-dir", str(cache)]))
+
+
+@cli.group()
+def schemas() -> None:
+    """The event contract as JSON Schema."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("schemas/json"))  # fmt: skip
+def schemas_export(directory: Path) -> None:
+    """Write the JSON Schema files generated from the Python records."""
+    from schemas.export import write_json_schemas
+
+    for path in write_json_schemas(directory):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.option("--users", type=int, default=4, show_default=True)
+@click.option("--events", "events_per_user", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, users: int, events_per_user: int, seed: int) -> None:
+    """Start the broker and a worker, stream synthetic events, print snapshots as they change."""
+    from pipeline.demo import run_demo
+
+    sys.exit(run_demo(_resolved(ctx), users=users, events_per_user=events_per_user, seed=seed))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="recloop")

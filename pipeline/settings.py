@@ -1,0 +1,146 @@
+"""One frozen, typed settings object, loaded once at the entry point.
+
+Values come from the defaults below, then a YAML file, then environment variables named
+``RECLOOP__<SECTION>__<FIELD>`` (for example ``RECLOOP__KAFKA__BOOTSTRAP_SERVERS``).
+Only :func:`load_settings` looks at the environment, and only at the mapping it is given.
+
+Example:
+    >>> s = load_settings(None, {"RECLOOP__KAFKA__PARTITIONS": "8"})
+    >>> s.kafka.partitions
+    8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "RECLOOP__"
+
+
+class Section(BaseModel):
+    """Frozen, no unknown keys: a typo in a settings file is an error, not a silent default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(Section):
+    """Where the broker is and how recloop's topics are laid out."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port list; unset means the embedded broker."
+    )
+    topic_prefix: str = "recloop."
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+
+    def topic(self, name: str) -> str:
+        """The full name of one of recloop's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+class WorkerSettings(Section):
+    """How a worker runs and where it keeps local state."""
+
+    app_id: str = "recloop"
+    state_dir: Path = Path("var/state")
+    store: str = Field(default="rocksdb://", description="Faust table store URL.")
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_enabled: bool = False
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    log_level: str = "warn"
+
+
+class LimitSettings(Section):
+    """What counts as valid input beyond the schema."""
+
+    max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    min_event_year: int = Field(default=1990, ge=1970)
+    history_size: int = Field(default=200, ge=1, description="Recent items kept per user.")
+    dedupe_window: int = Field(default=500, ge=1, description="Event ids kept per user.")
+    max_categories: int = Field(default=64, ge=1, description="Category affinities per user.")
+
+
+class RankingSettings(Section):
+    """The ranker's knobs."""
+
+    k: int = Field(default=10, ge=1, le=200)
+    popularity_weight: float = Field(default=1.0, ge=0)
+    affinity_weight: float = Field(default=2.0, ge=0)
+    popularity_half_life_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    dwell_long_ms: float = Field(default=30_000.0, gt=0)
+    dwell_short_ms: float = Field(default=5_000.0, gt=0)
+
+
+class Settings(Section):
+    """Everything recloop can be told, in one object passed down from the entry point."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    worker: WorkerSettings = WorkerSettings()
+    limits: LimitSettings = LimitSettings()
+    ranking: RankingSettings = RankingSettings()
+    cache_dir: Path | None = Field(
+        default=None, description="Kafka jars and embedded broker data; default ~/.cache/recloop."
+    )
+
+
+class SettingsError(ValueError):
+    """The settings file or an override is not valid."""
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        # YAML parsing turns "8" into 8 and "true" into True, as in the file itself.
+        node[path[-1]] = yaml.safe_load(value) if value != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path | None, env: Mapping[str, str]) -> Settings:
+    """Build the settings from an optional YAML file and an environment mapping.
+
+    Args:
+        path: a YAML file, or ``None`` for defaults.
+        env: the environment (pass ``os.environ`` from the entry point, or a dict in tests).
+
+    Raises:
+        SettingsError: the file is missing or malformed, or a value has the wrong type.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"settings file {path} must hold a mapping at the top")
+        data = loaded
+    data = _merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc

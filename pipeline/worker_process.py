@@ -1,0 +1,87 @@
+"""A worker in a child process: how the demo, the tests and the fault suite run one.
+
+The child gets the parent's settings as a YAML file, so it runs exactly the
+configuration the parent resolved (broker address, topic prefix, state directory).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.settings import Settings
+
+
+class WorkerProcess:
+    """Start, stop or kill ``recloop worker`` with the given settings.
+
+    Args:
+        settings: resolved settings (``kafka.bootstrap_servers`` set).
+        config_path: where to write the child's settings file.
+        log_path: where the child's output goes.
+    """
+
+    def __init__(self, settings: Settings, config_path: Path, log_path: Path) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Launch the worker process (returns at once; it joins the group in the background)."""
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "--config", str(self.config_path), "worker"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        """Whether the child is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the child's output, for error messages."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> bool:
+        """Wait until the child's output contains ``text`` (or it dies, or time runs out)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
+                return True
+            if not self.running:
+                return False
+            time.sleep(0.1)
+        return False

@@ -1,0 +1,134 @@
+"""The event contract: what producers send to the events topic.
+
+Every event is one JSON object with ``schema_version``, ``event_id``, ``user_id``, ``type``,
+a timezone-aware event-time ``timestamp`` and, for the item events, ``item_id``. The
+``type`` field selects the shape. The JSON Schema files in ``schemas/json/`` are generated
+from these models (``recloop schemas export``), so Python and non-Python producers validate
+against the same contract.
+
+Example:
+    >>> event = parse_event(
+    ...     b'{"event_id": "e1", "user_id": "u1", "type": "click", "item_id": "i9",'
+    ...     b' "timestamp": "2026-11-22T10:00:00Z"}'
+    ... )
+    >>> event.type, event.item_id
+    ('click', 'i9')
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
+
+#: The contract's version. A producer may omit it (it then means this version); an event
+#: that names another version is rejected with ``unsupported_schema_version``.
+SCHEMA_VERSION = 1
+
+#: Ids are printable: no control characters, at most 128 characters.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+NotRelevantReason = Literal[
+    "not_interested", "seen_it", "offensive", "too_many_of_these", "wrong_language", "other"
+]
+
+
+class Contract(BaseModel):
+    """Shared model settings: strict types, no unknown fields, no NaN or infinities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class Context(Contract):
+    """Where the event happened; every field is optional."""
+
+    surface: ShortText | None = None
+    device: ShortText | None = None
+    session_id: Id | None = None
+
+
+class EventBase(Contract):
+    """Fields every event carries."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    user_id: Id
+    timestamp: AwareDatetime = Field(description="Event time, ISO 8601 with a UTC offset.")
+    context: Context | None = None
+
+
+class ItemEventBase(EventBase):
+    """An event about one item, optionally attributed to the recommendation that showed it."""
+
+    item_id: Id
+    recommendation_id: Id | None = None
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+
+
+class Click(ItemEventBase):
+    """The user opened the item."""
+
+    type: Literal["click"]
+
+
+class Skip(ItemEventBase):
+    """The user passed over the item."""
+
+    type: Literal["skip"]
+
+
+class Dwell(ItemEventBase):
+    """The user spent ``dwell_ms`` milliseconds on the item (at most one day)."""
+
+    type: Literal["dwell"]
+    dwell_ms: Annotated[float, Field(ge=0, le=86_400_000)]
+
+
+class NotRelevant(ItemEventBase):
+    """The user said the item is not relevant, with an optional reason."""
+
+    type: Literal["not_relevant"]
+    reason: NotRelevantReason | None = None
+
+
+class Rating(ItemEventBase):
+    """An explicit rating from 0 to 5."""
+
+    type: Literal["rating"]
+    value: Annotated[float, Field(ge=0, le=5)]
+
+
+class Impression(EventBase):
+    """A list of items the user was shown, in slot order."""
+
+    type: Literal["impression"]
+    item_ids: Annotated[list[Id], Field(min_length=1, max_length=200)]
+    recommendation_id: Id | None = None
+
+
+Event = Annotated[
+    Union[Click, Skip, Dwell, NotRelevant, Rating, Impression],
+    Field(discriminator="type"),
+]
+ItemEvent = Union[Click, Skip, Dwell, NotRelevant, Rating]
+EVENT_TYPES: tuple[str, ...] = ("click", "skip", "dwell", "not_relevant", "rating", "impression")
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Validate one JSON-encoded event; raises ``pydantic.ValidationError`` when invalid."""
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def event_to_json(event: Event) -> bytes:
+    """Encode an event as compact JSON bytes, the form the events topic carries."""
+    return EVENT_ADAPTER.dump_json(event, exclude_none=True)

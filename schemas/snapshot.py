@@ -1,0 +1,47 @@
+"""The recommendation snapshot: what the (compacted) snapshots topic carries per user.
+
+Each snapshot replaces the previous one for its user; ``version`` grows by one per
+snapshot and ``source_event_id`` names the event that produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.events import SCHEMA_VERSION, Contract, Id
+
+
+class RankedItem(Contract):
+    """One recommended item, with its score and the reasons it is there."""
+
+    item_id: Id
+    score: float
+    category: str | None = None
+    reasons: list[str] = []
+
+
+class Snapshot(Contract):
+    """The ranked recommendations for one user at one moment."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    user_id: Id
+    version: Annotated[int, Field(ge=1)]
+    generated_at: AwareDatetime
+    event_time: AwareDatetime | None = Field(
+        default=None, description="Event time of the event that produced this snapshot."
+    )
+    source_event_id: Id
+    model_version: str
+    items: list[RankedItem]
+
+
+def parse_snapshot(raw: bytes | str) -> Snapshot:
+    """Validate one JSON-encoded snapshot; raises ``pydantic.ValidationError``."""
+    return Snapshot.model_validate_json(raw)
+
+
+def snapshot_to_json(snapshot: Snapshot) -> bytes:
+    """Encode a snapshot as compact JSON bytes."""
+    return snapshot.model_dump_json(exclude_none=True).encode()
