@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import faust
 from pydantic import ValidationError
 
-from operators.catalog import ItemState
+from operators.catalog import Catalog, ItemState
 from operators.feedback_loop import ItemFeedback, LoopConfig, process_event
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import RankingParams
@@ -52,6 +52,26 @@ class Emitter(Protocol):
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()
     ) -> None:
         """Send one record to one of recloop's topics (full name)."""
+
+
+class CatalogSource(Protocol):
+    """Where a worker's view of every item comes from (the item-state topic in production)."""
+
+    @property
+    def catalog(self) -> Catalog:
+        """The items as known now."""
+
+    def start(self) -> None:
+        """Begin following."""
+
+    async def wait_caught_up(self, timeout_s: float = 60.0) -> bool:
+        """Wait until what existed at start has been applied."""
+
+    def drain(self) -> int:
+        """Apply what arrived since the last call."""
+
+    def stop(self) -> None:
+        """Stop following."""
 
 
 class FaustEmitter:
@@ -108,7 +128,13 @@ class Recloop:
     Build it with :func:`create_app`; nothing connects until the worker starts.
     """
 
-    def __init__(self, settings: Settings, clock: Clock, emitter: Emitter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        emitter: Emitter | None = None,
+        catalog_source: CatalogSource | None = None,
+    ) -> None:
         if settings.kafka.bootstrap_servers is None:
             raise ValueError("resolve bootstrap_servers (or start the embedded broker) first")
         self.settings = settings
@@ -141,13 +167,14 @@ class Recloop:
             table_standby_replicas=0,
         )
         self.emitter: Emitter = emitter if emitter is not None else FaustEmitter(self.app)
-        self.follower = CatalogFollower(kafka.bootstrap_servers or "", self.topic_names["item-state"])
+        self.follower: CatalogSource = catalog_source or CatalogFollower(
+            kafka.bootstrap_servers, self.topic_names["item-state"]
+        )
         self._follower_started = False
         raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": kafka.partitions}
         self.events_topic = self.app.topic(self.topic_names["events"], **raw)
-        self.item_inputs = self.app.topic(
-            self.topic_names["items"], self.topic_names["item-feedback"], **raw
-        )
+        self.catalog_topic = self.app.topic(self.topic_names["items"], **raw)
+        self.item_feedback_topic = self.app.topic(self.topic_names["item-feedback"], **raw)
         self.users = self.app.Table(
             "users", key_type=str, value_type=bytes,
             partitions=kafka.partitions,
@@ -157,7 +184,12 @@ class Recloop:
             partitions=kafka.partitions,
         )  # fmt: skip
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
-        self.items_agent = self.app.agent(self.item_inputs, name="items")(self._items_agent)
+        self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(
+            self._catalog_agent
+        )
+        self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
+            self._item_feedback_agent
+        )
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:
@@ -225,49 +257,67 @@ class Recloop:
         ]
         await self.emitter.send(self.topic_names["dead-letters"], key, raw, headers)
 
-    # -- the items agent ----------------------------------------------------------------
-    async def _items_agent(self, stream: Any) -> None:
+    # -- the items agents ---------------------------------------------------------------
+    # Two agents, one per input, share the items table. Each read-modify-write below has
+    # no await inside it, so on the event loop they never interleave for one item.
+    async def _catalog_agent(self, stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            await self.handle_item_input(
+            await self.handle_catalog_record(
                 message.key, event.value, message.topic, message.partition, message.offset
             )
 
-    async def handle_item_input(
+    async def _item_feedback_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            await self.handle_item_feedback(event.message.key, event.value)
+
+    def _item_state(self, item_id: str) -> ItemState:
+        stored = self.items.get(item_id)
+        return ItemState.restore(stored) if stored is not None else ItemState(item_id=item_id)
+
+    async def _publish_item(self, key: bytes, state: ItemState) -> None:
+        value = state.snapshot()
+        self.items[state.item_id] = value
+        self.stats.item_updates += 1
+        await self.emitter.send(self.topic_names["item-state"], key, value)
+
+    async def handle_catalog_record(
         self, key: bytes | None, raw: bytes | None, topic: str, partition: int, offset: int
     ) -> None:
-        """Fold a catalog record or an item feedback into the item's state and republish it."""
-        if key is None:
-            log.warning("dropping an item record without a key on %s", topic)
+        """Fold one catalog record (or tombstone) into the item's state and republish it."""
+        try:
+            if key is None:
+                raise InvalidEvent("key_mismatch", "catalog records must be keyed by item_id")
+            record = parse_item(raw) if raw is not None else None
+            if record is not None and record.item_id.encode() != key:
+                raise InvalidEvent("key_mismatch", f"key {key[:64]!r} is not {record.item_id!r}")
+        except ValidationError as exc:
+            invalid = InvalidEvent("schema_violation", f"catalog record: {exc}")
+            await self._dead_letter(key, raw, invalid, topic, partition, offset)
             return
-        item_id = key.decode("utf-8", "replace")
-        stored = self.items.get(item_id)
-        state = ItemState.restore(stored) if stored is not None else ItemState(item_id=item_id)
-        if topic == self.topic_names["items"]:
-            if raw is None:
-                state = state.with_record(None)
-            else:
-                try:
-                    state = state.with_record(parse_item(raw))
-                except ValidationError as exc:
-                    reason = InvalidEvent("schema_violation", f"catalog record: {exc}")
-                    await self._dead_letter(key, raw, reason, topic, partition, offset)
-                    return
-        else:
-            assert raw is not None
-            feedback = ItemFeedback.from_json(raw)
-            state = state.with_feedback(
-                feedback.target,
-                feedback.event_time,
-                self.config.ranking.popularity_half_life_s,
-            )
-        self.items[item_id] = state.snapshot()
-        self.stats.item_updates += 1
-        await self.emitter.send(self.topic_names["item-state"], key, state.snapshot())
+        except InvalidEvent as exc:
+            await self._dead_letter(key, raw, exc, topic, partition, offset)
+            return
+        assert key is not None
+        await self._publish_item(key, self._item_state(key.decode()).with_record(record))
+
+    async def handle_item_feedback(self, key: bytes | None, raw: bytes | None) -> None:
+        """Fold one user's signal about an item into the item's state and republish it."""
+        if key is None or raw is None:
+            log.error("item feedback without key or value; recloop never writes such records")
+            return
+        feedback = ItemFeedback.from_json(raw)
+        state = self._item_state(feedback.item_id).with_feedback(
+            feedback.target, feedback.event_time, self.config.ranking.popularity_half_life_s
+        )
+        await self._publish_item(key, state)
 
 
 def create_app(
-    settings: Settings, clock: Clock = utc_now, emitter: Emitter | None = None
+    settings: Settings,
+    clock: Clock = utc_now,
+    emitter: Emitter | None = None,
+    catalog_source: CatalogSource | None = None,
 ) -> Recloop:
     """Build a worker's app from the settings (connects to nothing until started).
 
@@ -275,5 +325,6 @@ def create_app(
         settings: with ``kafka.bootstrap_servers`` resolved.
         clock: wall clock for snapshots and validation (timezone-aware).
         emitter: where agents send their output; the app's Kafka producer by default.
+        catalog_source: this worker's view of every item; the item-state topic by default.
     """
-    return Recloop(settings, clock, emitter)
+    return Recloop(settings, clock, emitter, catalog_source)

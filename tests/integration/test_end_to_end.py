@@ -1,0 +1,145 @@
+"""Events to snapshots through the real broker, with a real worker process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from operators.synthetic import SyntheticWorld
+from pipeline.settings import Settings
+from pipeline.worker_process import WorkerProcess
+from schemas.events import Click, Dwell, Event
+from schemas.snapshot import Snapshot
+from tests.integration.harness import Harness
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def world() -> SyntheticWorld:
+    return SyntheticWorld.generate(seed=5, n_items=24, n_users=2, n_categories=3)
+
+
+@pytest.fixture
+def harness(kafka_settings: Settings, tmp_path: Path, world: SyntheticWorld) -> Harness:
+    h = Harness(kafka_settings, tmp_path)
+    h.send_items(world.items)
+    return h
+
+
+@pytest.fixture
+def worker(harness: Harness, world: SyntheticWorld) -> Iterator[WorkerProcess]:
+    process = harness.worker()
+    process.start()
+    try:
+        assert harness.wait_for_count("item-state", len(world.items)), process.log_tail()
+        yield process
+    finally:
+        process.stop()
+
+
+def click(n: int, user: str, item: str) -> Event:
+    return Click(type="click", event_id=f"{user}-e{n}", user_id=user, item_id=item,
+                 timestamp=T0 + timedelta(minutes=n))  # fmt: skip
+
+
+def latest_is(user: str, event_id: str) -> object:
+    return lambda latest: user in latest and latest[user].source_event_id == event_id
+
+
+def test_events_lead_to_a_snapshot_that_reflects_them(
+    harness: Harness, worker: WorkerProcess, world: SyntheticWorld
+) -> None:
+    first, second = world.items[0], world.items[3]  # same category (round-robin over 3)
+    harness.send_events([
+        click(1, "alice", first.item_id),
+        Dwell(type="dwell", event_id="alice-e2", user_id="alice", item_id=second.item_id,
+              dwell_ms=240_000.0, timestamp=T0 + timedelta(minutes=2)),
+    ])  # fmt: skip
+
+    latest = harness.snapshots(latest_is("alice", "alice-e2"))  # type: ignore[arg-type]
+
+    assert "alice" in latest, worker.log_tail()
+    snap = latest["alice"]
+    assert snap.version == 2 and snap.source_event_id == "alice-e2"
+    assert snap.event_time == T0 + timedelta(minutes=2)
+    shown = [item.item_id for item in snap.items]
+    assert len(shown) == 10
+    assert first.item_id not in shown and second.item_id not in shown
+    assert snap.items[0].category == first.category
+    assert any(f"because you like {first.category}" in r for r in snap.items[0].reasons)
+
+
+def test_malformed_events_are_dead_lettered_and_the_next_valid_one_is_processed(
+    harness: Harness, worker: WorkerProcess, world: SyntheticWorld
+) -> None:
+    def event(kind: str, **extra: object) -> bytes:
+        body = {"event_id": "bad", "user_id": "bob", "type": kind, "item_id": "i",
+                "timestamp": "2026-11-01T10:00:00Z", **extra}  # fmt: skip
+        return json.dumps(body).encode()
+
+    no_user = json.loads(event("click"))
+    del no_user["user_id"]
+    bad = [
+        (b'{"event_id": "x", "user_id": ', "invalid_json"),
+        (event("teleport"), "unknown_type"),
+        (json.dumps(no_user).encode(), "missing_field"),
+        (event("dwell", dwell_ms=-1.0), "schema_violation"),
+        (event("click", note="x" * 100_000), "too_large"),
+    ]
+    for raw, _ in bad:
+        harness.send_raw(b"bob", raw)
+    harness.send_events([click(1, "bob", world.items[1].item_id)])
+
+    letters = harness.read("dead-letters", lambda records: len(records) >= len(bad))
+    latest = harness.snapshots(latest_is("bob", "bob-e1"))  # type: ignore[arg-type]
+
+    assert [r.headers["recloop.dlq.reason"].decode() for r in letters] == [r for _, r in bad]
+    assert [r.value for r in letters] == [raw for raw, _ in bad]
+    assert all(r.headers["recloop.dlq.topic"].decode() == harness.topic("events") for r in letters)
+    offsets = [int(r.headers["recloop.dlq.offset"]) for r in letters]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(bad)
+    assert latest["bob"].version == 1, worker.log_tail()
+    assert worker.running
+
+
+def test_user_state_survives_a_restart_and_a_lost_state_directory(
+    harness: Harness, world: SyntheticWorld, kafka_settings: Settings
+) -> None:
+    liked = world.items[2]
+
+    def run_once(events: list[Event], until_event: str) -> Snapshot:
+        process = harness.worker()
+        process.start()
+        try:
+            harness.send_events(events)
+            latest = harness.snapshots(latest_is("carol", until_event))  # type: ignore[arg-type]
+            assert "carol" in latest and latest["carol"].source_event_id == until_event, (
+                process.log_tail()
+            )
+            return latest["carol"]
+        finally:
+            assert process.stop() == 0, process.log_tail()
+
+    first = run_once([click(1, "carol", liked.item_id)], "carol-e1")
+    assert first.version == 1
+
+    # same state directory: RocksDB holds the profile; the duplicate e1 is ignored
+    second = run_once([click(1, "carol", liked.item_id), click(2, "carol", world.items[5].item_id)],
+                      "carol-e2")  # fmt: skip
+    assert second.version == 2
+    assert liked.item_id not in [i.item_id for i in second.items]
+
+    # empty state directory: the profile comes back from the changelog topic
+    shutil.rmtree(kafka_settings.worker.state_dir)
+    third = run_once([click(3, "carol", world.items[8].item_id)], "carol-e3")
+    assert third.version == 3
+    shown = [i.item_id for i in third.items]
+    assert liked.item_id not in shown and world.items[5].item_id not in shown
+    assert third.items[0].category == liked.category

@@ -1,0 +1,53 @@
+"""Pipeline-tier fixtures: the real Faust app, driven through Faust's test context.
+
+No broker: the memory store replaces RocksDB, a recording emitter replaces the producer and
+a fixed catalog replaces the item-state follower.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from operators.catalog import Catalog, ItemState
+from operators.synthetic import SyntheticWorld
+from pipeline.app import Recloop, create_app
+from pipeline.settings import load_settings
+from tests.pipeline.doubles import FixedCatalog, RecordingEmitter
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def world() -> SyntheticWorld:
+    return SyntheticWorld.generate(seed=3, n_items=40, n_users=4, n_categories=4)
+
+
+@pytest.fixture
+def emitter() -> RecordingEmitter:
+    return RecordingEmitter()
+
+
+@pytest_asyncio.fixture
+async def recloop(world: SyntheticWorld, emitter: RecordingEmitter) -> AsyncIterator[Recloop]:
+    catalog = Catalog()
+    for item in world.items:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    settings = load_settings(
+        None,
+        {"RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9", "RECLOOP__WORKER__STORE": "memory://",
+         "RECLOOP__KAFKA__TOPIC_PREFIX": "p."},
+    )  # fmt: skip
+    app = create_app(settings, clock=lambda: NOW, emitter=emitter,
+                     catalog_source=FixedCatalog(catalog))  # fmt: skip
+    app.app.finalize()
+    app.app.flow_control.resume()
+    yield app
+    # test_context builds the consumer, whose (never started) thread owns an event loop
+    thread = getattr(app.app.consumer, "_thread", None)
+    if thread is not None and not thread.thread_loop.is_closed():
+        thread.thread_loop.close()

@@ -1,0 +1,98 @@
+"""The agents, driven through Faust's test context (no broker)."""
+
+from __future__ import annotations
+
+import json
+
+from operators.catalog import ItemState
+from operators.profile import UserProfile
+from operators.synthetic import SyntheticWorld
+from pipeline.app import Recloop
+from schemas.snapshot import parse_snapshot
+from tests.pipeline.doubles import RecordingEmitter
+
+
+def _event(event_id: str, user: str, kind: str, item: str, **extra: object) -> bytes:
+    body = {"event_id": event_id, "user_id": user, "type": kind, "item_id": item,
+            "timestamp": "2026-11-01T10:00:00Z", **extra}  # fmt: skip
+    return json.dumps(body).encode()
+
+
+async def test_event_updates_state_and_publishes_a_snapshot_that_reflects_it(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    liked = world.items[0]
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", liked.item_id), key=b"u1")
+        await agent.put(_event("e2", "u1", "dwell", world.items[4].item_id, dwell_ms=90000.0),
+                        key=b"u1")  # fmt: skip
+
+    snapshots = [parse_snapshot(s.value or b"") for s in emitter.to("snapshots")]
+    assert [s.version for s in snapshots] == [1, 2]
+    assert snapshots[-1].source_event_id == "e2"
+    assert all(s.key == b"u1" for s in emitter.to("snapshots"))
+    last = snapshots[-1]
+    shown = [item.item_id for item in last.items]
+    assert liked.item_id not in shown and world.items[4].item_id not in shown
+    # both items share a category (round-robin over 4), so it leads the list
+    assert last.items[0].category == liked.category
+    assert any("because you like" in reason for reason in last.items[0].reasons)
+    profile = UserProfile.restore(recloop.users["u1"])
+    assert profile.events_applied == 2 and profile.affinity[liked.category] > 0
+    feedback = emitter.to("item-feedback")
+    assert [f.key for f in feedback] == [liked.item_id.encode(), world.items[4].item_id.encode()]
+
+
+async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_processed(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    bad = [
+        (b"{not json", "invalid_json"),
+        (_event("e1", "u1", "teleport", "i1"), "unknown_type"),
+        (json.dumps({"event_id": "e2", "type": "click", "item_id": "i",
+                     "timestamp": "2026-11-01T10:00:00Z"}).encode(), "missing_field"),
+        (_event("e3", "u1", "dwell", "i1", dwell_ms=-5.0), "schema_violation"),
+        (_event("e4", "u1", "click", "i1", padding="x" * 70_000), "too_large"),
+    ]
+    async with recloop.events_agent.test_context() as agent:
+        for raw, _ in bad:
+            await agent.put(raw, key=b"u1")
+        await agent.put(_event("ok", "u1", "click", world.items[1].item_id), key=b"u1")
+
+    letters = emitter.to("dead-letters")
+    assert [d.headers["recloop.dlq.reason"].decode() for d in letters] == [r for _, r in bad]
+    assert [d.value for d in letters] == [raw for raw, _ in bad]  # original bytes, untouched
+    assert all(d.headers["recloop.dlq.topic"] == b"p.events" for d in letters)
+    assert all(d.headers["recloop.dlq.offset"].isdigit() for d in letters)
+    assert [parse_snapshot(s.value or b"").source_event_id for s in emitter.to("snapshots")] == ["ok"]
+    assert recloop.stats.dead_lettered == len(bad) and recloop.stats.processed == 1
+
+
+async def test_a_duplicate_event_is_applied_once(recloop: Recloop, emitter: RecordingEmitter) -> None:
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
+        await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
+    assert len(emitter.to("snapshots")) == 1
+    assert UserProfile.restore(recloop.users["u2"]).events_applied == 1
+    assert recloop.stats.duplicates == 1
+
+
+async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    item = world.items[2]
+    feedback = json.dumps({"item_id": item.item_id, "target": 1.0, "weight": 0.75,
+                           "event_time": "2026-11-01T10:00:00+00:00", "event_id": "e1"})  # fmt: skip
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
+        await agent.put(b'{"item_id": "x"}', key=b"x")  # no category: dead-lettered
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(feedback.encode(), key=item.item_id.encode())
+
+    states = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
+    assert len(states) == 2
+    assert states[0].record == item and states[0].popularity == 0.0
+    assert states[1].record == item and states[1].popularity == 1.0 and states[1].positives == 1
+    letters = emitter.to("dead-letters")
+    assert [d.value for d in letters] == [b'{"item_id": "x"}']
+    assert letters[0].headers["recloop.dlq.reason"] == b"schema_violation"
