@@ -1,0 +1,1 @@
+"""Kafka-free operators: the per-event logic the live pipeline and the offline replay share."""

@@ -10,6 +10,7 @@ Example:
     >>> state = ItemState(item_id="i1").with_feedback(1.0, t, half_life_s=3600)
     >>> round(state.popularity_at(t.timestamp() + 3600, half_life_s=3600), 3)
     0.5
+
 """
 
 from __future__ import annotations

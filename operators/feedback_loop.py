@@ -12,6 +12,7 @@ Example:
     >>> step = process_event(click, None, Catalog(), LoopConfig(), generated_at=t)
     >>> step.profile.events_applied, step.snapshot.version, step.feedback[0].target
     (1, 1, 1.0)
+
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def process_event(
         catalog: every item this worker knows.
         config: rules, bounds and ranking weights.
         generated_at: wall-clock time for the snapshot (from the injected clock).
+
     """
     current = profile if profile is not None else UserProfile.new(event.user_id)
     if current.has_seen(event.event_id):
@@ -133,9 +135,10 @@ def process_event(
             blocks=isinstance(event, NotRelevant),
         )
         feedback.append(
-            ItemFeedback(signal.item_id, signal.target, signal.weight, event.timestamp,
-                         event.event_id)
-        )  # fmt: skip
+            ItemFeedback(
+                signal.item_id, signal.target, signal.weight, event.timestamp, event.event_id
+            )
+        )
     updated = next_snapshot_version(updated)
     items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking)
     snapshot = Snapshot(

@@ -9,6 +9,7 @@ Example:
     >>> p = UserProfile.new("u1")
     >>> UserProfile.restore(p.snapshot()) == p
     True
+
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class UserProfile:
 
 def _push(items: tuple[str, ...], value: str, limit: int) -> tuple[str, ...]:
     """Append ``value`` (moving it to the end if present), keeping the newest ``limit``."""
-    kept = tuple(item for item in items if item != value) + (value,)
+    kept = (*(item for item in items if item != value), value)
     return kept[-limit:]
 
 
@@ -107,7 +108,7 @@ def record_event(
         profile,
         events_applied=profile.events_applied + 1,
         last_event_at=newest,
-        recent_event_ids=(profile.recent_event_ids + (event_id,))[-limits.dedupe_window :],
+        recent_event_ids=(*profile.recent_event_ids, event_id)[-limits.dedupe_window :],
     )
 
 
@@ -126,6 +127,7 @@ def apply_signal(
         category: the item's category, when the catalog knows the item.
         limits: bounds on the state.
         blocks: the user asked never to see this item again (``not_relevant``).
+
     """
     affinity = dict(profile.affinity)
     if category is not None:
@@ -137,7 +139,9 @@ def apply_signal(
     history = profile.history
     if signal.target > 0 or signal.explicit:
         history = _push(history, signal.item_id, limits.history_size)
-    blocked = _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
+    blocked = (
+        _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
+    )
     return replace(profile, affinity=affinity, history=history, blocked=blocked)
 
 

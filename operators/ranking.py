@@ -9,6 +9,7 @@ Example:
     >>> from operators.profile import UserProfile
     >>> rank_items(UserProfile.new("u"), Catalog(), now_t=0.0, params=RankingParams())
     []
+
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def rank_items(
         catalog: every item this worker knows.
         now_t: event time in seconds, the moment popularity is decayed to.
         params: weights and ``k``.
+
     """
     excluded = profile.excluded()
     candidates = [s for s in catalog if s.available and s.item_id not in excluded]
@@ -79,7 +81,8 @@ def rank_items(
         if not reasons:
             reasons.append("something new to try")
         ranked.append(
-            RankedItem(item_id=item_id, score=round(float(total), 6), category=category,
-                       reasons=reasons)
-        )  # fmt: skip
+            RankedItem(
+                item_id=item_id, score=round(float(total), 6), category=category, reasons=reasons
+            )
+        )
     return ranked

@@ -11,6 +11,7 @@ Example:
     ...             timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc))
     >>> signal_of(skip, expected_ms=None, rules=SignalRules()).target
     -0.3
+
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def signal_of(event: Event, expected_ms: float | None, rules: SignalRules) -> Si
         event: a validated event.
         expected_ms: the item's expected consumption time when the catalog knows it.
         rules: thresholds and strengths.
+
     """
     imp, exp = rules.implicit_weight, rules.explicit_weight
     match event:

@@ -8,6 +8,7 @@ Example:
     >>> world = SyntheticWorld.generate(seed=1, n_items=30, n_users=3, n_categories=3)
     >>> len(world.items), len(world.users)
     (30, 3)
+
 """
 
 from __future__ import annotations
@@ -21,9 +22,19 @@ from schemas.catalog import ItemRecord
 from schemas.events import Click, Dwell, Event, Impression, NotRelevant, Skip
 
 CATEGORIES = (
-    "drama", "comedy", "thriller", "documentary", "sci-fi", "romance", "animation", "horror",
-    "music", "sports", "news", "cooking",
-)  # fmt: skip
+    "drama",
+    "comedy",
+    "thriller",
+    "documentary",
+    "sci-fi",
+    "romance",
+    "animation",
+    "horror",
+    "music",
+    "sports",
+    "news",
+    "cooking",
+)
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -82,27 +93,45 @@ class SyntheticWorld:
         for n in range(count):
             item = self.items[int(rng.integers(0, len(self.items)))]
             when = start + timedelta(minutes=n)
-            common = {
-                "event_id": f"{user.user_id}-e{n:05d}",
-                "user_id": user.user_id,
-                "item_id": item.item_id,
-                "timestamp": when,
-            }
+            event_id, uid, iid = f"{user.user_id}-e{n:05d}", user.user_id, item.item_id
             likes = rng.random() < user.taste[item.category]
+            event: Event
             if likes and rng.random() < 0.5:
-                events.append(Dwell(type="dwell", dwell_ms=float(rng.uniform(40_000, 600_000)),
-                                    **common))  # fmt: skip
+                dwell_ms = float(rng.uniform(40_000, 600_000))
+                event = Dwell(
+                    type="dwell",
+                    event_id=event_id,
+                    user_id=uid,
+                    item_id=iid,
+                    timestamp=when,
+                    dwell_ms=dwell_ms,
+                )
             elif likes:
-                events.append(Click(type="click", **common))
+                event = Click(
+                    type="click", event_id=event_id, user_id=uid, item_id=iid, timestamp=when
+                )
             elif rng.random() < 0.15:
-                events.append(NotRelevant(type="not_relevant", reason="not_interested", **common))
+                event = NotRelevant(
+                    type="not_relevant",
+                    event_id=event_id,
+                    user_id=uid,
+                    item_id=iid,
+                    timestamp=when,
+                    reason="not_interested",
+                )
             else:
-                events.append(Skip(type="skip", **common))
+                event = Skip(
+                    type="skip", event_id=event_id, user_id=uid, item_id=iid, timestamp=when
+                )
+            events.append(event)
         return events
 
     def impression(self, user: SyntheticUser, item_ids: list[str], n: int) -> Impression:
         """An impression event for a list the user was shown."""
         return Impression(
-            type="impression", event_id=f"{user.user_id}-imp{n:05d}", user_id=user.user_id,
-            item_ids=item_ids, timestamp=EPOCH + timedelta(minutes=n),
-        )  # fmt: skip
+            type="impression",
+            event_id=f"{user.user_id}-imp{n:05d}",
+            user_id=user.user_id,
+            item_ids=item_ids,
+            timestamp=EPOCH + timedelta(minutes=n),
+        )

@@ -13,6 +13,7 @@ Example:
     ... except InvalidEvent as exc:
     ...     exc.reason
     'invalid_json'
+
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def decode_event(
 
     Raises:
         InvalidEvent: with a machine-readable ``reason`` and a human ``detail``.
+
     """
     if raw is None:
         raise InvalidEvent("invalid_json", "the message has no value")

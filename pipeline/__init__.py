@@ -1,0 +1,1 @@
+"""The live pipeline: the Faust app, its topics, the worker, the CLI and the embedded broker."""

@@ -31,6 +31,7 @@ from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
 from pipeline.catalog_follower import CatalogFollower
 from pipeline.settings import Settings
+from pipeline.topics import topic_specs
 from schemas.catalog import parse_item
 from schemas.snapshot import snapshot_to_json
 
@@ -135,7 +136,8 @@ class Recloop:
         emitter: Emitter | None = None,
         catalog_source: CatalogSource | None = None,
     ) -> None:
-        if settings.kafka.bootstrap_servers is None:
+        bootstrap = settings.kafka.bootstrap_servers
+        if bootstrap is None:
             raise ValueError("resolve bootstrap_servers (or start the embedded broker) first")
         self.settings = settings
         self.clock = clock
@@ -147,11 +149,12 @@ class Recloop:
         )
         self.stats = WorkerStats()
         kafka = settings.kafka
-        self.topic_names = {name: kafka.topic(name) for name in (
-            "events", "items", "item-feedback", "item-state", "snapshots", "dead-letters")}  # fmt: skip
+        self.topic_names = {
+            spec.name.removeprefix(kafka.topic_prefix): spec.name for spec in topic_specs(kafka)
+        }
         self.app = faust.App(
             settings.worker.app_id,
-            broker=f"kafka://{settings.kafka.bootstrap_servers}",
+            broker=f"kafka://{bootstrap}",
             store=settings.worker.store,
             datadir=str(settings.worker.state_dir),
             autodiscover=False,
@@ -168,27 +171,36 @@ class Recloop:
         )
         self.emitter: Emitter = emitter if emitter is not None else FaustEmitter(self.app)
         self.follower: CatalogSource = catalog_source or CatalogFollower(
-            kafka.bootstrap_servers, self.topic_names["item-state"]
+            bootstrap, self.topic_names["item-state"]
         )
         self._follower_started = False
-        raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": kafka.partitions}
-        self.events_topic = self.app.topic(self.topic_names["events"], **raw)
-        self.catalog_topic = self.app.topic(self.topic_names["items"], **raw)
-        self.item_feedback_topic = self.app.topic(self.topic_names["item-feedback"], **raw)
+        self.events_topic = self._raw_topic("events")
+        self.catalog_topic = self._raw_topic("items")
+        self.item_feedback_topic = self._raw_topic("item-feedback")
         self.users = self.app.Table(
-            "users", key_type=str, value_type=bytes,
+            "users",
+            key_type=str,
+            value_type=bytes,
             partitions=kafka.partitions,
-        )  # fmt: skip
-        self.items = self.app.Table(
-            "items", key_type=str, value_type=bytes,
-            partitions=kafka.partitions,
-        )  # fmt: skip
-        self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
-        self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(
-            self._catalog_agent
         )
+        self.items = self.app.Table(
+            "items",
+            key_type=str,
+            value_type=bytes,
+            partitions=kafka.partitions,
+        )
+        self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
+        self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
+        )
+
+    def _raw_topic(self, name: str) -> Any:
+        return self.app.topic(
+            self.topic_names[name],
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.settings.kafka.partitions,
         )
 
     # -- the events agent ---------------------------------------------------------------
@@ -201,16 +213,22 @@ class Recloop:
         if not await self.follower.wait_caught_up():
             log.warning("catalog follower did not catch up in time; ranking on what it has")
         # a line the demo and the tests wait for; logging levels must not hide it
-        print(f"recloop: events agent ready ({len(self.follower.catalog)} items)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"recloop: events agent ready ({len(self.follower.catalog)} items)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def _events_agent(self, stream: Any) -> None:
         await self._ensure_catalog()
         async for event in stream.events():
             await self.handle_event(
-                event.message.key, event.value, event.message.topic,
-                event.message.partition, event.message.offset,
-            )  # fmt: skip
+                event.message.key,
+                event.value,
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+            )
 
     async def handle_event(
         self, key: bytes | None, raw: bytes | None, topic: str, partition: int, offset: int
@@ -240,9 +258,14 @@ class Recloop:
         self.stats.processed += 1
 
     async def _dead_letter(
-        self, key: bytes | None, raw: bytes | None, exc: InvalidEvent, topic: str,
-        partition: int, offset: int,
-    ) -> None:  # fmt: skip
+        self,
+        key: bytes | None,
+        raw: bytes | None,
+        exc: InvalidEvent,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[exc.reason] = (
             self.stats.dead_letter_reasons.get(exc.reason, 0) + 1
@@ -326,5 +349,6 @@ def create_app(
         clock: wall clock for snapshots and validation (timezone-aware).
         emitter: where agents send their output; the app's Kafka producer by default.
         catalog_source: this worker's view of every item; the item-state topic by default.
+
     """
     return Recloop(settings, clock, emitter, catalog_source)

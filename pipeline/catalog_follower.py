@@ -24,13 +24,16 @@ class CatalogFollower:
     Args:
         bootstrap_servers: the broker.
         topic: the item-state topic's full name.
+
     """
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
         self.topic = topic
         self.catalog = Catalog()
         self._bootstrap = bootstrap_servers
-        self._queue: queue.SimpleQueue[tuple[bytes | None, bytes | None, int, int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[bytes | None, bytes | None, int, int]] = (
+            queue.SimpleQueue()
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._targets: dict[int, int] = {}
@@ -50,7 +53,7 @@ class CatalogFollower:
         meta = consumer.list_topics(self.topic, timeout=timeout_s)
         partitions = sorted(meta.topics[self.topic].partitions)
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
+            _low, high = consumer.get_watermark_offsets(
                 TopicPartition(self.topic, partition), timeout=timeout_s
             )
             self._targets[partition] = high
@@ -70,7 +73,12 @@ class CatalogFollower:
                             self.errors.append(str(error))
                         continue
                     self._queue.put(
-                        (message.key(), message.value(), message.partition(), message.offset())
+                        (
+                            message.key(),
+                            message.value(),
+                            message.partition() or 0,
+                            message.offset() or 0,
+                        )
                     )
         finally:
             consumer.close()

@@ -21,9 +21,13 @@ def _settings(ctx: click.Context) -> Settings:
 
 @click.group()
 @click.option(
-    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None, envvar="RECLOOP_CONFIG", help="YAML settings file (env: RECLOOP_CONFIG).",
-)  # fmt: skip
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="RECLOOP_CONFIG",
+    help="YAML settings file (env: RECLOOP_CONFIG).",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """recloop: a real-time recommendation feedback loop on Kafka."""
@@ -71,8 +75,12 @@ def topics_create(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("source", type=click.File("r"), default="-")
-@click.option("--kind", type=click.Choice(["events", "items"]), default="events",
-              help="events (keyed by user_id) or catalog items (keyed by item_id).")  # fmt: skip
+@click.option(
+    "--kind",
+    type=click.Choice(["events", "items"]),
+    default="events",
+    help="events (keyed by user_id) or catalog items (keyed by item_id).",
+)
 @click.pass_context
 def produce(ctx: click.Context, source: TextIO, kind: str) -> None:
     """Validate JSON lines from SOURCE (a file, or - for stdin) and produce the valid ones."""
@@ -91,22 +99,33 @@ def produce(ctx: click.Context, source: TextIO, kind: str) -> None:
 @click.option("--user", "user_id", default=None, help="Only this user's snapshots.")
 @click.option("--from-beginning/--from-now", default=True, help="Start offset.")
 @click.option("--group", "group_id", default=None, help="Consumer group (none: no commits).")
-@click.option("--idle-timeout", type=float, default=None,
-              help="Stop after this many seconds without a snapshot.")  # fmt: skip
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="Stop after this many seconds without a snapshot.",
+)
 @click.pass_context
 def consume(
-    ctx: click.Context, user_id: str | None, from_beginning: bool, group_id: str | None,
+    ctx: click.Context,
+    user_id: str | None,
+    from_beginning: bool,
+    group_id: str | None,
     idle_timeout: float | None,
-) -> None:  # fmt: skip
+) -> None:
     """Tail the snapshots topic as JSON lines."""
     from pipeline.clients import snapshot_line, tail_snapshots
 
     settings = _resolved(ctx)
     assert settings.kafka.bootstrap_servers is not None
     for snapshot in tail_snapshots(
-        settings.kafka.bootstrap_servers, settings.kafka.topic("snapshots"), group_id,
-        from_beginning, user_id, idle_timeout,
-    ):  # fmt: skip
+        settings.kafka.bootstrap_servers,
+        settings.kafka.topic("snapshots"),
+        group_id,
+        from_beginning,
+        user_id,
+        idle_timeout,
+    ):
         click.echo(snapshot_line(snapshot))
 
 
@@ -128,8 +147,9 @@ def schemas() -> None:
 
 
 @schemas.command("export")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path),
-                default=Path("schemas/json"))  # fmt: skip
+@click.argument(
+    "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas/json")
+)
 def schemas_export(directory: Path) -> None:
     """Write the JSON Schema files generated from the Python records."""
     from schemas.export import write_json_schemas

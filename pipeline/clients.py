@@ -12,7 +12,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 from pydantic import ValidationError
 
 from schemas.catalog import item_to_json, parse_item
@@ -57,6 +64,7 @@ def encode_line(line: str, kind: Kind) -> tuple[bytes, bytes]:
 
     Raises:
         ValueError: the line is not a valid event or catalog record.
+
     """
     try:
         if kind == "events":
@@ -122,10 +130,10 @@ def tail_snapshots(
         }
     )
 
-    def on_assign(c: Consumer, partitions: list[object]) -> None:
+    def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
         if group_id is None:
             for tp in partitions:
-                tp.offset = OFFSET_BEGINNING if from_beginning else OFFSET_END  # type: ignore[attr-defined]
+                tp.offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
             c.assign(partitions)
 
     consumer.subscribe([topic], on_assign=on_assign)
@@ -133,12 +141,15 @@ def tail_snapshots(
     try:
         while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
             message = consumer.poll(0.2)
-            if message is None or message.error() is not None or message.value() is None:
+            if message is None or message.error() is not None:
+                continue
+            value = message.value()
+            if value is None:
                 continue
             last = time.monotonic()
             if user_id is not None and message.key() != user_id.encode():
                 continue
-            yield parse_snapshot(message.value())
+            yield parse_snapshot(value)
     finally:
         consumer.close()
 

@@ -57,16 +57,22 @@ def run_demo(settings: Settings, users: int, events_per_user: int, seed: int) ->
     for item in world.items:
         producer.produce(kafka.topic("items"), key=item.item_id.encode(), value=item_to_json(item))
     producer.flush(30)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-{run}",
-                         "enable.auto.commit": False})  # fmt: skip
-    consumer.assign([TopicPartition(kafka.topic("snapshots"), p, OFFSET_BEGINNING)
-                     for p in range(kafka.partitions)])  # fmt: skip
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"demo-{run}", "enable.auto.commit": False}
+    )
+    consumer.assign(
+        [
+            TopicPartition(kafka.topic("snapshots"), p, OFFSET_BEGINNING)
+            for p in range(kafka.partitions)
+        ]
+    )
     try:
         if not worker.wait_for_log("events agent ready", timeout_s=90):
             print("the worker did not become ready:\n" + worker.log_tail())
             return 1
-        if not _wait_for_records(consumer, kafka.topic("item-state"), kafka.partitions,
-                                 len(world.items)):  # fmt: skip
+        if not _wait_for_records(
+            consumer, kafka.topic("item-state"), kafka.partitions, len(world.items)
+        ):
             print("the catalog did not reach the item-state topic:\n" + worker.log_tail())
             return 1
         return _drive(world, events_per_user, producer, consumer, kafka.topic("events"))
@@ -90,9 +96,12 @@ def _wait_for_records(consumer: Consumer, topic: str, partitions: int, count: in
 
 
 def _drive(
-    world: SyntheticWorld, events_per_user: int, producer: Producer, consumer: Consumer,
+    world: SyntheticWorld,
+    events_per_user: int,
+    producer: Producer,
+    consumer: Consumer,
     topic: str,
-) -> int:  # fmt: skip
+) -> int:
     streams: dict[str, list[Event]] = {
         u.user_id: world.events_for(u, events_per_user) for u in world.users
     }
@@ -113,18 +122,26 @@ def _drive(
             for uid, eid in wanted.items()
         ):
             message = consumer.poll(0.1)
-            if message is None or message.error() or message.value() is None:
+            value = message.value() if message is not None and not message.error() else None
+            if value is None:
                 continue
-            snapshot = parse_snapshot(message.value())
+            snapshot = parse_snapshot(value)
             latest[snapshot.user_id] = snapshot
             if snapshot.source_event_id in sent_at:
                 latencies.append((time.monotonic() - sent_at[snapshot.source_event_id]) * 1000)
-            event = next(e for e in streams[snapshot.user_id] if e.event_id == snapshot.source_event_id)
+            event = next(
+                e for e in streams[snapshot.user_id] if e.event_id == snapshot.source_event_id
+            )
             item = getattr(event, "item_id", "-")
-            print(f"{snapshot.user_id} v{snapshot.version:<3} after {event.type:<12} {item}: "
-                  f"top-5 [{_describe(snapshot)}]")  # fmt: skip
-    missing = [uid for uid in streams if latest.get(uid) is None
-               or latest[uid].source_event_id != streams[uid][-1].event_id]  # fmt: skip
+            print(
+                f"{snapshot.user_id} v{snapshot.version:<3} after {event.type:<12} {item}: "
+                f"top-5 [{_describe(snapshot)}]"
+            )
+    missing = [
+        uid
+        for uid in streams
+        if latest.get(uid) is None or latest[uid].source_event_id != streams[uid][-1].event_id
+    ]
     print("\nuser        favourites               share of favourites in the final top-10")
     for uid, snapshot in sorted(latest.items()):
         user = by_id[uid]
@@ -134,8 +151,10 @@ def _drive(
         ordered = sorted(latencies)
         p50 = ordered[len(ordered) // 2]
         p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-        print(f"\nevent -> snapshot latency over {len(ordered)} snapshots: "
-              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms")  # fmt: skip
+        print(
+            f"\nevent -> snapshot latency over {len(ordered)} snapshots: "
+            f"p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+        )
     counts = Counter(s.model_version for s in latest.values())
     print(f"model versions: {dict(counts)}")
     if missing:

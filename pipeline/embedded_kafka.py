@@ -11,6 +11,7 @@ Example:
     >>> info = broker.start()  # doctest: +SKIP
     >>> info.bootstrap_servers  # doctest: +SKIP
     '127.0.0.1:39092'
+
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class EmbeddedKafka:
         cache_dir: where jars, broker data and logs live (never inside the repository).
         version: the Apache Kafka version to fetch.
         heap: the JVM heap, e.g. ``"512m"``.
+
     """
 
     def __init__(self, cache_dir: Path, version: str = KAFKA_VERSION, heap: str = "512m") -> None:
@@ -192,13 +194,20 @@ class EmbeddedKafka:
             raise BrokerError("Java 17+ (java) is not on PATH; the embedded broker needs it.")
         work = Path(tempfile.mkdtemp(prefix="recloop-mvn-"))
         try:
-            (work / "pom.xml").write_text(_POM.format(kafka=self.version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION))
+            (work / "pom.xml").write_text(
+                _POM.format(kafka=self.version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION)
+            )
             staging = work / "jars"
             cmd = [
-                mvn, "-q", "-B", "-f", str(work / "pom.xml"),
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(work / "pom.xml"),
                 "dependency:copy-dependencies",
-                f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-            ]  # fmt: skip
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ]
             print(f"fetching Apache Kafka {self.version} jars with Maven ...", file=sys.stderr)
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -215,11 +224,19 @@ class EmbeddedKafka:
     def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
         log4j = self.home / "log4j2.properties"
         return [
-            "java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
+            "java",
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
-            "-cp", f"{self.jar_dir}/*", main, *args,
-        ]  # fmt: skip
+            "-cp",
+            f"{self.jar_dir}/*",
+            main,
+            *args,
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
     def status(self) -> BrokerInfo | None:
@@ -257,8 +274,10 @@ class EmbeddedKafka:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
         server_log = log_dir / "server.log"
@@ -267,15 +286,21 @@ class EmbeddedKafka:
         try:
             proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(props), heap=self.heap),
-                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         finally:
             console.close()
         info = BrokerInfo(
-            pid=proc.pid, port=port, controller_port=cport, data_dir=str(data_dir),
-            log_dir=str(log_dir), version=self.version,
-        )  # fmt: skip
+            pid=proc.pid,
+            port=port,
+            controller_port=cport,
+            data_dir=str(data_dir),
+            log_dir=str(log_dir),
+            version=self.version,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -323,9 +348,7 @@ class EmbeddedKafka:
         props = self.home / "server.properties"
         if not props.exists():
             return None
-        values = dict(
-            line.split("=", 1) for line in props.read_text().splitlines() if "=" in line
-        )
+        values = dict(line.split("=", 1) for line in props.read_text().splitlines() if "=" in line)
         try:
             port = int(values["advertised.listeners"].rsplit(":", 1)[1])
             cport = int(values["controller.quorum.voters"].rsplit(":", 1)[1])
@@ -400,11 +423,14 @@ def main(argv: list[str] | None = None) -> int:
             broker.reset()
             print("embedded broker stopped and its data removed")
         else:
-            info = broker.status()
-            if info is None:
+            current = broker.status()
+            if current is None:
                 print("not running")
                 return 1
-            print(f"running at {info.bootstrap_servers} (pid {info.pid}, logs: {info.log_dir})")
+            print(
+                f"running at {current.bootstrap_servers} (pid {current.pid}, "
+                f"logs: {current.log_dir})"
+            )
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

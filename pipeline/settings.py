@@ -8,6 +8,7 @@ Example:
     >>> s = load_settings(None, {"RECLOOP__KAFKA__PARTITIONS": "8"})
     >>> s.kafka.partitions
     8
+
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def load_settings(path: Path | None, env: Mapping[str, str]) -> Settings:
 
     Raises:
         SettingsError: the file is missing or malformed, or a value has the wrong type.
+
     """
     data: dict[str, Any] = {}
     if path is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.settings import KafkaSettings
 
@@ -46,7 +46,9 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
-def create_topics(kafka: KafkaSettings, bootstrap_servers: str, timeout_s: float = 30.0) -> list[str]:
+def create_topics(
+    kafka: KafkaSettings, bootstrap_servers: str, timeout_s: float = 30.0
+) -> list[str]:
     """Create any of recloop's topics that do not exist yet; returns the names created.
 
     Partitions and replication come from the settings. An existing topic is left as it
@@ -69,7 +71,9 @@ def create_topics(kafka: KafkaSettings, bootstrap_servers: str, timeout_s: float
         config = dict(spec.config)
         if kafka.replication_factor > 1:
             config["min.insync.replicas"] = str(kafka.min_insync_replicas)
-        wanted.append(NewTopic(spec.name, kafka.partitions, kafka.replication_factor, config=config))
+        wanted.append(
+            NewTopic(spec.name, kafka.partitions, kafka.replication_factor, config=config)
+        )
     if not wanted:
         return []
     created = []

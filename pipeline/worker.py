@@ -15,6 +15,7 @@ def run_worker(settings: Settings, clock: Clock = utc_now) -> None:
     Args:
         settings: with ``kafka.bootstrap_servers`` resolved.
         clock: the wall clock handed to the agents.
+
     """
     assert settings.kafka.bootstrap_servers is not None
     settings.worker.state_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ class WorkerProcess:
         settings: resolved settings (``kafka.bootstrap_servers`` set).
         config_path: where to write the child's settings file.
         log_path: where the child's output goes.
+
     """
 
     def __init__(self, settings: Settings, config_path: Path, log_path: Path) -> None:
@@ -42,8 +43,11 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "--config", str(self.config_path), "worker"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
 
     @property
     def running(self) -> bool:

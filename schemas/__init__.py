@@ -1,0 +1,1 @@
+"""The event contract: Python records and the JSON Schema files generated from them."""

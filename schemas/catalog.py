@@ -8,6 +8,7 @@ Example:
     ...                   b' "created_at": "2026-01-01T00:00:00+00:00"}')
     >>> item.available
     True
+
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ItemRecord(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     item_id: Id
     category: Id
-    tags: Annotated[list[Tag], Field(max_length=32)] = []
+    tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
     creator: Id | None = None
     title: ShortText | None = None
     created_at: AwareDatetime

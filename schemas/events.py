@@ -13,11 +13,12 @@ Example:
     ... )
     >>> event.type, event.item_id
     ('click', 'i9')
+
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -30,7 +31,7 @@ from pydantic import (
 
 #: The contract's version. A producer may omit it (it then means this version); an event
 #: that names another version is rejected with ``unsupported_schema_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Ids are printable: no control characters, at most 128 characters.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -115,10 +116,10 @@ class Impression(EventBase):
 
 
 Event = Annotated[
-    Union[Click, Skip, Dwell, NotRelevant, Rating, Impression],
+    Click | Skip | Dwell | NotRelevant | Rating | Impression,
     Field(discriminator="type"),
 ]
-ItemEvent = Union[Click, Skip, Dwell, NotRelevant, Rating]
+ItemEvent = Click | Skip | Dwell | NotRelevant | Rating
 EVENT_TYPES: tuple[str, ...] = ("click", "skip", "dwell", "not_relevant", "rating", "impression")
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -21,8 +21,11 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "item.schema.json": ItemRecord.model_json_schema(),
         "snapshot.schema.json": Snapshot.model_json_schema(),
     }
-    titles = {"event.schema.json": "recloop event", "item.schema.json": "recloop catalog item",
-              "snapshot.schema.json": "recloop recommendation snapshot"}  # fmt: skip
+    titles = {
+        "event.schema.json": "recloop event",
+        "item.schema.json": "recloop catalog item",
+        "snapshot.schema.json": "recloop recommendation snapshot",
+    }
     for name, schema in schemas.items():
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = base + name

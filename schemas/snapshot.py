@@ -19,7 +19,7 @@ class RankedItem(Contract):
     item_id: Id
     score: float
     category: str | None = None
-    reasons: list[str] = []
+    reasons: list[str] = Field(default_factory=list)
 
 
 class Snapshot(Contract):

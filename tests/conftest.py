@@ -54,8 +54,11 @@ def kafka_settings(
 ) -> Settings:
     """Settings for one test: its own topics, app id (consumer group) and state directory."""
     kafka = base_settings.kafka.model_copy(
-        update={"bootstrap_servers": kafka_bootstrap, "topic_prefix": f"{unique_name}.",
-                "partitions": 2}  # fmt: skip
+        update={
+            "bootstrap_servers": kafka_bootstrap,
+            "topic_prefix": f"{unique_name}.",
+            "partitions": 2,
+        }
     )
     worker = base_settings.worker.model_copy(
         update={"app_id": unique_name, "state_dir": tmp_path / "state", "log_level": "warn"}

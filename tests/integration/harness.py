@@ -40,14 +40,16 @@ class Harness:
         return self.settings.kafka.topic(name)
 
     def worker(self, name: str = "worker", settings: Settings | None = None) -> WorkerProcess:
-        return WorkerProcess(settings or self.settings, self.workdir / f"{name}.yaml",
-                             self.workdir / f"{name}.log")  # fmt: skip
+        return WorkerProcess(
+            settings or self.settings, self.workdir / f"{name}.yaml", self.workdir / f"{name}.log"
+        )
 
     def send_items(self, items: Iterable[ItemRecord]) -> int:
         count = 0
         for item in items:
-            self.producer.produce(self.topic("items"), key=item.item_id.encode(),
-                                  value=item_to_json(item))  # fmt: skip
+            self.producer.produce(
+                self.topic("items"), key=item.item_id.encode(), value=item_to_json(item)
+            )
             count += 1
         assert self.producer.flush(30) == 0
         return count
@@ -64,13 +66,24 @@ class Harness:
     def flush(self) -> None:
         assert self.producer.flush(30) == 0
 
-    def read(self, name: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0) -> list[Record]:
+    def read(
+        self, name: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0
+    ) -> list[Record]:
         """Read a topic from the beginning until ``until(records)`` holds or time runs out."""
         topic = self.topic(name)
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{topic}",
-                             "enable.auto.commit": False})  # fmt: skip
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                         for p in range(self.settings.kafka.partitions)])  # fmt: skip
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{topic}",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.assign(
+            [
+                TopicPartition(topic, p, OFFSET_BEGINNING)
+                for p in range(self.settings.kafka.partitions)
+            ]
+        )
         records: list[Record] = []
         deadline = time.monotonic() + timeout_s
         try:
@@ -102,7 +115,9 @@ class Harness:
             time.sleep(0.2)
         return False
 
-    def snapshots(self, until: Callable[[dict[str, Snapshot]], bool], timeout_s: float = 60.0) -> dict[str, Snapshot]:
+    def snapshots(
+        self, until: Callable[[dict[str, Snapshot]], bool], timeout_s: float = 60.0
+    ) -> dict[str, Snapshot]:
         """The latest snapshot per user, read until ``until`` holds."""
         latest: dict[str, Snapshot] = {}
 

@@ -45,8 +45,13 @@ def worker(harness: Harness, world: SyntheticWorld) -> Iterator[WorkerProcess]:
 
 
 def click(n: int, user: str, item: str) -> Event:
-    return Click(type="click", event_id=f"{user}-e{n}", user_id=user, item_id=item,
-                 timestamp=T0 + timedelta(minutes=n))  # fmt: skip
+    return Click(
+        type="click",
+        event_id=f"{user}-e{n}",
+        user_id=user,
+        item_id=item,
+        timestamp=T0 + timedelta(minutes=n),
+    )
 
 
 def latest_is(user: str, event_id: str) -> object:
@@ -57,11 +62,19 @@ def test_events_lead_to_a_snapshot_that_reflects_them(
     harness: Harness, worker: WorkerProcess, world: SyntheticWorld
 ) -> None:
     first, second = world.items[0], world.items[3]  # same category (round-robin over 3)
-    harness.send_events([
-        click(1, "alice", first.item_id),
-        Dwell(type="dwell", event_id="alice-e2", user_id="alice", item_id=second.item_id,
-              dwell_ms=240_000.0, timestamp=T0 + timedelta(minutes=2)),
-    ])  # fmt: skip
+    harness.send_events(
+        [
+            click(1, "alice", first.item_id),
+            Dwell(
+                type="dwell",
+                event_id="alice-e2",
+                user_id="alice",
+                item_id=second.item_id,
+                dwell_ms=240_000.0,
+                timestamp=T0 + timedelta(minutes=2),
+            ),
+        ]
+    )
 
     latest = harness.snapshots(latest_is("alice", "alice-e2"))  # type: ignore[arg-type]
 
@@ -80,8 +93,14 @@ def test_malformed_events_are_dead_lettered_and_the_next_valid_one_is_processed(
     harness: Harness, worker: WorkerProcess, world: SyntheticWorld
 ) -> None:
     def event(kind: str, **extra: object) -> bytes:
-        body = {"event_id": "bad", "user_id": "bob", "type": kind, "item_id": "i",
-                "timestamp": "2026-11-01T10:00:00Z", **extra}  # fmt: skip
+        body = {
+            "event_id": "bad",
+            "user_id": "bob",
+            "type": kind,
+            "item_id": "i",
+            "timestamp": "2026-11-01T10:00:00Z",
+            **extra,
+        }
         return json.dumps(body).encode()
 
     no_user = json.loads(event("click"))
@@ -131,8 +150,9 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
     assert first.version == 1
 
     # same state directory: RocksDB holds the profile; the duplicate e1 is ignored
-    second = run_once([click(1, "carol", liked.item_id), click(2, "carol", world.items[5].item_id)],
-                      "carol-e2")  # fmt: skip
+    second = run_once(
+        [click(1, "carol", liked.item_id), click(2, "carol", world.items[5].item_id)], "carol-e2"
+    )
     assert second.version == 2
     assert liked.item_id not in [i.item_id for i in second.items]
 

@@ -6,9 +6,8 @@ a fixed catalog replaces the item-state follower.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -39,11 +38,15 @@ async def recloop(world: SyntheticWorld, emitter: RecordingEmitter) -> AsyncIter
         catalog.put(ItemState(item_id=item.item_id, record=item))
     settings = load_settings(
         None,
-        {"RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9", "RECLOOP__WORKER__STORE": "memory://",
-         "RECLOOP__KAFKA__TOPIC_PREFIX": "p."},
-    )  # fmt: skip
-    app = create_app(settings, clock=lambda: NOW, emitter=emitter,
-                     catalog_source=FixedCatalog(catalog))  # fmt: skip
+        {
+            "RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "RECLOOP__WORKER__STORE": "memory://",
+            "RECLOOP__KAFKA__TOPIC_PREFIX": "p.",
+        },
+    )
+    app = create_app(
+        settings, clock=lambda: NOW, emitter=emitter, catalog_source=FixedCatalog(catalog)
+    )
     app.app.finalize()
     app.app.flow_control.resume()
     yield app

@@ -21,9 +21,12 @@ class RecordingEmitter:
     sent: list[Sent] = field(default_factory=list)
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes | None,
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.sent.append(Sent(topic, key, value, dict(headers)))
 
     def to(self, suffix: str) -> list[Sent]:

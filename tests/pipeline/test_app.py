@@ -13,8 +13,14 @@ from tests.pipeline.doubles import RecordingEmitter
 
 
 def _event(event_id: str, user: str, kind: str, item: str, **extra: object) -> bytes:
-    body = {"event_id": event_id, "user_id": user, "type": kind, "item_id": item,
-            "timestamp": "2026-11-01T10:00:00Z", **extra}  # fmt: skip
+    body = {
+        "event_id": event_id,
+        "user_id": user,
+        "type": kind,
+        "item_id": item,
+        "timestamp": "2026-11-01T10:00:00Z",
+        **extra,
+    }
     return json.dumps(body).encode()
 
 
@@ -24,8 +30,9 @@ async def test_event_updates_state_and_publishes_a_snapshot_that_reflects_it(
     liked = world.items[0]
     async with recloop.events_agent.test_context() as agent:
         await agent.put(_event("e1", "u1", "click", liked.item_id), key=b"u1")
-        await agent.put(_event("e2", "u1", "dwell", world.items[4].item_id, dwell_ms=90000.0),
-                        key=b"u1")  # fmt: skip
+        await agent.put(
+            _event("e2", "u1", "dwell", world.items[4].item_id, dwell_ms=90000.0), key=b"u1"
+        )
 
     snapshots = [parse_snapshot(s.value or b"") for s in emitter.to("snapshots")]
     assert [s.version for s in snapshots] == [1, 2]
@@ -49,8 +56,17 @@ async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_proce
     bad = [
         (b"{not json", "invalid_json"),
         (_event("e1", "u1", "teleport", "i1"), "unknown_type"),
-        (json.dumps({"event_id": "e2", "type": "click", "item_id": "i",
-                     "timestamp": "2026-11-01T10:00:00Z"}).encode(), "missing_field"),
+        (
+            json.dumps(
+                {
+                    "event_id": "e2",
+                    "type": "click",
+                    "item_id": "i",
+                    "timestamp": "2026-11-01T10:00:00Z",
+                }
+            ).encode(),
+            "missing_field",
+        ),
         (_event("e3", "u1", "dwell", "i1", dwell_ms=-5.0), "schema_violation"),
         (_event("e4", "u1", "click", "i1", padding="x" * 70_000), "too_large"),
     ]
@@ -64,11 +80,15 @@ async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_proce
     assert [d.value for d in letters] == [raw for raw, _ in bad]  # original bytes, untouched
     assert all(d.headers["recloop.dlq.topic"] == b"p.events" for d in letters)
     assert all(d.headers["recloop.dlq.offset"].isdigit() for d in letters)
-    assert [parse_snapshot(s.value or b"").source_event_id for s in emitter.to("snapshots")] == ["ok"]
+    assert [parse_snapshot(s.value or b"").source_event_id for s in emitter.to("snapshots")] == [
+        "ok"
+    ]
     assert recloop.stats.dead_lettered == len(bad) and recloop.stats.processed == 1
 
 
-async def test_a_duplicate_event_is_applied_once(recloop: Recloop, emitter: RecordingEmitter) -> None:
+async def test_a_duplicate_event_is_applied_once(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
     async with recloop.events_agent.test_context() as agent:
         await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
         await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
@@ -81,8 +101,15 @@ async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
 ) -> None:
     item = world.items[2]
-    feedback = json.dumps({"item_id": item.item_id, "target": 1.0, "weight": 0.75,
-                           "event_time": "2026-11-01T10:00:00+00:00", "event_id": "e1"})  # fmt: skip
+    feedback = json.dumps(
+        {
+            "item_id": item.item_id,
+            "target": 1.0,
+            "weight": 0.75,
+            "event_time": "2026-11-01T10:00:00+00:00",
+            "event_id": "e1",
+        }
+    )
     async with recloop.catalog_agent.test_context() as agent:
         await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
         await agent.put(b'{"item_id": "x"}', key=b"x")  # no category: dead-lettered
