@@ -160,7 +160,7 @@ class Recloop:
             autodiscover=False,
             web_enabled=settings.worker.web_enabled,
             web_port=settings.worker.web_port,
-            web_host="127.0.0.1",
+            web_host=settings.worker.web_host,
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
             topic_allow_declare=True,

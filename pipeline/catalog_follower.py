@@ -48,6 +48,8 @@ class CatalogFollower:
                 "group.id": "recloop-catalog-follower",  # required, never used for commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
+                # item changes should reach every worker within milliseconds, not 500 ms
+                "fetch.wait.max.ms": 10,
             }
         )
         meta = consumer.list_topics(self.topic, timeout=timeout_s)

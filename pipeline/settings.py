@@ -51,6 +51,7 @@ class WorkerSettings(Section):
     app_id: str = "recloop"
     state_dir: Path = Path("var/state")
     store: str = Field(default="rocksdb://", description="Faust table store URL.")
+    web_host: str = Field(default="127.0.0.1", description="0.0.0.0 in a container.")
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_enabled: bool = False
     commit_interval_s: float = Field(default=1.0, gt=0)

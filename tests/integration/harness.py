@@ -76,6 +76,7 @@ class Harness:
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"reader-{topic}",
                 "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
             }
         )
         consumer.assign(
@@ -114,6 +115,32 @@ class Harness:
                 return True
             time.sleep(0.2)
         return False
+
+    def wait_until_worker_sees_catalog(self, k: int = 10, timeout_s: float = 60.0) -> None:
+        """Send throwaway events until a snapshot is full: the worker's catalog has arrived.
+
+        The catalog reaches a worker asynchronously (item agent, item-state topic, follower);
+        tests that assert on ranking wait for it instead of racing it.
+        """
+        deadline = time.monotonic() + timeout_s
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            event_id = f"warmup-{n}"
+            body = (
+                f'{{"event_id":"{event_id}","user_id":"__warmup__","type":"impression",'
+                f'"item_ids":["__none__"],"timestamp":"2026-01-01T00:00:00Z"}}'
+            )
+            self.send_raw(b"__warmup__", body.encode())
+            self.flush()
+            latest = self.snapshots(
+                lambda snaps, eid=event_id: "__warmup__" in snaps  # type: ignore[misc]
+                and snaps["__warmup__"].source_event_id == eid,
+                timeout_s=10,
+            )
+            if len(latest["__warmup__"].items) >= k:
+                return
+        raise AssertionError("the worker never ranked a full list: is the catalog reaching it?")
 
     def snapshots(
         self, until: Callable[[dict[str, Snapshot]], bool], timeout_s: float = 60.0

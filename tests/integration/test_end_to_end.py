@@ -39,6 +39,7 @@ def worker(harness: Harness, world: SyntheticWorld) -> Iterator[WorkerProcess]:
     process.start()
     try:
         assert harness.wait_for_count("item-state", len(world.items)), process.log_tail()
+        harness.wait_until_worker_sees_catalog()
         yield process
     finally:
         process.stop()
@@ -137,6 +138,7 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
         process = harness.worker()
         process.start()
         try:
+            harness.wait_until_worker_sees_catalog()
             harness.send_events(events)
             latest = harness.snapshots(latest_is("carol", until_event))  # type: ignore[arg-type]
             assert "carol" in latest and latest["carol"].source_event_id == until_event, (
