@@ -68,9 +68,9 @@ def rank_items(
     scored = []
     for state in candidates:
         total, pop, aff = score(state.item_id, state.category)
-        # ties break on item id so every worker and the offline replay agree
+        # ties break on item id (lowest first) so every worker and the replay agree
         scored.append((total, state.item_id, pop, aff, state.category))
-    best = heapq.nlargest(params.k, scored, key=lambda row: (row[0], row[1]))
+    best = heapq.nsmallest(params.k, scored, key=lambda row: (-row[0], row[1]))
     ranked: list[RankedItem] = []
     for total, item_id, pop, aff, category in best:
         reasons: list[str] = []

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -50,6 +50,9 @@ class InvalidEvent(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[InvalidEvent], tuple[str, str]]:
+        return (InvalidEvent, (self.reason, self.detail))
+
 
 @dataclass(frozen=True)
 class ValidationLimits:
@@ -69,9 +72,6 @@ def _reason_for(exc: ValidationError) -> tuple[str, str]:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more)"
     if kind == "json_invalid":
-        text = str(first.get("ctx", {}).get("error", ""))
-        if "utf-8" in text.lower() or "utf8" in text.lower():
-            return "invalid_utf8", message
         return "invalid_json", message
     if kind == "union_tag_invalid":
         return "unknown_type", message
@@ -84,6 +84,14 @@ def _reason_for(exc: ValidationError) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return "unexpected_field", message
     return "schema_violation", message
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode_event(
@@ -110,14 +118,17 @@ def decode_event(
     try:
         event = parse_event(raw)
     except ValidationError as exc:
-        raise InvalidEvent(*_reason_for(exc)) from None
+        reason, detail = _reason_for(exc)
+        if reason == "invalid_json" and not _is_utf8(raw):
+            reason = "invalid_utf8"
+        raise InvalidEvent(reason, detail) from None
     if event.timestamp > now + timedelta(seconds=limits.max_future_skew_s):
         raise InvalidEvent(
             "timestamp_in_future",
             f"timestamp {event.timestamp.isoformat()} is more than "
             f"{limits.max_future_skew_s:g}s ahead of the worker clock {now.isoformat()}",
         )
-    if event.timestamp.year < limits.min_event_year:
+    if event.timestamp < datetime(limits.min_event_year, 1, 1, tzinfo=UTC):
         raise InvalidEvent(
             "timestamp_too_old",
             f"timestamp {event.timestamp.isoformat()} is before {limits.min_event_year}",

@@ -102,6 +102,7 @@ def loop_config(settings: Settings) -> LoopConfig:
             history_size=lim.history_size,
             dedupe_window=lim.dedupe_window,
             max_categories=lim.max_categories,
+            max_blocked=lim.max_blocked,
         ),
         ranking=RankingParams(
             k=r.k,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,7 +26,7 @@ ENV_PREFIX = "RECLOOP__"
 class Section(BaseModel):
     """Frozen, no unknown keys: a typo in a settings file is an error, not a silent default."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class KafkaSettings(Section):
@@ -49,7 +49,7 @@ class WorkerSettings(Section):
     """How a worker runs and where it keeps local state."""
 
     app_id: str = "recloop"
-    state_dir: Path = Path("var/state")
+    state_dir: Annotated[Path, Field(strict=False)] = Path("var/state")
     store: str = Field(default="rocksdb://", description="Faust table store URL.")
     web_host: str = Field(default="127.0.0.1", description="0.0.0.0 in a container.")
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -67,6 +67,7 @@ class LimitSettings(Section):
     history_size: int = Field(default=200, ge=1, description="Recent items kept per user.")
     dedupe_window: int = Field(default=500, ge=1, description="Event ids kept per user.")
     max_categories: int = Field(default=64, ge=1, description="Category affinities per user.")
+    max_blocked: int = Field(default=1000, ge=1, description="Not-relevant items kept per user.")
 
 
 class RankingSettings(Section):
@@ -87,7 +88,7 @@ class Settings(Section):
     worker: WorkerSettings = WorkerSettings()
     limits: LimitSettings = LimitSettings()
     ranking: RankingSettings = RankingSettings()
-    cache_dir: Path | None = Field(
+    cache_dir: Annotated[Path | None, Field(strict=False)] = Field(
         default=None, description="Kafka jars and embedded broker data; default ~/.cache/recloop."
     )
 
@@ -98,7 +99,7 @@ class SettingsError(ValueError):
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for key, value in env.items():
+    for key in sorted(env):  # sorted: the outcome never depends on the environment's order
         if not key.startswith(ENV_PREFIX):
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
@@ -106,9 +107,18 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         node = tree
         for part in path[:-1]:
-            node = node.setdefault(part, {})
-        # YAML parsing turns "8" into 8 and "true" into True, as in the file itself.
-        node[path[-1]] = yaml.safe_load(value) if value != "" else None
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"{key} sets a field inside {part!r}, which is not a section")
+            node = child
+        if isinstance(node.get(path[-1]), dict):
+            raise SettingsError(f"{key} would replace the whole section {path[-1]!r}")
+        value = env[key]
+        try:
+            # YAML scalars, as in the file: "8" is 8, "true" is True; quote to keep a string
+            node[path[-1]] = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{key}: not a YAML scalar ({exc.__class__.__name__})") from exc
     return tree
 
 

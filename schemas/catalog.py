@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, Field, TypeAdapter
 
 from schemas.events import SCHEMA_VERSION, Contract, Id, ShortText
 
-Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 
 
 class ItemRecord(Contract):

@@ -27,15 +27,18 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    field_validator,
 )
 
 #: The contract's version. A producer may omit it (it then means this version); an event
 #: that names another version is rejected with ``unsupported_schema_version``.
 SCHEMA_VERSION: Literal[1] = 1
 
-#: Ids are printable: no control characters, at most 128 characters.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+#: Ids are printable: no C0 or C1 control characters, at most 128 characters.
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")
+]
+ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 
 NotRelevantReason = Literal[
     "not_interested", "seen_it", "offensive", "too_many_of_these", "wrong_language", "other"
@@ -46,6 +49,14 @@ class Contract(BaseModel):
     """Shared model settings: strict types, no unknown fields, no NaN or infinities."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("schema_version", mode="before", check_fields=False)
+    @classmethod
+    def _version_is_not_a_boolean(cls, value: object) -> object:
+        # Literal[1] would take JSON true (True == 1 in Python); the JSON Schema does not.
+        if isinstance(value, bool):
+            raise ValueError("schema_version must be the integer 1, not a boolean")
+        return value
 
 
 class Context(Contract):

@@ -134,8 +134,10 @@ class Harness:
             self.send_raw(b"__warmup__", body.encode())
             self.flush()
             latest = self.snapshots(
-                lambda snaps, eid=event_id: "__warmup__" in snaps  # type: ignore[misc]
-                and snaps["__warmup__"].source_event_id == eid,
+                lambda snaps, eid=event_id: (
+                    "__warmup__" in snaps  # type: ignore[misc]
+                    and snaps["__warmup__"].source_event_id == eid
+                ),
                 timeout_s=10,
             )
             if len(latest["__warmup__"].items) >= k:

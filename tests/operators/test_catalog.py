@@ -1,0 +1,167 @@
+"""ItemState and Catalog (operators/catalog.py): availability, decaying popularity, replicas."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from operators.catalog import Catalog, ItemState
+from operators.synthetic import SyntheticWorld
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+HOUR = 3600.0
+
+
+def test_an_item_with_a_record_is_available_in_its_category(world: SyntheticWorld) -> None:
+    record = world.items[0]
+
+    state = ItemState(item_id=record.item_id, record=record)
+
+    assert state.available
+    assert state.category == record.category
+
+
+def test_an_item_the_catalog_does_not_know_is_not_available() -> None:
+    state = ItemState(item_id="ghost")
+
+    assert not state.available
+    assert state.category is None
+
+
+def test_a_withdrawn_or_removed_item_is_not_available(world: SyntheticWorld) -> None:
+    record = world.items[0]
+    state = ItemState(item_id=record.item_id, record=record)
+
+    withdrawn = state.with_record(record.model_copy(update={"available": False}))
+    removed = state.with_record(None)
+
+    assert not withdrawn.available and withdrawn.category == record.category
+    assert not removed.available
+    assert state.available  # the original value is untouched
+
+
+def test_popularity_halves_after_one_half_life() -> None:
+    state = ItemState("i").with_feedback(1.0, T0, half_life_s=HOUR)
+    t = T0.timestamp()
+
+    assert state.popularity_at(t, HOUR) == pytest.approx(1.0)
+    assert state.popularity_at(t + HOUR, HOUR) == pytest.approx(0.5)
+    assert state.popularity_at(t + 2 * HOUR, HOUR) == pytest.approx(0.25)
+
+
+def test_popularity_does_not_grow_when_asked_about_an_earlier_time() -> None:
+    state = ItemState("i").with_feedback(1.0, T0, half_life_s=HOUR)
+
+    assert state.popularity_at(T0.timestamp() - 10 * HOUR, HOUR) == pytest.approx(1.0)
+
+
+def test_positive_feedback_adds_up_after_decay() -> None:
+    state = ItemState("i").with_feedback(1.0, T0, half_life_s=HOUR)
+
+    state = state.with_feedback(1.0, T0 + timedelta(hours=1), half_life_s=HOUR)
+
+    assert state.popularity_at((T0 + timedelta(hours=1)).timestamp(), HOUR) == pytest.approx(1.5)
+    assert (state.positives, state.feedback_events) == (2, 2)
+
+
+def test_negative_feedback_is_counted_but_adds_no_popularity() -> None:
+    state = ItemState("i").with_feedback(1.0, T0, half_life_s=HOUR)
+
+    state = state.with_feedback(-1.0, T0 + timedelta(hours=1), half_life_s=HOUR)
+
+    assert state.popularity_at((T0 + timedelta(hours=1)).timestamp(), HOUR) == pytest.approx(0.5)
+    assert (state.positives, state.feedback_events) == (1, 2)
+
+
+def test_an_item_with_only_negative_feedback_has_no_popularity() -> None:
+    state = ItemState("i").with_feedback(-0.3, T0, half_life_s=HOUR)
+
+    assert state.popularity_at(T0.timestamp(), HOUR) == 0.0
+    assert (state.positives, state.feedback_events) == (0, 1)
+
+
+def test_late_feedback_counts_at_its_own_time() -> None:
+    now = T0 + timedelta(hours=2)
+    state = ItemState("i").with_feedback(1.0, now, half_life_s=HOUR)
+
+    late = state.with_feedback(1.0, T0, half_life_s=HOUR)  # two half-lives older
+
+    assert late.popularity_at(now.timestamp(), HOUR) == pytest.approx(1.25)
+    assert late.popularity_t == now.timestamp()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_popularity_does_not_depend_on_the_order_feedback_arrives_in(seed: int) -> None:
+    feedback = [(1.0 if n % 3 else -0.3, T0 + timedelta(minutes=17 * n)) for n in range(12)]
+    shuffled = random.Random(seed).sample(feedback, len(feedback))
+    end = (T0 + timedelta(days=1)).timestamp()
+
+    def fold(items: list[tuple[float, datetime]]) -> ItemState:
+        state = ItemState("i")
+        for target, when in items:
+            state = state.with_feedback(target, when, half_life_s=HOUR)
+        return state
+
+    in_order, out_of_order = fold(feedback), fold(shuffled)
+
+    assert out_of_order.popularity_at(end, HOUR) == pytest.approx(in_order.popularity_at(end, HOUR))
+    assert out_of_order.positives == in_order.positives == 8
+
+
+def test_item_state_snapshot_restores_exactly(world: SyntheticWorld) -> None:
+    state = ItemState(item_id=world.items[3].item_id, record=world.items[3])
+    state = state.with_feedback(1.0, T0, half_life_s=HOUR)
+    state = state.with_feedback(-0.2, T0 + timedelta(seconds=1), half_life_s=HOUR)
+
+    restored = ItemState.restore(state.snapshot())
+
+    assert restored == state
+    assert restored.snapshot() == state.snapshot()
+    assert restored.available and restored.category == world.items[3].category
+
+
+def test_a_removed_item_state_restores_as_unavailable() -> None:
+    state = ItemState("gone").with_feedback(1.0, T0, half_life_s=HOUR)
+
+    restored = ItemState.restore(state.snapshot())
+
+    assert restored == state
+    assert not restored.available
+
+
+def test_the_catalog_stores_replaces_and_forgets_items(world: SyntheticWorld) -> None:
+    catalog = Catalog()
+    first, second = world.items[0], world.items[1]
+
+    catalog.put(ItemState(first.item_id, record=first))
+    catalog.put(ItemState(second.item_id, record=second))
+    catalog.put(ItemState(first.item_id, record=first, positives=7))
+    catalog.remove(second.item_id)
+    catalog.remove("never-there")
+
+    assert len(catalog) == 1
+    assert catalog.get(second.item_id) is None
+    state = catalog.get(first.item_id)
+    assert state is not None and state.positives == 7
+    assert [s.item_id for s in catalog] == [first.item_id]
+
+
+def test_the_catalog_snapshot_restores_every_item(catalog: Catalog) -> None:
+    some = next(iter(catalog))
+    catalog.put(some.with_feedback(1.0, T0, half_life_s=HOUR))
+    catalog.put(ItemState("withdrawn"))
+
+    restored = Catalog.restore(catalog.snapshot())
+
+    assert len(restored) == len(catalog) == 61
+    for state in catalog:
+        assert restored.get(state.item_id) == state
+    assert restored.snapshot() == catalog.snapshot()
+
+
+def test_an_empty_catalog_round_trips() -> None:
+    restored = Catalog.restore(Catalog().snapshot())
+
+    assert len(restored) == 0

@@ -1,0 +1,233 @@
+"""UserProfile and its folds (operators/profile.py): bounded, immutable, restorable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from operators.profile import (
+    ProfileLimits,
+    UserProfile,
+    apply_signal,
+    next_snapshot_version,
+    record_event,
+)
+from operators.signals import Signal
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+LIMITS = ProfileLimits()
+SMALL = ProfileLimits(history_size=5, dedupe_window=7, max_categories=3, max_blocked=4)
+
+
+def _like(item_id: str) -> Signal:
+    return Signal(item_id, 1.0, 0.75)
+
+
+def _skip(item_id: str) -> Signal:
+    return Signal(item_id, -0.3, 0.75)
+
+
+def _not_relevant(item_id: str) -> Signal:
+    return Signal(item_id, -1.0, 0.25, explicit=True)
+
+
+def _busy_profile(limits: ProfileLimits, n: int = 300, categories: int = 10) -> UserProfile:
+    """A profile after ``n`` events of every kind, over many items and categories."""
+    profile = UserProfile.new("user-1")
+    for k in range(n):
+        profile = record_event(profile, f"e{k}", T0 + timedelta(seconds=k), limits)
+        signal = [_like, _skip, _not_relevant][k % 3](f"item-{k}")
+        profile = apply_signal(
+            profile, signal, f"cat-{k % categories}", limits, blocks=signal.explicit
+        )
+        profile = next_snapshot_version(profile)
+    return profile
+
+
+def test_a_new_profile_is_empty() -> None:
+    profile = UserProfile.new("user-1")
+
+    assert profile.user_id == "user-1"
+    assert (profile.events_applied, profile.snapshot_version, profile.last_event_at) == (0, 0, None)
+    assert profile.excluded() == frozenset()
+    assert not profile.has_seen("e1")
+
+
+def test_recording_an_event_counts_it_and_remembers_its_id() -> None:
+    profile = record_event(UserProfile.new("u"), "e1", T0, LIMITS)
+
+    assert profile.events_applied == 1
+    assert profile.has_seen("e1") and not profile.has_seen("e2")
+    assert profile.last_event_at == T0.isoformat()
+
+
+def test_a_later_event_moves_the_user_clock_forward() -> None:
+    profile = record_event(UserProfile.new("u"), "e1", T0, LIMITS)
+
+    later = record_event(profile, "e2", T0 + timedelta(minutes=5), LIMITS)
+
+    assert datetime.fromisoformat(later.last_event_at or "") == T0 + timedelta(minutes=5)
+
+
+def test_a_late_event_does_not_move_last_event_at_backwards() -> None:
+    profile = record_event(UserProfile.new("u"), "e1", T0, LIMITS)
+
+    late = record_event(profile, "e0", T0 - timedelta(hours=1), LIMITS)
+
+    assert late.last_event_at == T0.isoformat()
+    assert late.events_applied == 2 and late.has_seen("e0")
+
+
+def test_lateness_compares_instants_not_wall_clock_text() -> None:
+    profile = record_event(UserProfile.new("u"), "e1", T0, LIMITS)
+    # 11:30 at +02:00 is 09:30 UTC: half an hour before T0 although it reads later
+    earlier_instant = datetime(2026, 11, 22, 11, 30, tzinfo=timezone(timedelta(hours=2)))
+
+    late = record_event(profile, "e0", earlier_instant, LIMITS)
+
+    assert datetime.fromisoformat(late.last_event_at or "") == T0
+
+
+def test_a_liked_item_raises_its_category_and_joins_the_history() -> None:
+    profile = apply_signal(UserProfile.new("u"), _like("i1"), "drama", LIMITS)
+
+    assert profile.affinity == {"drama": 0.75}
+    assert profile.history == ("i1",)
+    assert "i1" in profile.excluded()
+    assert profile.blocked == ()
+
+
+def test_a_skip_lowers_the_category_and_leaves_the_item_recommendable() -> None:
+    profile = apply_signal(UserProfile.new("u"), _skip("i1"), "drama", LIMITS)
+
+    assert profile.affinity["drama"] < 0
+    assert profile.history == ()
+    assert "i1" not in profile.excluded()
+
+
+def test_not_relevant_blocks_the_item() -> None:
+    profile = apply_signal(UserProfile.new("u"), _not_relevant("i1"), "drama", LIMITS, blocks=True)
+
+    assert profile.blocked == ("i1",)
+    assert "i1" in profile.excluded()
+    assert profile.affinity["drama"] == pytest.approx(-0.25)
+
+
+def test_an_unknown_category_leaves_the_affinities_alone() -> None:
+    profile = apply_signal(UserProfile.new("u"), _like("i1"), None, LIMITS)
+
+    assert profile.affinity == {}
+    assert profile.history == ("i1",)
+
+
+def test_affinities_add_up_per_category() -> None:
+    profile = UserProfile.new("u")
+    for n in range(4):
+        profile = apply_signal(profile, _like(f"i{n}"), "drama", LIMITS)
+    profile = apply_signal(profile, _skip("x"), "drama", LIMITS)
+
+    assert profile.affinity["drama"] == pytest.approx(4 * 0.75 - 0.3 * 0.75)
+
+
+def test_consuming_an_item_again_moves_it_to_the_newest_end_without_duplicates() -> None:
+    profile = UserProfile.new("u")
+    for item in ["a", "b", "c", "a"]:
+        profile = apply_signal(profile, _like(item), None, LIMITS)
+
+    assert profile.history == ("b", "c", "a")
+
+
+def test_every_bound_holds_after_many_events() -> None:
+    profile = _busy_profile(SMALL)
+
+    assert len(profile.history) == SMALL.history_size
+    assert len(profile.recent_event_ids) == SMALL.dedupe_window
+    assert len(profile.affinity) == SMALL.max_categories
+    assert len(profile.blocked) == SMALL.max_blocked
+    assert profile.events_applied == 300 and profile.snapshot_version == 300
+
+
+def test_the_bounds_keep_the_newest_entries() -> None:
+    profile = _busy_profile(SMALL)
+
+    assert profile.recent_event_ids == tuple(f"e{k}" for k in range(293, 300))
+    assert profile.has_seen("e299") and not profile.has_seen("e292")
+    assert profile.blocked == ("item-290", "item-293", "item-296", "item-299")
+    assert profile.history[-1] == "item-299"
+
+
+def test_the_default_bounds_hold_too() -> None:
+    # 3,300 events: 1,100 blocks and 100 categories, past every default bound
+    profile = _busy_profile(LIMITS, n=3_300, categories=100)
+
+    assert len(profile.history) == LIMITS.history_size
+    assert len(profile.recent_event_ids) == LIMITS.dedupe_window
+    assert len(profile.blocked) == LIMITS.max_blocked
+    assert len(profile.affinity) == LIMITS.max_categories
+
+
+def test_over_the_category_bound_the_strongest_feelings_survive_either_way() -> None:
+    limits = ProfileLimits(max_categories=2)
+    profile = UserProfile.new("u")
+    profile = apply_signal(profile, Signal("i1", 1.0, 1.0), "loved", limits)
+    profile = apply_signal(profile, Signal("i2", -1.0, 0.9), "hated", limits)
+    profile = apply_signal(profile, Signal("i3", 0.3, 0.75), "meh", limits)
+
+    assert set(profile.affinity) == {"loved", "hated"}
+
+
+def test_folds_return_new_profiles_and_leave_the_old_one_alone() -> None:
+    before = apply_signal(UserProfile.new("u"), _like("i1"), "drama", LIMITS)
+    frozen_copy = UserProfile.restore(before.snapshot())
+
+    after = apply_signal(before, _like("i2"), "drama", LIMITS)
+    after = record_event(after, "e9", T0, LIMITS)
+    after = next_snapshot_version(after)
+
+    assert before == frozen_copy
+    assert after != before
+    assert before.affinity == {"drama": 0.75}
+
+
+def test_profiles_are_frozen() -> None:
+    profile = UserProfile.new("u")
+
+    with pytest.raises(FrozenInstanceError):
+        profile.events_applied = 5  # type: ignore[misc]
+
+
+def test_next_snapshot_version_adds_exactly_one() -> None:
+    profile = UserProfile.new("u")
+
+    assert next_snapshot_version(next_snapshot_version(profile)).snapshot_version == 2
+
+
+def test_snapshot_and_restore_round_trip_exactly() -> None:
+    profile = _busy_profile(SMALL)
+    profile = apply_signal(profile, Signal("Zoë's pick 🎬", 1 / 3, 0.75), "ünïcode", SMALL)
+
+    restored = UserProfile.restore(profile.snapshot())
+
+    assert restored == profile
+    assert restored.affinity == profile.affinity
+    assert restored.snapshot() == profile.snapshot()
+
+
+def test_a_restored_profile_keeps_deduplicating_and_excluding() -> None:
+    profile = _busy_profile(SMALL)
+
+    restored = UserProfile.restore(profile.snapshot())
+
+    assert restored.has_seen("e299")
+    assert restored.excluded() == profile.excluded()
+
+
+def test_the_snapshot_is_compact_versioned_json() -> None:
+    data = UserProfile.new("u").snapshot()
+
+    assert isinstance(data, bytes)
+    assert b" " not in data
+    assert json.loads(data)["v"] == 1

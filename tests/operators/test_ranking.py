@@ -1,0 +1,192 @@
+"""rank_items (operators/ranking.py): what is recommended, in which order, and why."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from operators.catalog import Catalog, ItemState
+from operators.profile import UserProfile
+from operators.ranking import RankingParams, rank_items
+from operators.synthetic import SyntheticWorld
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+NOW = T0.timestamp()
+PARAMS = RankingParams()
+ALL = RankingParams(k=200)
+
+
+def _ids(profile: UserProfile, catalog: Catalog, params: RankingParams = PARAMS) -> list[str]:
+    return [item.item_id for item in rank_items(profile, catalog, NOW, params)]
+
+
+def _boost(catalog: Catalog, item_id: str, times: int, when: datetime = T0) -> None:
+    state = catalog.get(item_id)
+    assert state is not None
+    for _ in range(times):
+        state = state.with_feedback(1.0, when, half_life_s=PARAMS.popularity_half_life_s)
+    catalog.put(state)
+
+
+def test_an_empty_catalog_recommends_nothing() -> None:
+    assert rank_items(UserProfile.new("u"), Catalog(), NOW, PARAMS) == []
+
+
+def test_a_new_user_gets_k_items_that_say_why(catalog: Catalog) -> None:
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, PARAMS)
+
+    assert len(ranked) == PARAMS.k
+    assert all(item.reasons for item in ranked)
+    assert {reason for item in ranked for reason in item.reasons} == {"something new to try"}
+
+
+def test_k_is_honoured_and_a_small_catalog_is_returned_whole(catalog: Catalog) -> None:
+    assert len(_ids(UserProfile.new("u"), catalog, RankingParams(k=3))) == 3
+    assert len(_ids(UserProfile.new("u"), catalog, ALL)) == len(catalog) == 60
+
+
+def test_consumed_items_are_never_recommended(catalog: Catalog) -> None:
+    profile = replace(UserProfile.new("u"), history=("item-00001", "item-00059"))
+
+    shown = _ids(profile, catalog, ALL)
+
+    assert "item-00001" not in shown and "item-00059" not in shown
+    assert len(shown) == 58
+
+
+def test_blocked_items_are_never_recommended_even_when_most_popular(catalog: Catalog) -> None:
+    _boost(catalog, "item-00007", times=50)
+    profile = replace(UserProfile.new("u"), blocked=("item-00007",))
+
+    assert "item-00007" in _ids(UserProfile.new("u"), catalog)
+    assert "item-00007" not in _ids(profile, catalog, ALL)
+
+
+def test_unavailable_items_are_never_recommended(catalog: Catalog) -> None:
+    withdrawn = catalog.get("item-00002")
+    assert withdrawn is not None and withdrawn.record is not None
+    catalog.put(withdrawn.with_record(withdrawn.record.model_copy(update={"available": False})))
+    catalog.put(ItemState("item-unknown", popularity=99.0, popularity_t=NOW))
+    _boost(catalog, "item-00002", times=50)
+
+    shown = _ids(UserProfile.new("u"), catalog, ALL)
+
+    assert "item-00002" not in shown and "item-unknown" not in shown
+    assert len(shown) == 59
+
+
+def test_scores_are_in_descending_order(catalog: Catalog) -> None:
+    _boost(catalog, "item-00004", times=3)
+    _boost(catalog, "item-00010", times=1)
+    profile = replace(UserProfile.new("u"), affinity={"drama": 1.0, "comedy": -2.0})
+
+    scores = [item.score for item in rank_items(profile, catalog, NOW, ALL)]
+
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ranking_is_deterministic_whatever_order_the_catalog_was_filled_in(
+    world: SyntheticWorld,
+) -> None:
+    profile = replace(UserProfile.new("u"), affinity={"drama": 0.5})
+    results = []
+    for seed in range(4):
+        catalog = Catalog()
+        for record in random.Random(seed).sample(world.items, len(world.items)):
+            catalog.put(ItemState(record.item_id, record=record))
+        results.append(rank_items(profile, catalog, NOW, PARAMS))
+
+    assert all(result == results[0] for result in results)
+
+
+def test_ties_are_broken_by_item_id(catalog: Catalog) -> None:
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, PARAMS)
+    ids = [item.item_id for item in ranked]
+
+    assert len({item.score for item in ranked}) == 1  # a genuine tie
+    # among equal scores the lowest item id comes first
+    assert ids == sorted(s.item_id for s in catalog)[: PARAMS.k]
+
+
+def test_the_liked_category_comes_first_and_says_so(
+    catalog: Catalog, world: SyntheticWorld
+) -> None:
+    profile = replace(UserProfile.new("u"), affinity={"thriller": 1.5, "drama": 0.2})
+
+    ranked = rank_items(profile, catalog, NOW, ALL)
+
+    thrillers = sum(1 for item in world.items if item.category == "thriller")
+    assert [item.category for item in ranked[:thrillers]] == ["thriller"] * thrillers
+    assert ranked[thrillers].category == "drama"
+    assert "because you like thriller" in ranked[0].reasons
+
+
+def test_a_disliked_category_sinks_below_unknown_ones(catalog: Catalog) -> None:
+    profile = replace(UserProfile.new("u"), affinity={"drama": -3.0})
+
+    ranked = rank_items(profile, catalog, NOW, ALL)
+
+    assert {item.category for item in ranked[-10:]} == {"drama"}
+    assert "drama" not in {item.category for item in ranked[:-10]}
+    assert not any("because you like" in reason for reason in ranked[-1].reasons)
+
+
+def test_popular_items_rise_and_say_so(catalog: Catalog) -> None:
+    _boost(catalog, "item-00003", times=10)
+    _boost(catalog, "item-00008", times=2)
+
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, PARAMS)
+
+    assert [item.item_id for item in ranked[:2]] == ["item-00003", "item-00008"]
+    category = catalog.get("item-00003").category  # type: ignore[union-attr]
+    assert ranked[0].reasons == [f"popular in {category}"]
+
+
+def test_old_popularity_fades_against_recent_popularity(catalog: Catalog) -> None:
+    long_ago = T0 - timedelta(seconds=10 * PARAMS.popularity_half_life_s)
+    _boost(catalog, "item-00011", times=100, when=long_ago)
+    _boost(catalog, "item-00012", times=1)
+
+    assert _ids(UserProfile.new("u"), catalog)[0] == "item-00012"
+
+
+def test_a_strong_affinity_can_outrank_popularity(catalog: Catalog) -> None:
+    _boost(catalog, "item-00001", times=5)  # comedy
+    profile = replace(UserProfile.new("u"), affinity={"drama": 10.0})
+
+    top = rank_items(profile, catalog, NOW, PARAMS)[0]
+
+    assert top.category == "drama"
+
+
+def test_the_weights_change_the_blend(catalog: Catalog) -> None:
+    _boost(catalog, "item-00001", times=5)  # comedy
+    profile = replace(UserProfile.new("u"), affinity={"drama": 10.0})
+    popularity_only = RankingParams(affinity_weight=0.0)
+
+    assert _ids(profile, catalog, popularity_only)[0] == "item-00001"
+
+
+def test_ranking_does_not_change_the_profile_or_the_catalog(catalog: Catalog) -> None:
+    _boost(catalog, "item-00005", times=2)
+    profile = replace(UserProfile.new("u"), affinity={"drama": 1.0}, history=("item-00000",))
+    before_profile, before_catalog = profile.snapshot(), catalog.snapshot()
+
+    rank_items(profile, catalog, NOW, PARAMS)
+
+    assert profile.snapshot() == before_profile
+    assert catalog.snapshot() == before_catalog
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_scores_are_finite_and_rounded(catalog: Catalog, k: int) -> None:
+    _boost(catalog, "item-00005", times=3)
+    profile = replace(UserProfile.new("u"), affinity={"drama": 1e300, "comedy": -1e300})
+
+    ranked = rank_items(profile, catalog, NOW, RankingParams(k=k))
+
+    assert len(ranked) == k
+    assert all(abs(item.score) <= 3.0 and round(item.score, 6) == item.score for item in ranked)

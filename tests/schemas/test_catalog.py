@@ -1,0 +1,160 @@
+"""Catalog records (schemas/catalog.py): what the items topic accepts and rejects."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.catalog import item_to_json, parse_item
+
+
+def _errors(doc: dict[str, Any]) -> list[tuple[str, tuple[str | int, ...]]]:
+    with pytest.raises(ValidationError) as caught:
+        parse_item(json.dumps(doc))
+    return [(err["type"], tuple(err["loc"])) for err in caught.value.errors()]
+
+
+def _with(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    merged = {**doc, **changes}
+    return {key: value for key, value in merged.items() if value is not ...}
+
+
+def test_a_full_record_parses(item_doc: dict[str, Any]) -> None:
+    item = parse_item(json.dumps(item_doc).encode())
+
+    assert item.item_id == "item-9"
+    assert item.category == "drama"
+    assert item.tags == ["drama", "award-winner"]
+    assert item.created_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert item.duration_ms == 1_800_000.0
+    assert item.embedding == [0.1, -0.25, 3.0e-7]
+    assert item.available is True
+
+
+def test_a_minimal_record_is_available_with_no_tags(item_doc: dict[str, Any]) -> None:
+    minimal = {key: item_doc[key] for key in ("item_id", "category", "created_at")}
+
+    item = parse_item(json.dumps(minimal))
+
+    assert item.available is True
+    assert item.tags == []
+    assert (item.creator, item.title, item.duration_ms, item.embedding) == (None,) * 4
+    assert item.schema_version == 1
+
+
+def test_a_withdrawn_item_says_so(item_doc: dict[str, Any]) -> None:
+    assert parse_item(json.dumps(_with(item_doc, available=False))).available is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "error_type", "location"),
+    [
+        pytest.param({"category": ...}, "missing", ("category",), id="missing-category"),
+        pytest.param({"item_id": ...}, "missing", ("item_id",), id="missing-item_id"),
+        pytest.param({"created_at": ...}, "missing", ("created_at",), id="missing-created_at"),
+        pytest.param(
+            {"created_at": "2026-01-01T00:00:00"},
+            "timezone_aware",
+            ("created_at",),
+            id="naive-created_at",
+        ),
+        pytest.param({"duration_ms": 0}, "greater_than", ("duration_ms",), id="zero-duration"),
+        pytest.param({"duration_ms": -5}, "greater_than", ("duration_ms",), id="negative-duration"),
+        pytest.param(
+            {"duration_ms": 86_400_001},
+            "less_than_equal",
+            ("duration_ms",),
+            id="duration-over-a-day",
+        ),
+        pytest.param(
+            {"duration_ms": "60000"}, "float_type", ("duration_ms",), id="duration-as-string"
+        ),
+        pytest.param({"available": "false"}, "bool_type", ("available",), id="available-as-string"),
+        pytest.param({"available": 0}, "bool_type", ("available",), id="available-as-int"),
+        pytest.param({"embedding": []}, "too_short", ("embedding",), id="empty-embedding"),
+        pytest.param(
+            {"embedding": [0.0] * 1025}, "too_long", ("embedding",), id="embedding-over-1024"
+        ),
+        pytest.param(
+            {"embedding": [1.0, "2"]}, "float_type", ("embedding", 1), id="embedding-with-string"
+        ),
+        pytest.param(
+            {"tags": [f"t{n}" for n in range(33)]}, "too_long", ("tags",), id="over-32-tags"
+        ),
+        pytest.param({"tags": ["ok", ""]}, "string_too_short", ("tags", 1), id="empty-tag"),
+        pytest.param({"tags": ["t" * 65]}, "string_too_long", ("tags", 0), id="tag-over-64"),
+        pytest.param({"tags": ["a\tb"]}, "string_pattern_mismatch", ("tags", 0), id="tag-with-tab"),
+        pytest.param({"item_id": "i" * 129}, "string_too_long", ("item_id",), id="id-over-128"),
+        pytest.param(
+            {"item_id": "i\x00"}, "string_pattern_mismatch", ("item_id",), id="id-with-nul"
+        ),
+        pytest.param({"title": "t" * 257}, "string_too_long", ("title",), id="title-over-256"),
+        pytest.param(
+            {"title": "line\nbreak"}, "string_pattern_mismatch", ("title",), id="title-with-newline"
+        ),
+        pytest.param(
+            {"schema_version": 2}, "literal_error", ("schema_version",), id="schema-version-2"
+        ),
+        pytest.param({"price": 3}, "extra_forbidden", ("price",), id="extra-field"),
+    ],
+)
+def test_the_contract_rejects_a_bad_record_and_says_where(
+    item_doc: dict[str, Any],
+    changes: dict[str, Any],
+    error_type: str,
+    location: tuple[str | int, ...],
+) -> None:
+    assert _errors(_with(item_doc, **changes))[0] == (error_type, location)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["duration_ms", "embedding"])
+def test_nan_and_infinity_are_rejected(item_doc: dict[str, Any], field: str, literal: str) -> None:
+    value = f"[1.0, {literal}]" if field == "embedding" else literal
+    raw = json.dumps(_with(item_doc, **{field: ...}))[:-1] + f', "{field}": {value}}}'
+
+    with pytest.raises(ValidationError) as caught:
+        parse_item(raw)
+
+    assert caught.value.errors()[0]["loc"][0] == field
+
+
+def test_item_to_json_round_trips(item_doc: dict[str, Any]) -> None:
+    item = parse_item(json.dumps(item_doc))
+
+    encoded = item_to_json(item)
+
+    assert parse_item(encoded) == item
+    assert item_to_json(parse_item(encoded)) == encoded
+
+
+def test_item_to_json_leaves_out_unset_fields(item_doc: dict[str, Any]) -> None:
+    minimal = {key: item_doc[key] for key in ("item_id", "category", "created_at")}
+
+    encoded = item_to_json(parse_item(json.dumps(minimal)))
+
+    assert b"null" not in encoded
+    assert set(json.loads(encoded)) == {
+        "schema_version",
+        "item_id",
+        "category",
+        "created_at",
+        "tags",
+        "available",
+    }
+
+
+def test_records_are_immutable_and_do_not_share_default_tags(item_doc: dict[str, Any]) -> None:
+    minimal = {key: item_doc[key] for key in ("item_id", "category", "created_at")}
+    first, second = parse_item(json.dumps(minimal)), parse_item(json.dumps(minimal))
+
+    first.tags.append("leak")
+
+    assert second.tags == []
+    assert parse_item(json.dumps(minimal)).tags == []
+    with pytest.raises(ValidationError):
+        first.available = False  # type: ignore[misc]
