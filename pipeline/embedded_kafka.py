@@ -179,6 +179,9 @@ class EmbeddedKafka:
         self.jar_dir = cache_dir / "kafka" / version / "jars"
         self.home = cache_dir / "broker"
         self.state_file = self.home / "broker.json"
+        # The JVM this object started, kept so that stop() can reap it (no zombie, and no
+        # "subprocess still running" warning while the broker is meant to outlive a call).
+        self._process: subprocess.Popen[bytes] | None = None
 
     # -- jars ---------------------------------------------------------------------------
     def ensure_jars(self) -> Path:
@@ -303,16 +306,18 @@ class EmbeddedKafka:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc.poll() is not None:  # poll() reaps it
                 raise BrokerError(
                     f"the broker exited with code {proc.returncode}; see {log_dir}/server.log "
                     f"and {log_dir}/console.log"
                 )
             if _accepts_connections(port) and self._log_says_ready(server_log, offset):
                 _write_atomic(self.state_file, json.dumps(asdict(info)))
+                self._process = proc
                 return info
             time.sleep(0.2)
         proc.kill()
+        proc.wait()
         raise BrokerError(
             f"the broker did not become ready in {timeout_s:.0f}s; "
             f"see {log_dir}/server.log and {log_dir}/console.log"
@@ -335,6 +340,9 @@ class EmbeddedKafka:
                 time.sleep(0.2)
             if _pid_alive(info.pid):
                 os.kill(info.pid, signal.SIGKILL)
+        if self._process is not None and self._process.pid == info.pid:
+            self._process.wait()
+        self._process = None
         self.state_file.unlink(missing_ok=True)
         return was_running
 
