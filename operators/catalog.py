@@ -15,11 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Literal
 
 from schemas.catalog import ItemRecord, parse_item
 
@@ -34,11 +37,17 @@ class ItemState:
     popularity_t: float = 0.0
     positives: int = 0
     feedback_events: int = 0
+    neighbours: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
         """Recommendable: known to the catalog and not withdrawn."""
         return self.record is not None and self.record.available
+
+    @property
+    def created_t(self) -> float:
+        """When the item was created (seconds), 0 when unknown."""
+        return self.record.created_at.timestamp() if self.record is not None else 0.0
 
     @property
     def category(self) -> str | None:
@@ -76,6 +85,29 @@ class ItemState:
             feedback_events=self.feedback_events + 1,
         )
 
+    def trending_key(self, half_life_s: float) -> float:
+        """A time-invariant key that orders items as their decayed popularity does.
+
+        All items decay at the same rate, so ``log(popularity) + t·ln2/half_life`` ranks
+        them the same at every moment; only new feedback changes the order.
+        """
+        if self.popularity <= 0.0:
+            return -math.inf
+        return math.log(self.popularity) + self.popularity_t * math.log(2.0) / half_life_s
+
+    def with_covisits(self, items: Sequence[str], weight: float, max_neighbours: int) -> ItemState:
+        """Count that users who liked this item also liked ``items`` (bounded, strongest kept)."""
+        neighbours = dict(self.neighbours)
+        for other in items:
+            if other != self.item_id:
+                neighbours[other] = neighbours.get(other, 0.0) + weight
+        # prune in batches (to the bound, when 25% over it) so a busy item is not
+        # re-sorted on every co-visit
+        if len(neighbours) > max_neighbours + max_neighbours // 4:
+            strongest = heapq.nlargest(max_neighbours, neighbours.items(), key=lambda kv: kv[1])
+            neighbours = dict(strongest)
+        return replace(self, neighbours=neighbours)
+
     def snapshot(self) -> bytes:
         """Compact JSON bytes of this state, as the item-state topic carries it."""
         return json.dumps(
@@ -86,6 +118,7 @@ class ItemState:
                 "popularity_t": self.popularity_t,
                 "positives": self.positives,
                 "feedback_events": self.feedback_events,
+                "neighbours": self.neighbours,
             },
             separators=(",", ":"),
         ).encode()
@@ -102,7 +135,136 @@ class ItemState:
             popularity_t=raw["popularity_t"],
             positives=raw["positives"],
             feedback_events=raw["feedback_events"],
+            neighbours=dict(raw.get("neighbours", {})),
         )
+
+
+@dataclass(frozen=True)
+class ItemFeedback:
+    """What one event says about one item, sent to the item's owner (keyed by item id).
+
+    ``kind`` is ``signal`` for the user's own signal about the item (popularity), or
+    ``covisit`` when the item was liked by a user who just liked ``co_items`` too.
+    """
+
+    item_id: str
+    target: float
+    weight: float
+    event_time: datetime
+    event_id: str
+    kind: Literal["signal", "covisit"] = "signal"
+    co_items: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        """Compact JSON bytes for the item-feedback topic."""
+        return json.dumps(
+            {
+                "item_id": self.item_id,
+                "target": self.target,
+                "weight": self.weight,
+                "event_time": self.event_time.isoformat(),
+                "event_id": self.event_id,
+                "kind": self.kind,
+                "co_items": self.co_items,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ItemFeedback:
+        """The record :meth:`to_json` wrote."""
+        raw = json.loads(data)
+        kind = raw.get("kind", "signal")
+        if kind not in ("signal", "covisit"):
+            raise ValueError(f"unknown item feedback kind {kind!r}")
+        return cls(
+            item_id=raw["item_id"],
+            target=float(raw["target"]),
+            weight=float(raw["weight"]),
+            event_time=datetime.fromisoformat(raw["event_time"]),
+            event_id=raw["event_id"],
+            kind=kind,
+            co_items=tuple(raw.get("co_items", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ItemParams:
+    """How feedback moves item state."""
+
+    popularity_half_life_s: float = 7 * 24 * 3600.0
+    max_neighbours: int = 200
+
+
+def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams) -> ItemState:
+    """Fold one feedback record into an item's state: the item agent's whole logic.
+
+    The live item agent and the offline replay both call this, so they agree.
+    """
+    if feedback.kind == "covisit":
+        return state.with_covisits(feedback.co_items, 1.0, params.max_neighbours)
+    updated = state.with_feedback(
+        feedback.target, feedback.event_time, params.popularity_half_life_s
+    )
+    if feedback.co_items:
+        updated = updated.with_covisits(feedback.co_items, 1.0, params.max_neighbours)
+    return updated
+
+
+SortKey = tuple[float, float, str]
+
+
+class _TopOrder:
+    """The best ``n`` available items of one category (or all), kept current as items change.
+
+    Best = highest decayed popularity, then newest, then lowest id. New likes only ever
+    raise an item's key, so most updates are an O(log n) check; only when an item in the
+    list falls (withdrawn, removed, or its record changed) is the list rebuilt, lazily.
+    """
+
+    def __init__(self, category: str | None, n: int, half_life_s: float) -> None:
+        self.category = category
+        self.n = n
+        self.half_life_s = half_life_s
+        self.rows: list[SortKey] = []
+        self.members: dict[str, SortKey] = {}
+        self.stale = True
+
+    def key(self, state: ItemState) -> SortKey:
+        return (-state.trending_key(self.half_life_s), -state.created_t, state.item_id)
+
+    def eligible(self, state: ItemState | None) -> bool:
+        return (
+            state is not None
+            and state.available
+            and (self.category is None or state.category == self.category)
+        )
+
+    def rebuild(self, states: Iterator[ItemState]) -> None:
+        self.rows = heapq.nsmallest(self.n, (self.key(s) for s in states if self.eligible(s)))
+        self.members = {row[2]: row for row in self.rows}
+        self.stale = False
+
+    def update(self, item_id: str, state: ItemState | None) -> None:
+        if self.stale:
+            return
+        old = self.members.pop(item_id, None)
+        if old is not None:
+            del self.rows[bisect.bisect_left(self.rows, old)]
+        if not self.eligible(state):
+            self.stale = old is not None  # a member left: the next best is unknown
+            return
+        assert state is not None
+        new = self.key(state)
+        if old is not None and new > old:
+            self.stale = True  # a member got worse: something outside may now beat it
+            return
+        if len(self.rows) < self.n or new < self.rows[-1]:
+            bisect.insort(self.rows, new)
+            self.members[item_id] = new
+            if len(self.rows) > self.n:
+                dropped = self.rows.pop()
+                del self.members[dropped[2]]
 
 
 class Catalog:
@@ -110,6 +272,7 @@ class Catalog:
 
     def __init__(self) -> None:
         self._items: dict[str, ItemState] = {}
+        self._orders: dict[tuple[str | None, int, float], _TopOrder] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -124,10 +287,28 @@ class Catalog:
     def put(self, state: ItemState) -> None:
         """Replace one item's state."""
         self._items[state.item_id] = state
+        for order in self._orders.values():
+            order.update(state.item_id, state)
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the item-state topic)."""
-        self._items.pop(item_id, None)
+        if self._items.pop(item_id, None) is not None:
+            for order in self._orders.values():
+                order.update(item_id, None)
+
+    def top(self, n: int, half_life_s: float, category: str | None = None) -> list[str]:
+        """The ``n`` best available items (of one category, or all): trending, then fresh.
+
+        Items with positive feedback come first, by decayed popularity (all items decay at
+        the same rate, so the order only changes with new feedback); the rest follow,
+        newest first, so a catalog without feedback yet still fills a list.
+        """
+        order = self._orders.get((category, n, half_life_s))
+        if order is None:
+            order = self._orders[(category, n, half_life_s)] = _TopOrder(category, n, half_life_s)
+        if order.stale:
+            order.rebuild(iter(self._items.values()))
+        return [row[2] for row in order.rows]
 
     def snapshot(self) -> bytes:
         """All items as JSON lines."""

@@ -17,11 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from operators.catalog import Catalog
+from operators.catalog import Catalog, ItemFeedback, ItemParams
 from operators.profile import (
     ProfileLimits,
     UserProfile,
@@ -34,6 +33,8 @@ from operators.signals import Signal, SignalRules, impression_signals, signal_of
 from schemas.events import Event, Impression, NotRelevant
 from schemas.snapshot import Snapshot
 
+__all__ = ["ItemFeedback", "LoopConfig", "Step", "apply_event", "process_event"]
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -42,42 +43,9 @@ class LoopConfig:
     signals: SignalRules = field(default_factory=SignalRules)
     limits: ProfileLimits = field(default_factory=ProfileLimits)
     ranking: RankingParams = field(default_factory=RankingParams)
-
-
-@dataclass(frozen=True)
-class ItemFeedback:
-    """What one event says about one item, sent to the item's owner (keyed by item id)."""
-
-    item_id: str
-    target: float
-    weight: float
-    event_time: datetime
-    event_id: str
-
-    def to_json(self) -> bytes:
-        """Compact JSON bytes for the item-feedback topic."""
-        return json.dumps(
-            {
-                "item_id": self.item_id,
-                "target": self.target,
-                "weight": self.weight,
-                "event_time": self.event_time.isoformat(),
-                "event_id": self.event_id,
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ItemFeedback:
-        """The record :meth:`to_json` wrote."""
-        raw = json.loads(data)
-        return cls(
-            item_id=raw["item_id"],
-            target=float(raw["target"]),
-            weight=float(raw["weight"]),
-            event_time=datetime.fromisoformat(raw["event_time"]),
-            event_id=raw["event_id"],
-        )
+    items: ItemParams = field(default_factory=ItemParams)
+    #: how many of the user's previous positives a new positive is counted with
+    covisit_window: int = 20
 
 
 @dataclass(frozen=True)
@@ -103,6 +71,59 @@ def _signals(event: Event, catalog: Catalog, rules: SignalRules) -> list[Signal]
     return [signal] if signal is not None else []
 
 
+def _feedback_for(
+    event: Event, signal: Signal, before: UserProfile, after: UserProfile, window: int
+) -> list[ItemFeedback]:
+    """The item-side records one signal produces: its own, and co-visits when newly liked."""
+    newly_liked = (
+        signal.item_id in after.recent_positives and signal.item_id not in before.recent_positives
+    )
+    co_items = (
+        tuple(r for r in before.recent_positives[-window:] if r != signal.item_id)
+        if newly_liked
+        else ()
+    )
+    records = [
+        ItemFeedback(
+            signal.item_id, signal.target, signal.weight, event.timestamp, event.event_id,
+            co_items=co_items,
+        )
+    ]  # fmt: skip
+    records.extend(
+        ItemFeedback(other, 0.0, 0.0, event.timestamp, event.event_id, kind="covisit",
+                     co_items=(signal.item_id,))
+        for other in co_items
+    )  # fmt: skip
+    return records
+
+
+def apply_event(
+    event: Event, profile: UserProfile | None, catalog: Catalog, config: LoopConfig
+) -> tuple[UserProfile, tuple[ItemFeedback, ...], bool]:
+    """Fold one validated event into the user's state, without ranking.
+
+    Returns the new profile, the item feedback to send to the items' owners, and whether
+    the event was a duplicate (then nothing changed and nothing is sent).
+    """
+    current = profile if profile is not None else UserProfile.new(event.user_id)
+    if current.has_seen(event.event_id):
+        return current, (), True
+    updated = record_event(current, event.event_id, event.timestamp, config.limits)
+    feedback: list[ItemFeedback] = []
+    for signal in _signals(event, catalog, config.signals):
+        state = catalog.get(signal.item_id)
+        before = updated
+        updated = apply_signal(
+            updated,
+            signal,
+            state.category if state is not None else None,
+            config.limits,
+            blocks=isinstance(event, NotRelevant),
+        )
+        feedback.extend(_feedback_for(event, signal, before, updated, config.covisit_window))
+    return updated, tuple(feedback), False
+
+
 def process_event(
     event: Event,
     profile: UserProfile | None,
@@ -120,25 +141,9 @@ def process_event(
         generated_at: wall-clock time for the snapshot (from the injected clock).
 
     """
-    current = profile if profile is not None else UserProfile.new(event.user_id)
-    if current.has_seen(event.event_id):
-        return Step(profile=current, snapshot=None)
-    updated = record_event(current, event.event_id, event.timestamp, config.limits)
-    feedback = []
-    for signal in _signals(event, catalog, config.signals):
-        state = catalog.get(signal.item_id)
-        updated = apply_signal(
-            updated,
-            signal,
-            state.category if state is not None else None,
-            config.limits,
-            blocks=isinstance(event, NotRelevant),
-        )
-        feedback.append(
-            ItemFeedback(
-                signal.item_id, signal.target, signal.weight, event.timestamp, event.event_id
-            )
-        )
+    updated, feedback, duplicate = apply_event(event, profile, catalog, config)
+    if duplicate:
+        return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
     items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking)
     snapshot = Snapshot(
@@ -150,4 +155,4 @@ def process_event(
         model_version=MODEL_VERSION,
         items=items,
     )
-    return Step(profile=updated, snapshot=snapshot, feedback=tuple(feedback))
+    return Step(profile=updated, snapshot=snapshot, feedback=feedback)

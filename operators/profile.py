@@ -29,6 +29,7 @@ class ProfileLimits:
     dedupe_window: int = 500
     max_categories: int = 64
     max_blocked: int = 1000
+    recent_positives: int = 20
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class UserProfile:
     history: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()
     recent_event_ids: tuple[str, ...] = ()
+    recent_positives: tuple[str, ...] = ()
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -70,6 +72,7 @@ class UserProfile:
                 "history": self.history,
                 "blocked": self.blocked,
                 "recent_event_ids": self.recent_event_ids,
+                "recent_positives": self.recent_positives,
             },
             separators=(",", ":"),
         ).encode()
@@ -87,7 +90,12 @@ class UserProfile:
             history=tuple(raw["history"]),
             blocked=tuple(raw["blocked"]),
             recent_event_ids=tuple(raw["recent_event_ids"]),
+            recent_positives=tuple(raw.get("recent_positives", ())),
         )
+
+
+#: A signal at least this strong marks the item as liked (click, long dwell, 4+ stars).
+POSITIVE_TARGET = 0.5
 
 
 def _push(items: tuple[str, ...], value: str, limit: int) -> tuple[str, ...]:
@@ -142,7 +150,14 @@ def apply_signal(
     blocked = (
         _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
     )
-    return replace(profile, affinity=affinity, history=history, blocked=blocked)
+    recent = profile.recent_positives
+    if signal.target >= POSITIVE_TARGET:
+        recent = _push(recent, signal.item_id, limits.recent_positives)
+    elif signal.target < 0 and signal.item_id in recent:
+        recent = tuple(item for item in recent if item != signal.item_id)
+    return replace(
+        profile, affinity=affinity, history=history, blocked=blocked, recent_positives=recent
+    )
 
 
 def next_snapshot_version(profile: UserProfile) -> UserProfile:

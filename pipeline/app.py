@@ -13,6 +13,7 @@ Two agents, both thin (decode, call operators, write state, emit):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -23,8 +24,8 @@ from typing import Any, Protocol
 import faust
 from pydantic import ValidationError
 
-from operators.catalog import Catalog, ItemState
-from operators.feedback_loop import ItemFeedback, LoopConfig, process_event
+from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.feedback_loop import LoopConfig, process_event
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
@@ -103,13 +104,15 @@ def loop_config(settings: Settings) -> LoopConfig:
             dedupe_window=lim.dedupe_window,
             max_categories=lim.max_categories,
             max_blocked=lim.max_blocked,
+            recent_positives=lim.recent_positives,
         ),
         ranking=RankingParams(
-            k=r.k,
-            popularity_weight=r.popularity_weight,
-            affinity_weight=r.affinity_weight,
-            popularity_half_life_s=r.popularity_half_life_s,
+            **{f.name: getattr(r, f.name) for f in dataclasses.fields(RankingParams)}
         ),
+        items=ItemParams(
+            popularity_half_life_s=r.popularity_half_life_s, max_neighbours=r.max_neighbours
+        ),
+        covisit_window=r.covisit_window,
     )
 
 
@@ -331,9 +334,7 @@ class Recloop:
             log.error("item feedback without key or value; recloop never writes such records")
             return
         feedback = ItemFeedback.from_json(raw)
-        state = self._item_state(feedback.item_id).with_feedback(
-            feedback.target, feedback.event_time, self.config.ranking.popularity_half_life_s
-        )
+        state = apply_feedback(self._item_state(feedback.item_id), feedback, self.config.items)
         await self._publish_item(key, state)
 
 

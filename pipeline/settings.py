@@ -20,6 +20,10 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from operators.catalog import ItemParams
+from operators.ranking import RankingParams
+from operators.signals import SignalRules
+
 ENV_PREFIX = "RECLOOP__"
 
 
@@ -68,17 +72,31 @@ class LimitSettings(Section):
     dedupe_window: int = Field(default=500, ge=1, description="Event ids kept per user.")
     max_categories: int = Field(default=64, ge=1, description="Category affinities per user.")
     max_blocked: int = Field(default=1000, ge=1, description="Not-relevant items kept per user.")
+    recent_positives: int = Field(default=20, ge=1, le=1000, description="Recent likes kept.")
+
+
+_R = RankingParams  # the operators own the defaults; settings only bound and expose them
 
 
 class RankingSettings(Section):
-    """The ranker's knobs."""
+    """The ranker's knobs (see ``operators/ranking.py`` for what each one does)."""
 
-    k: int = Field(default=10, ge=1, le=200)
-    popularity_weight: float = Field(default=1.0, ge=0)
-    affinity_weight: float = Field(default=2.0, ge=0)
-    popularity_half_life_s: float = Field(default=7 * 24 * 3600.0, gt=0)
-    dwell_long_ms: float = Field(default=30_000.0, gt=0)
-    dwell_short_ms: float = Field(default=5_000.0, gt=0)
+    k: int = Field(default=_R.k, ge=1, le=200)
+    recent_used: int = Field(default=_R.recent_used, ge=0, le=200)
+    covisit_decay: float = Field(default=_R.covisit_decay, gt=0, le=1)
+    covisit_alpha: float = Field(default=_R.covisit_alpha, ge=0, le=2)
+    covisit_beta: float = Field(default=_R.covisit_beta, ge=0, le=2)
+    trending_weight: float = Field(default=_R.trending_weight, ge=0)
+    trending_candidates: int = Field(default=_R.trending_candidates, ge=0, le=10_000)
+    affinity_weight: float = Field(default=_R.affinity_weight, ge=0)
+    affinity_categories: int = Field(default=_R.affinity_categories, ge=0, le=50)
+    category_candidates: int = Field(default=_R.category_candidates, ge=0, le=10_000)
+    popularity_half_life_s: float = Field(default=_R.popularity_half_life_s, gt=0)
+    category_cap: int | None = Field(default=_R.category_cap, ge=1)
+    covisit_window: int = Field(default=20, ge=0, le=200)
+    max_neighbours: int = Field(default=ItemParams.max_neighbours, ge=1, le=10_000)
+    dwell_long_ms: float = Field(default=SignalRules.dwell_long_ms, gt=0)
+    dwell_short_ms: float = Field(default=SignalRules.dwell_short_ms, gt=0)
 
 
 class Settings(Section):

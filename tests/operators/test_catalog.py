@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from operators.catalog import Catalog, ItemState
+from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
 from operators.synthetic import SyntheticWorld
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -165,3 +165,54 @@ def test_an_empty_catalog_round_trips() -> None:
     restored = Catalog.restore(Catalog().snapshot())
 
     assert len(restored) == 0
+
+
+# -- co-visitation, feedback and the trending order ----------------------------------
+
+
+def test_covisits_are_counted_and_bounded_to_the_strongest() -> None:
+    state = ItemState(item_id="a").with_covisits(["b", "c", "b", "a"], 1.0, max_neighbours=10)
+    assert dict(state.neighbours) == {"b": 2.0, "c": 1.0}  # never its own neighbour
+    bounded = state.with_covisits(["d", "d", "d", "e"], 1.0, max_neighbours=2)
+    assert dict(bounded.neighbours) == {"d": 3.0, "b": 2.0}
+
+
+def test_apply_feedback_handles_signals_and_covisits() -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    params = ItemParams(popularity_half_life_s=3600.0, max_neighbours=5)
+    liked = ItemFeedback("a", 1.0, 0.75, t, "e1", co_items=("b", "c"))
+    covisit = ItemFeedback("a", 0.0, 0.0, t, "e2", kind="covisit", co_items=("d",))
+
+    state = apply_feedback(apply_feedback(ItemState(item_id="a"), liked, params), covisit, params)
+
+    assert state.positives == 1 and state.popularity == 1.0  # the co-visit is no new like
+    assert dict(state.neighbours) == {"b": 1.0, "c": 1.0, "d": 1.0}
+    assert ItemFeedback.from_json(liked.to_json()) == liked
+    assert ItemState.restore(state.snapshot()) == state
+
+
+def test_top_orders_by_decayed_popularity_then_freshness(world: SyntheticWorld) -> None:
+    catalog = Catalog()
+    for item in world.items[:6]:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    t = datetime(2026, 6, 1, tzinfo=UTC)
+    old = catalog.get("item-00001")
+    new = catalog.get("item-00002")
+    assert old is not None and new is not None
+    # three likes a week ago weigh less than two today at a one-day half-life
+    for _ in range(3):
+        old = old.with_feedback(1.0, t - timedelta(days=7), half_life_s=86400)
+    for _ in range(2):
+        new = new.with_feedback(1.0, t, half_life_s=86400)
+    catalog.put(old)
+    catalog.put(new)
+
+    top = catalog.top(6, half_life_s=86400)
+
+    assert top[:2] == ["item-00002", "item-00001"]
+    rest = [catalog.get(i) for i in top[2:]]
+    created = [s.created_t for s in rest if s is not None]
+    assert created == sorted(created, reverse=True)  # no feedback yet: newest first
+    assert catalog.top(6, half_life_s=86400, category=world.items[3].category) == [
+        world.items[3].item_id
+    ]

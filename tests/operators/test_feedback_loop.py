@@ -321,3 +321,61 @@ def test_item_feedback_round_trips_through_json() -> None:
     feedback = ItemFeedback("item-1", -0.3, 0.75, offset, "e-1")
 
     assert ItemFeedback.from_json(feedback.to_json()) == feedback
+
+
+# -- co-visitation feedback ----------------------------------------------------------
+
+
+def test_a_new_like_is_counted_with_the_previous_likes_both_ways(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    events: list[Event] = [
+        _click("e1", "item-00001"),
+        _click("e2", "item-00002", T0 + timedelta(minutes=1)),
+        _click("e3", "item-00003", T0 + timedelta(minutes=2)),
+    ]
+    steps = _run(events, catalog, config, generated_at)
+
+    third = [(f.item_id, f.kind, f.co_items) for f in steps[2].feedback]
+    assert third == [
+        ("item-00003", "signal", ("item-00001", "item-00002")),
+        ("item-00001", "covisit", ("item-00003",)),
+        ("item-00002", "covisit", ("item-00003",)),
+    ]
+    assert steps[2].profile.recent_positives == ("item-00001", "item-00002", "item-00003")
+
+
+def test_liking_the_same_item_again_adds_no_covisits(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    dwell = Dwell(type="dwell", event_id="e3", user_id="u1", item_id="item-00002",
+                  dwell_ms=300_000.0, timestamp=T0 + timedelta(minutes=2))  # fmt: skip
+    steps = _run(
+        [_click("e1", "item-00001"), _click("e2", "item-00002", T0 + timedelta(minutes=1)), dwell],
+        catalog, config, generated_at,
+    )  # fmt: skip
+
+    assert [(f.kind, f.co_items) for f in steps[2].feedback] == [("signal", ())]
+
+
+def test_the_covisit_window_bounds_the_fan_out(catalog: Catalog, generated_at: datetime) -> None:
+    config = LoopConfig(covisit_window=2)
+    events: list[Event] = [
+        _click(f"e{n}", f"item-{n:05d}", T0 + timedelta(minutes=n)) for n in range(1, 6)
+    ]
+    steps = _run(events, catalog, config, generated_at)
+
+    signal = steps[-1].feedback[0]
+    assert signal.co_items == ("item-00003", "item-00004")
+    assert len(steps[-1].feedback) == 3
+
+
+def test_a_disliked_item_leaves_the_recent_likes(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    nope = NotRelevant(type="not_relevant", event_id="e2", user_id="u1", item_id="item-00001",
+                       timestamp=T0 + timedelta(minutes=1))  # fmt: skip
+    steps = _run([_click("e1", "item-00001"), nope], catalog, config, generated_at)
+
+    assert steps[0].profile.recent_positives == ("item-00001",)
+    assert steps[1].profile.recent_positives == ()

@@ -40,7 +40,8 @@ def test_a_new_user_gets_k_items_that_say_why(catalog: Catalog) -> None:
 
     assert len(ranked) == PARAMS.k
     assert all(item.reasons for item in ranked)
-    assert {reason for item in ranked for reason in item.reasons} == {"something new to try"}
+    # nothing is known yet: every item is offered as something to try, and says in what
+    assert all(item.reasons == [f"something to try in {item.category}"] for item in ranked)
 
 
 def test_k_is_honoured_and_a_small_catalog_is_returned_whole(catalog: Catalog) -> None:
@@ -157,9 +158,12 @@ def test_a_strong_affinity_can_outrank_popularity(catalog: Catalog) -> None:
     _boost(catalog, "item-00001", times=5)  # comedy
     profile = replace(UserProfile.new("u"), affinity={"drama": 10.0})
 
-    top = rank_items(profile, catalog, NOW, PARAMS)[0]
+    affinity_led = RankingParams(affinity_weight=1.0)
+    top = rank_items(profile, catalog, NOW, affinity_led)[0]
 
     assert top.category == "drama"
+    # with the default weights a single strong popularity signal still wins
+    assert rank_items(profile, catalog, NOW, PARAMS)[0].item_id == "item-00001"
 
 
 def test_the_weights_change_the_blend(catalog: Catalog) -> None:
@@ -190,3 +194,69 @@ def test_scores_are_finite_and_rounded(catalog: Catalog, k: int) -> None:
 
     assert len(ranked) == k
     assert all(abs(item.score) <= 3.0 and round(item.score, 6) == item.score for item in ranked)
+
+
+# -- co-visitation (the learning core's first candidate source) ----------------------
+
+
+def _covisit(catalog: Catalog, a: str, b: str, times: int = 1) -> None:
+    for one, other in ((a, b), (b, a)):
+        state = catalog.get(one)
+        assert state is not None
+        catalog.put(state.with_covisits([other] * times, 1.0, max_neighbours=200))
+
+
+def test_items_liked_together_are_recommended_with_the_reason(catalog: Catalog) -> None:
+    _covisit(catalog, "item-00007", "item-00042", times=3)
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00007",),
+                      history=("item-00007",))  # fmt: skip
+
+    ranked = rank_items(profile, catalog, NOW, PARAMS)
+
+    assert ranked[0].item_id == "item-00042"
+    assert ranked[0].reasons[0] == "because you liked Comedy #7"
+    assert "item-00007" not in [item.item_id for item in ranked]
+
+
+def test_recent_likes_count_more_than_older_ones(catalog: Catalog) -> None:
+    _covisit(catalog, "item-00001", "item-00010")  # old like's neighbour
+    _covisit(catalog, "item-00002", "item-00020")  # recent like's neighbour
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00001", "item-00002"))
+
+    assert _ids(profile, catalog)[:2] == ["item-00020", "item-00010"]
+
+
+def test_blockbusters_are_damped_by_their_popularity(catalog: Catalog) -> None:
+    _covisit(catalog, "item-00001", "item-00010", times=2)
+    _covisit(catalog, "item-00001", "item-00011", times=3)
+    _boost(catalog, "item-00011", times=50)  # liked by everybody, with everything
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00001",))
+    cosine_only = RankingParams(trending_weight=0.0, affinity_weight=0.0)
+
+    assert _ids(profile, catalog, cosine_only)[:2] == ["item-00010", "item-00011"]
+
+
+def test_the_category_cap_diversifies_the_list(catalog: Catalog, world: SyntheticWorld) -> None:
+    profile = replace(UserProfile.new("u"), affinity={"comedy": 5.0})
+    comedy_led = RankingParams(affinity_weight=1.0)
+    capped = RankingParams(affinity_weight=1.0, category_cap=3)
+
+    uncapped_categories = [i.category for i in rank_items(profile, catalog, NOW, comedy_led)]
+    capped_categories = [i.category for i in rank_items(profile, catalog, NOW, capped)]
+
+    assert uncapped_categories.count("comedy") == 10
+    assert capped_categories.count("comedy") == 3 and len(capped_categories) == 10
+
+
+def test_work_does_not_grow_with_the_catalog_beyond_the_candidate_budgets(
+    catalog: Catalog,
+) -> None:
+    for n in range(60):
+        _boost(catalog, f"item-{n:05d}", times=1 + n % 7)
+    tight = RankingParams(k=5, trending_candidates=8, category_candidates=0)
+
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, tight)
+
+    assert len(ranked) == 5
+    # only the 8 trending candidates were scored: the best 5 of them, by decayed popularity
+    assert all(catalog.get(i.item_id).positives >= 5 for i in ranked)  # type: ignore[union-attr]

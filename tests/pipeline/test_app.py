@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from operators.catalog import ItemState
+from operators.catalog import ItemFeedback, ItemState
 from operators.profile import UserProfile
 from operators.synthetic import SyntheticWorld
 from pipeline.app import Recloop
@@ -47,7 +47,13 @@ async def test_event_updates_state_and_publishes_a_snapshot_that_reflects_it(
     profile = UserProfile.restore(recloop.users["u1"])
     assert profile.events_applied == 2 and profile.affinity[liked.category] > 0
     feedback = emitter.to("item-feedback")
-    assert [f.key for f in feedback] == [liked.item_id.encode(), world.items[4].item_id.encode()]
+    records = [ItemFeedback.from_json(f.value or b"") for f in feedback]
+    # each like goes to its item; the second like also counts as a co-visit of the first
+    assert [(r.item_id, r.kind, r.co_items) for r in records] == [
+        (liked.item_id, "signal", ()),
+        (world.items[4].item_id, "signal", (liked.item_id,)),
+        (liked.item_id, "covisit", (world.items[4].item_id,)),
+    ]
 
 
 async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_processed(
