@@ -58,46 +58,43 @@ class RankingParams:
     category_cap: int | None = None
 
 
-@dataclass
-class _Candidate:
-    item: ItemState
-    covisit: float = 0.0
-    because: str | None = None
-    because_weight: float = 0.0
-    trend: float = 0.0
-
-
 def _squash(value: float) -> float:
     """Map any real onto (-1, 1) so no single term runs away."""
     return value / (1.0 + abs(value))
 
 
-def _covisit_candidates(
+def _source_weights(
     profile: UserProfile, catalog: Catalog, params: RankingParams
-) -> tuple[dict[str, _Candidate], float]:
-    found: dict[str, _Candidate] = {}
-    top = 0.0
+) -> list[tuple[ItemState, float]]:
+    """The user's recent likes that have neighbours, with their weights (newest first)."""
+    sources = []
     recent = profile.recent_positives[-params.recent_used :]
     for age, source_id in enumerate(reversed(recent)):
         source = catalog.get(source_id)
-        if source is None or not source.neighbours:
-            continue
-        weight = params.covisit_decay**age / (source.positives + 1) ** params.covisit_beta
+        if source is not None and source.neighbours:
+            weight = params.covisit_decay**age / (source.positives + 1) ** params.covisit_beta
+            sources.append((source, weight))
+    return sources
+
+
+def _covisit_scores(sources: list[tuple[ItemState, float]]) -> dict[str, float]:
+    """Sum of the sources' weighted neighbour counts, per candidate (the hot loop)."""
+    scores: dict[str, float] = {}
+    get = scores.get
+    for source, weight in sources:
         for item_id, count in source.neighbours.items():
-            contribution = weight * count
-            candidate = found.get(item_id)
-            if candidate is None:
-                state = catalog.get(item_id)
-                if state is None:
-                    continue
-                candidate = found[item_id] = _Candidate(state)
-            candidate.covisit += contribution
-            if contribution > candidate.because_weight:
-                candidate.because, candidate.because_weight = source_id, contribution
-    for candidate in found.values():
-        candidate.covisit /= (candidate.item.positives + 1) ** params.covisit_alpha
-        top = max(top, candidate.covisit)
-    return found, top
+            scores[item_id] = get(item_id, 0.0) + weight * count
+    return scores
+
+
+def _because(item_id: str, sources: list[tuple[ItemState, float]]) -> str | None:
+    """The recent like that contributed most to a candidate."""
+    best, best_weight = None, 0.0
+    for source, weight in sources:
+        contribution = weight * source.neighbours.get(item_id, 0.0)
+        if contribution > best_weight:
+            best, best_weight = source.item_id, contribution
+    return best
 
 
 def _title(catalog: Catalog, item_id: str) -> str:
@@ -106,16 +103,17 @@ def _title(catalog: Catalog, item_id: str) -> str:
     return record.title if record is not None and record.title else item_id
 
 
-def _diversify(
-    ranked: list[tuple[float, str, _Candidate]], k: int, cap: int | None
-) -> list[tuple[float, str, _Candidate]]:
+Row = tuple[float, str, ItemState]
+
+
+def _diversify(ranked: list[Row], k: int, cap: int | None) -> list[Row]:
     if cap is None:
         return ranked[:k]
-    chosen: list[tuple[float, str, _Candidate]] = []
-    spill: list[tuple[float, str, _Candidate]] = []
+    chosen: list[Row] = []
+    spill: list[Row] = []
     per_category: Counter[str | None] = Counter()
     for row in ranked:
-        category = row[2].item.category
+        category = row[2].category
         if per_category[category] < cap:
             chosen.append(row)
             per_category[category] += 1
@@ -140,46 +138,59 @@ def rank_items(
 
     """
     excluded = profile.excluded()
-    candidates, top_covisit = _covisit_candidates(profile, catalog, params)
     half_life = params.popularity_half_life_s
+    alpha = params.covisit_alpha
+    sources = _source_weights(profile, catalog, params)
+    covisit: dict[str, float] = {}
+    states: dict[str, ItemState] = {}
+    for item_id, raw in _covisit_scores(sources).items():
+        state = catalog.get(item_id)
+        if state is not None:
+            covisit[item_id] = raw / (state.positives + 1) ** alpha
+            states[item_id] = state
+    top_covisit = max(covisit.values(), default=0.0)
     popular = catalog.top(params.trending_candidates, half_life)
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
     by_category = [catalog.top(params.category_candidates, half_life, c) for c in liked]
-    for source in [popular, *by_category]:
-        for item_id in source:
-            if item_id not in candidates:
+    for source_list in [popular, *by_category]:
+        for item_id in source_list:
+            if item_id not in states:
                 state = catalog.get(item_id)
                 if state is not None:
-                    candidates[item_id] = _Candidate(state)
+                    states[item_id] = state
     # the most popular item anywhere heads the global list, so it sets the scale
     head = catalog.get(popular[0]) if popular else None
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
-    rows: list[tuple[float, str, _Candidate]] = []
-    for item_id, candidate in candidates.items():
-        if item_id in excluded or not candidate.item.available:
+    covisit_scale = 1.0 / top_covisit if top_covisit else 0.0
+    trend_scale = params.trending_weight / top_trend if top_trend else 0.0
+    affinity = {c: params.affinity_weight * _squash(a) for c, a in profile.affinity.items()}
+    rows: list[Row] = []
+    for item_id, state in states.items():
+        if item_id in excluded or not state.available:
             continue
-        candidate.trend = candidate.item.popularity_at(now_t, half_life)
-        covisit = candidate.covisit / top_covisit if top_covisit else 0.0
-        trend = candidate.trend / top_trend if top_trend else 0.0
-        category = candidate.item.category
-        affinity = _squash(profile.affinity.get(category, 0.0)) if category else 0.0
-        score = covisit + params.trending_weight * trend + params.affinity_weight * affinity
-        rows.append((score, item_id, candidate))
+        category = state.category
+        score = covisit.get(item_id, 0.0) * covisit_scale
+        if trend_scale and state.popularity:
+            score += state.popularity_at(now_t, half_life) * trend_scale
+        if category in affinity:
+            score += affinity[category]
+        rows.append((score, item_id, state))
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     ranked = heapq.nsmallest(
         params.k * 4 if params.category_cap else params.k, rows, key=lambda r: (-r[0], r[1])
     )
     ranked_items: list[RankedItem] = []
-    for score, item_id, candidate in _diversify(ranked, params.k, params.category_cap):
-        category = candidate.item.category
+    for score, item_id, state in _diversify(ranked, params.k, params.category_cap):
+        category = state.category
         reasons: list[str] = []
-        if candidate.because is not None:
-            reasons.append(f"because you liked {_title(catalog, candidate.because)}")
+        because = _because(item_id, sources)
+        if because is not None:
+            reasons.append(f"because you liked {_title(catalog, because)}")
         if profile.affinity.get(category or "", 0.0) > 0:
             reasons.append(f"because you like {category}")
-        if top_trend and candidate.trend >= 0.5 * top_trend:
+        if top_trend and state.popularity_at(now_t, half_life) >= 0.5 * top_trend:
             reasons.append(f"popular in {category}" if category else "popular now")
         if not reasons:
             reasons.append(f"something to try in {category}" if category else "something new")
