@@ -175,7 +175,7 @@ class Recloop:
         )
         self.emitter: Emitter = emitter if emitter is not None else FaustEmitter(self.app)
         self.follower: CatalogSource = catalog_source or CatalogFollower(
-            bootstrap, self.topic_names["item-state"]
+            bootstrap, self.topic_names["item-state"], kafka.partitions
         )
         self._follower_started = False
         self.events_topic = self._raw_topic("events")

@@ -9,13 +9,16 @@ half-applied update (and, later, the index is never written while it is queried)
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from operators.catalog import Catalog, ItemState
+
+log = logging.getLogger(__name__)
 
 
 class CatalogFollower:
@@ -24,11 +27,13 @@ class CatalogFollower:
     Args:
         bootstrap_servers: the broker.
         topic: the item-state topic's full name.
+        partitions: how many partitions it has (from the settings).
 
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, partitions: int) -> None:
         self.topic = topic
+        self.partitions = partitions
         self.catalog = Catalog()
         self._bootstrap = bootstrap_servers
         self._queue: queue.SimpleQueue[tuple[bytes | None, bytes | None, int, int]] = (
@@ -52,18 +57,51 @@ class CatalogFollower:
                 "fetch.wait.max.ms": 10,
             }
         )
-        meta = consumer.list_topics(self.topic, timeout=timeout_s)
-        partitions = sorted(meta.topics[self.topic].partitions)
+        deadline = time.monotonic() + timeout_s
+        partitions = self._wait_for_partitions(consumer, timeout_s)
         for partition in partitions:
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=timeout_s
-            )
-            self._targets[partition] = high
+            self._targets[partition] = self._high_watermark(consumer, partition, deadline)
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         self._thread = threading.Thread(
             target=self._poll, args=(consumer,), name="catalog-follower", daemon=True
         )
         self._thread.start()
+
+    def _wait_for_partitions(self, consumer: Consumer, timeout_s: float) -> list[int]:
+        """The topic's partitions, once the broker's metadata shows all of them.
+
+        A topic created a moment ago may not be in the metadata yet; following it then
+        would silently follow nothing, so wait, and fail loudly if it never appears.
+        """
+        deadline = time.monotonic() + timeout_s
+        seen: list[int] = []
+        while time.monotonic() < deadline:
+            topic = consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+            if topic is not None and topic.error is None:
+                seen = sorted(topic.partitions)
+                if len(seen) >= self.partitions:
+                    return seen
+            time.sleep(0.1)
+        consumer.close()
+        raise RuntimeError(
+            f"topic {self.topic} shows {len(seen)} of {self.partitions} partitions after "
+            f"{timeout_s:.0f}s; create recloop's topics first (recloop topics create)"
+        )
+
+    def _high_watermark(self, consumer: Consumer, partition: int, deadline: float) -> int:
+        """The partition's end offset, retried while its leader is still being elected."""
+        while True:
+            try:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=5
+                )
+                return int(high)
+            except KafkaException:
+                # right after topic creation: leader elections, not-leader answers; wait
+                if time.monotonic() > deadline:
+                    consumer.close()
+                    raise
+                time.sleep(0.1)
 
     def _poll(self, consumer: Consumer) -> None:
         try:
@@ -73,6 +111,7 @@ class CatalogFollower:
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:
                             self.errors.append(str(error))
+                            log.warning("catalog follower: %s", error)
                         continue
                     self._queue.put(
                         (
