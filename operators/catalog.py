@@ -273,6 +273,9 @@ class Catalog:
     def __init__(self) -> None:
         self._items: dict[str, ItemState] = {}
         self._orders: dict[tuple[str | None, int, float], _TopOrder] = {}
+        # orders by the category they rank (None: the whole catalog), so an update only
+        # touches the orders it can change
+        self._orders_of: dict[str | None, list[_TopOrder]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -284,16 +287,25 @@ class Catalog:
         """The item's state, or ``None`` when unknown."""
         return self._items.get(item_id)
 
+    def _affected(self, *states: ItemState | None) -> list[_TopOrder]:
+        orders = list(self._orders_of.get(None, ()))
+        for category in {s.category for s in states if s is not None}:
+            if category is not None:
+                orders.extend(self._orders_of.get(category, ()))
+        return orders
+
     def put(self, state: ItemState) -> None:
         """Replace one item's state."""
+        old = self._items.get(state.item_id)
         self._items[state.item_id] = state
-        for order in self._orders.values():
+        for order in self._affected(old, state):
             order.update(state.item_id, state)
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the item-state topic)."""
-        if self._items.pop(item_id, None) is not None:
-            for order in self._orders.values():
+        old = self._items.pop(item_id, None)
+        if old is not None:
+            for order in self._affected(old):
                 order.update(item_id, None)
 
     def top(self, n: int, half_life_s: float, category: str | None = None) -> list[str]:
@@ -306,6 +318,7 @@ class Catalog:
         order = self._orders.get((category, n, half_life_s))
         if order is None:
             order = self._orders[(category, n, half_life_s)] = _TopOrder(category, n, half_life_s)
+            self._orders_of.setdefault(category, []).append(order)
         if order.stale:
             order.rebuild(iter(self._items.values()))
         return [row[2] for row in order.rows]

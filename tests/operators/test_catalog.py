@@ -216,3 +216,24 @@ def test_top_orders_by_decayed_popularity_then_freshness(world: SyntheticWorld) 
     assert catalog.top(6, half_life_s=86400, category=world.items[3].category) == [
         world.items[3].item_id
     ]
+
+
+def test_top_follows_items_that_change_category_or_are_withdrawn(world: SyntheticWorld) -> None:
+    catalog = Catalog()
+    for item in world.items[:12]:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    first = world.items[0]
+    before = catalog.top(12, half_life_s=3600, category=first.category)
+    assert first.item_id in before
+
+    moved = first.model_copy(update={"category": "a-new-category"})
+    catalog.put(ItemState(item_id=first.item_id, record=moved))
+    assert first.item_id not in catalog.top(12, half_life_s=3600, category=first.category)
+    assert catalog.top(12, half_life_s=3600, category="a-new-category") == [first.item_id]
+
+    withdrawn = world.items[1].model_copy(update={"available": False})
+    catalog.put(ItemState(item_id=withdrawn.item_id, record=withdrawn))
+    catalog.remove(world.items[2].item_id)
+    everything = catalog.top(12, half_life_s=3600)
+    assert withdrawn.item_id not in everything and world.items[2].item_id not in everything
+    assert len(everything) == 10
