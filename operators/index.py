@@ -46,6 +46,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from operators.files import write_atomic
+
 __all__ = ["IndexLoadError", "ItemIndex"]
 
 #: The snapshot header: magic, format version, SHA-256 of everything after the header,
@@ -359,18 +361,7 @@ class ItemIndex:
         then renamed over ``path`` and the directory is fsynced: a crash leaves either the
         previous file or the new one, never a mix.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                self._write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(path.parent)
+        write_atomic(path, self._write)
 
     @classmethod
     def load(cls, path: Path, *, dim: int | None = None) -> ItemIndex:
@@ -609,15 +600,3 @@ def _normalised_rows(
         raise ValueError("vectors must be non-zero (a cosine index cannot place them)")
     unit: FloatMatrix = (matrix / norms).astype(np.float32)
     return unit
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,6 +31,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from operators.files import write_atomic  # standard library only, like this module
+
 #: Kafka 4.3.1 is the newest release whose broker *and* tools jars (the console
 #: producer/consumer) are both served by Maven Central here; aiokafka 0.14 (Faust) and
 #: librdkafka 2.16 (confluent-kafka) both speak its protocol versions (KIP-896).
@@ -153,13 +155,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda out: out.write(text.encode()))
 
 
 class EmbeddedKafka:
