@@ -17,10 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import heapq
+import random
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams
+from operators.model import RankingModel
 from operators.profile import (
     ProfileLimits,
     UserProfile,
@@ -28,7 +32,13 @@ from operators.profile import (
     next_snapshot_version,
     record_event,
 )
-from operators.ranking import MODEL_VERSION, RankingParams, rank_items
+from operators.ranking import (
+    MODEL_VERSION,
+    RankingParams,
+    candidate_features,
+    heuristic_score,
+    rank_items,
+)
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
 from schemas.events import Event, Impression, NotRelevant
 from schemas.snapshot import Snapshot
@@ -71,13 +81,15 @@ def _signals(event: Event, catalog: Catalog, rules: SignalRules) -> list[Signal]
     return [signal] if signal is not None else []
 
 
+def _newly_liked(item_id: str, before: UserProfile, after: UserProfile) -> bool:
+    return item_id in after.recent_positives and item_id not in before.recent_positives
+
+
 def _feedback_for(
     event: Event, signal: Signal, before: UserProfile, after: UserProfile, window: int
 ) -> list[ItemFeedback]:
     """The item-side records one signal produces: its own, and co-visits when newly liked."""
-    newly_liked = (
-        signal.item_id in after.recent_positives and signal.item_id not in before.recent_positives
-    )
+    newly_liked = _newly_liked(signal.item_id, before, after)
     co_items = (
         tuple(r for r in before.recent_positives[-window:] if r != signal.item_id)
         if newly_liked
@@ -97,13 +109,43 @@ def _feedback_for(
     return records
 
 
+def _learn_from_like(
+    model: RankingModel, before: UserProfile, item_id: str, event: Event, catalog: Catalog,
+    params: RankingParams,
+) -> None:  # fmt: skip
+    """Test-then-train the model on one like, from the candidates just before it.
+
+    The liked item is the positive; negatives are drawn from the best other candidates
+    by a generator seeded with the event id, so a replay draws the same ones.
+    """
+    found = candidate_features(
+        before, catalog, event.timestamp.timestamp(), params, include=(item_id,)
+    )
+    positive = found.features.get(item_id)
+    if positive is None:  # an item the catalog does not know (yet)
+        return
+    others = heapq.nsmallest(
+        4 * params.model_negatives + 10,
+        ((-heuristic_score(f, params), i) for i, f in found.features.items() if i != item_id),
+    )
+    rng = random.Random(zlib.crc32(event.event_id.encode()))
+    picked = rng.sample(others, min(params.model_negatives, len(others)))
+    model.learn([positive], [found.features[i] for _, i in picked])
+
+
 def apply_event(
-    event: Event, profile: UserProfile | None, catalog: Catalog, config: LoopConfig
+    event: Event,
+    profile: UserProfile | None,
+    catalog: Catalog,
+    config: LoopConfig,
+    model: RankingModel | None = None,
 ) -> tuple[UserProfile, tuple[ItemFeedback, ...], bool]:
     """Fold one validated event into the user's state, without ranking.
 
     Returns the new profile, the item feedback to send to the items' owners, and whether
-    the event was a duplicate (then nothing changed and nothing is sent).
+    the event was a duplicate (then nothing changed and nothing is sent). When a model is
+    given it learns from every new like (it is the one piece of state updated in place:
+    the caller owns it and checkpoints it).
     """
     current = profile if profile is not None else UserProfile.new(event.user_id)
     if current.has_seen(event.event_id):
@@ -120,7 +162,10 @@ def apply_event(
             config.limits,
             blocks=isinstance(event, NotRelevant),
         )
-        feedback.extend(_feedback_for(event, signal, before, updated, config.covisit_window))
+        records = _feedback_for(event, signal, before, updated, config.covisit_window)
+        if model is not None and _newly_liked(signal.item_id, before, updated):
+            _learn_from_like(model, current, signal.item_id, event, catalog, config.ranking)
+        feedback.extend(records)
     return updated, tuple(feedback), False
 
 
@@ -130,6 +175,7 @@ def process_event(
     catalog: Catalog,
     config: LoopConfig,
     generated_at: datetime,
+    model: RankingModel | None = None,
 ) -> Step:
     """Apply one validated event to the user's state and rank anew.
 
@@ -139,20 +185,21 @@ def process_event(
         catalog: every item this worker knows.
         config: rules, bounds and ranking weights.
         generated_at: wall-clock time for the snapshot (from the injected clock).
+        model: the online ranking model, learning from likes and scoring candidates.
 
     """
-    updated, feedback, duplicate = apply_event(event, profile, catalog, config)
+    updated, feedback, duplicate = apply_event(event, profile, catalog, config, model)
     if duplicate:
         return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
-    items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking)
+    items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model)
     snapshot = Snapshot(
         user_id=updated.user_id,
         version=updated.snapshot_version,
         generated_at=generated_at,
         event_time=event.timestamp,
         source_event_id=event.event_id,
-        model_version=MODEL_VERSION,
+        model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
         items=items,
     )
     return Step(profile=updated, snapshot=snapshot, feedback=feedback)

@@ -30,10 +30,12 @@ Example:
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from operators.catalog import Catalog, ItemState
+from operators.model import RankingModel
 from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
@@ -56,6 +58,9 @@ class RankingParams:
     category_candidates: int = 20
     popularity_half_life_s: float = 7 * 24 * 3600.0
     category_cap: int | None = None
+    model_weight: float = 0.5
+    model_warmup: int = 200
+    model_negatives: int = 4
 
 
 def _squash(value: float) -> float:
@@ -125,19 +130,32 @@ def _diversify(ranked: list[Row], k: int, cap: int | None) -> list[Row]:
     return chosen + spill[: k - len(chosen)]
 
 
-def rank_items(
-    profile: UserProfile, catalog: Catalog, now_t: float, params: RankingParams
-) -> list[RankedItem]:
-    """The user's top ``k`` items with scores and reasons.
+@dataclass
+class Candidates:
+    """Every candidate for one user at one moment, with its features and state."""
 
-    Args:
-        profile: the user's state.
-        catalog: every item this worker knows.
-        now_t: event time in seconds, the moment popularity is decayed to.
-        params: weights, budgets and ``k``.
+    features: dict[str, dict[str, float]]
+    states: dict[str, ItemState]
+    sources: list[tuple[ItemState, float]]
+    top_trend: float
 
+
+def candidate_features(
+    profile: UserProfile,
+    catalog: Catalog,
+    now_t: float,
+    params: RankingParams,
+    include: tuple[str, ...] = (),
+) -> Candidates:
+    """Gather the user's candidates and describe each with the ranking features.
+
+    Features: ``covisit`` (normalised to the best candidate), ``trend`` (decayed
+    popularity, normalised to the most popular item), ``affinity`` (the user's squashed
+    affinity for the item's category) and ``log_popularity`` (log of its likes).
+    Consumed, blocked and withdrawn items are left out, except those in ``include``
+    (the model learns from an item the user is about to like).
     """
-    excluded = profile.excluded()
+    excluded = profile.excluded() - set(include)
     half_life = params.popularity_half_life_s
     alpha = params.covisit_alpha
     sources = _source_weights(profile, catalog, params)
@@ -154,7 +172,7 @@ def rank_items(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
     by_category = [catalog.top(params.category_candidates, half_life, c) for c in liked]
-    for source_list in [popular, *by_category]:
+    for source_list in [popular, *by_category, include]:
         for item_id in source_list:
             if item_id not in states:
                 state = catalog.get(item_id)
@@ -164,19 +182,58 @@ def rank_items(
     head = catalog.get(popular[0]) if popular else None
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
     covisit_scale = 1.0 / top_covisit if top_covisit else 0.0
-    trend_scale = params.trending_weight / top_trend if top_trend else 0.0
-    affinity = {c: params.affinity_weight * _squash(a) for c, a in profile.affinity.items()}
-    rows: list[Row] = []
-    for item_id, state in states.items():
+    trend_scale = 1.0 / top_trend if top_trend else 0.0
+    affinity = {c: _squash(a) for c, a in profile.affinity.items()}
+    features: dict[str, dict[str, float]] = {}
+    for item_id, state in list(states.items()):
         if item_id in excluded or not state.available:
+            del states[item_id]
             continue
-        category = state.category
-        score = covisit.get(item_id, 0.0) * covisit_scale
-        if trend_scale and state.popularity:
-            score += state.popularity_at(now_t, half_life) * trend_scale
-        if category in affinity:
-            score += affinity[category]
-        rows.append((score, item_id, state))
+        trend = state.popularity_at(now_t, half_life) if state.popularity else 0.0
+        features[item_id] = {
+            "covisit": covisit.get(item_id, 0.0) * covisit_scale,
+            "trend": trend * trend_scale,
+            "affinity": affinity.get(state.category or "", 0.0),
+            "log_popularity": math.log1p(state.positives),
+        }
+    return Candidates(features, states, sources, top_trend)
+
+
+def heuristic_score(features: dict[str, float], params: RankingParams) -> float:
+    """The hand-set blend: co-visitation + trend and affinity at their weights."""
+    return (
+        features["covisit"]
+        + params.trending_weight * features["trend"]
+        + params.affinity_weight * features["affinity"]
+    )
+
+
+def rank_items(
+    profile: UserProfile,
+    catalog: Catalog,
+    now_t: float,
+    params: RankingParams,
+    model: RankingModel | None = None,
+) -> list[RankedItem]:
+    """The user's top ``k`` items with scores and reasons.
+
+    Args:
+        profile: the user's state.
+        catalog: every item this worker knows.
+        now_t: event time in seconds, the moment popularity is decayed to.
+        params: weights, budgets and ``k``.
+        model: the online ranking model; once it has learned from ``model_warmup`` likes
+            its probability is blended in with weight ``model_weight``.
+
+    """
+    found = candidate_features(profile, catalog, now_t, params)
+    ids = list(found.features)
+    scores = [heuristic_score(found.features[i], params) for i in ids]
+    if model is not None and params.model_weight > 0 and model.updates >= params.model_warmup:
+        weight = params.model_weight
+        probabilities = model.score_many([found.features[i] for i in ids])
+        scores = [(1 - weight) * s + weight * p for s, p in zip(scores, probabilities, strict=True)]
+    rows: list[Row] = [(score, i, found.states[i]) for score, i in zip(scores, ids, strict=True)]
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     ranked = heapq.nsmallest(
         params.k * 4 if params.category_cap else params.k, rows, key=lambda r: (-r[0], r[1])
@@ -185,12 +242,12 @@ def rank_items(
     for score, item_id, state in _diversify(ranked, params.k, params.category_cap):
         category = state.category
         reasons: list[str] = []
-        because = _because(item_id, sources)
+        because = _because(item_id, found.sources)
         if because is not None:
             reasons.append(f"because you liked {_title(catalog, because)}")
         if profile.affinity.get(category or "", 0.0) > 0:
             reasons.append(f"because you like {category}")
-        if top_trend and state.popularity_at(now_t, half_life) >= 0.5 * top_trend:
+        if found.features[item_id]["trend"] >= 0.5:
             reasons.append(f"popular in {category}" if category else "popular now")
         if not reasons:
             reasons.append(f"something to try in {category}" if category else "something new")
