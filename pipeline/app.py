@@ -26,6 +26,8 @@ from pydantic import ValidationError
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
 from operators.feedback_loop import LoopConfig, process_event
+from operators.files import write_atomic
+from operators.model import RankingModel
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
@@ -152,6 +154,8 @@ class Recloop:
             min_event_year=settings.limits.min_event_year,
         )
         self.stats = WorkerStats()
+        self.model_path = settings.worker.state_dir / "ranking-model.bin"
+        self.model = self._load_model()
         kafka = settings.kafka
         self.topic_names = {
             spec.name.removeprefix(kafka.topic_prefix): spec.name for spec in topic_specs(kafka)
@@ -194,6 +198,9 @@ class Recloop:
             partitions=kafka.partitions,
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
+        self.app.timer(settings.worker.model_checkpoint_s, name="checkpoint-model")(
+            self._checkpoint_model_timer
+        )
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -206,6 +213,25 @@ class Recloop:
             value_serializer="raw",
             partitions=self.settings.kafka.partitions,
         )
+
+    # -- the ranking model: one per worker, learning from the likes it processes ---------
+    def _load_model(self) -> RankingModel:
+        learning_rate = self.settings.ranking.model_learning_rate
+        if self.model_path.exists():
+            try:
+                return RankingModel.restore(self.model_path.read_bytes())
+            except Exception:  # a damaged checkpoint costs the learning, never the worker
+                log.exception("ranking model checkpoint %s unreadable; starting afresh",
+                              self.model_path)  # fmt: skip
+        return RankingModel(learning_rate=learning_rate)
+
+    def checkpoint_model(self) -> None:
+        """Save the ranking model atomically into the state directory."""
+        data = self.model.snapshot()
+        write_atomic(self.model_path, lambda out: out.write(data))
+
+    async def _checkpoint_model_timer(self) -> None:
+        self.checkpoint_model()
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:
@@ -246,7 +272,9 @@ class Recloop:
             return
         stored = self.users.get(event.user_id)
         profile = UserProfile.restore(stored) if stored is not None else None
-        step = process_event(event, profile, self.follower.catalog, self.config, self.clock())
+        step = process_event(
+            event, profile, self.follower.catalog, self.config, self.clock(), self.model
+        )
         if step.snapshot is None:
             self.stats.duplicates += 1
             return

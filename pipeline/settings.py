@@ -59,6 +59,9 @@ class WorkerSettings(Section):
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_enabled: bool = False
     commit_interval_s: float = Field(default=1.0, gt=0)
+    model_checkpoint_s: float = Field(
+        default=30.0, gt=0, description="How often the ranking model is saved to state_dir."
+    )
     log_level: str = "warn"
 
 
@@ -93,6 +96,10 @@ class RankingSettings(Section):
     category_candidates: int = Field(default=_R.category_candidates, ge=0, le=10_000)
     popularity_half_life_s: float = Field(default=_R.popularity_half_life_s, gt=0)
     category_cap: int | None = Field(default=_R.category_cap, ge=1)
+    model_weight: float = Field(default=_R.model_weight, ge=0, le=1)
+    model_warmup: int = Field(default=_R.model_warmup, ge=0)
+    model_negatives: int = Field(default=_R.model_negatives, ge=0, le=100)
+    model_learning_rate: float = Field(default=0.05, gt=0)
     covisit_window: int = Field(default=20, ge=0, le=200)
     max_neighbours: int = Field(default=ItemParams.max_neighbours, ge=1, le=10_000)
     dwell_long_ms: float = Field(default=SignalRules.dwell_long_ms, gt=0)

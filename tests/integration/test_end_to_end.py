@@ -150,6 +150,8 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
 
     first = run_once([click(1, "carol", liked.item_id)], "carol-e1")
     assert first.version == 1
+    assert first.model_version.endswith("+logreg-1")  # the ranking model learned one like
+    assert (kafka_settings.worker.state_dir / "ranking-model.bin").exists()
 
     # same state directory: RocksDB holds the profile; the duplicate e1 is ignored
     second = run_once(
@@ -157,11 +159,14 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
     )
     assert second.version == 2
     assert liked.item_id not in [i.item_id for i in second.items]
+    assert second.model_version.endswith("+logreg-2")  # resumed from its checkpoint
 
     # empty state directory: the profile comes back from the changelog topic
     shutil.rmtree(kafka_settings.worker.state_dir)
     third = run_once([click(3, "carol", world.items[8].item_id)], "carol-e3")
     assert third.version == 3
+    # the model is a worker's local state: with its directory gone it starts afresh
+    assert third.model_version.endswith("+logreg-1")
     shown = [i.item_id for i in third.items]
     assert liked.item_id not in shown and world.items[5].item_id not in shown
     assert third.items[0].category == liked.category
