@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -124,12 +123,15 @@ def _learn_from_like(
     positive = found.features.get(item_id)
     if positive is None:  # an item the catalog does not know (yet)
         return
-    others = heapq.nsmallest(
-        4 * params.model_negatives + 10,
-        ((-heuristic_score(f, params), i) for i, f in found.features.items() if i != item_id),
+    others = sorted(
+        (-heuristic_score(f, params), i) for i, f in found.features.items() if i != item_id
     )
+    head, tail = others[: params.model_rerank], others[params.model_rerank :]
     rng = random.Random(zlib.crc32(event.event_id.encode()))
-    picked = rng.sample(others, min(params.model_negatives, len(others)))
+    # half the negatives from the head the model re-ranks, half from the rest
+    from_head = min(len(head), params.model_negatives - params.model_negatives // 2)
+    from_tail = min(len(tail), params.model_negatives - from_head)
+    picked = rng.sample(head, from_head) + rng.sample(tail, from_tail)
     model.learn([positive], [found.features[i] for _, i in picked])
 
 

@@ -61,6 +61,7 @@ class RankingParams:
     model_weight: float = 0.5
     model_warmup: int = 200
     model_negatives: int = 4
+    model_rerank: int = 30
 
 
 def _squash(value: float) -> float:
@@ -227,13 +228,21 @@ def rank_items(
 
     """
     found = candidate_features(profile, catalog, now_t, params)
-    ids = list(found.features)
-    scores = [heuristic_score(found.features[i], params) for i in ids]
+    rows: list[Row] = [
+        (heuristic_score(f, params), i, found.states[i]) for i, f in found.features.items()
+    ]
     if model is not None and params.model_weight > 0 and model.updates >= params.model_warmup:
+        # two stages: the model re-ranks the heuristic's best (the kind of candidates it
+        # learned from), never the long tail it has not seen
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        head, rows = rows[: params.model_rerank], rows[params.model_rerank :]
         weight = params.model_weight
-        probabilities = model.score_many([found.features[i] for i in ids])
-        scores = [(1 - weight) * s + weight * p for s, p in zip(scores, probabilities, strict=True)]
-    rows: list[Row] = [(score, i, found.states[i]) for score, i in zip(scores, ids, strict=True)]
+        probabilities = model.score_many([found.features[i] for _, i, _ in head])
+        floor = head[-1][0] if head else 0.0
+        rows = [
+            (floor + (1 - weight) * (s - floor) + weight * p, i, state)
+            for (s, i, state), p in zip(head, probabilities, strict=True)
+        ] + rows
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     ranked = heapq.nsmallest(
         params.k * 4 if params.category_cap else params.k, rows, key=lambda r: (-r[0], r[1])

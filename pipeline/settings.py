@@ -99,6 +99,7 @@ class RankingSettings(Section):
     model_weight: float = Field(default=_R.model_weight, ge=0, le=1)
     model_warmup: int = Field(default=_R.model_warmup, ge=0)
     model_negatives: int = Field(default=_R.model_negatives, ge=0, le=100)
+    model_rerank: int = Field(default=_R.model_rerank, ge=1, le=1000)
     model_learning_rate: float = Field(default=0.05, gt=0)
     covisit_window: int = Field(default=20, ge=0, le=200)
     max_neighbours: int = Field(default=ItemParams.max_neighbours, ge=1, le=10_000)

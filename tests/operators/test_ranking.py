@@ -260,3 +260,22 @@ def test_work_does_not_grow_with_the_catalog_beyond_the_candidate_budgets(
     assert len(ranked) == 5
     # only the 8 trending candidates were scored: the best 5 of them, by decayed popularity
     assert all(catalog.get(i.item_id).positives >= 5 for i in ranked)  # type: ignore[union-attr]
+
+
+def test_the_model_only_reorders_the_heuristics_best(catalog: Catalog) -> None:
+    from operators.model import RankingModel
+
+    for n in range(12):
+        _boost(catalog, f"item-{n:05d}", times=12 - n)  # a clear popularity order
+    contrarian = RankingModel(learning_rate=0.5)
+    for _ in range(300):  # learns to prefer the least popular
+        contrarian.learn([{"trend": 0.0, "log_popularity": 0.0}],
+                         [{"trend": 1.0, "log_popularity": 3.0}])  # fmt: skip
+    params = RankingParams(model_weight=1.0, model_warmup=1, model_rerank=3)
+    profile = UserProfile.new("u")
+
+    plain = _ids(profile, catalog)
+    with_model = [i.item_id for i in rank_items(profile, catalog, NOW, params, contrarian)]
+
+    assert set(with_model[:3]) == set(plain[:3]) and with_model[:3] != plain[:3]
+    assert with_model[3:] == plain[3:]
