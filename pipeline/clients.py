@@ -8,6 +8,7 @@ so a key lands in the same partition whichever client wrote it; and idempotence 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,6 +18,7 @@ from confluent_kafka import (
     OFFSET_END,
     Consumer,
     KafkaError,
+    KafkaException,
     Producer,
     TopicPartition,
 )
@@ -119,8 +121,6 @@ def tail_snapshots(
     idle_timeout_s: float | None = None,
 ) -> Iterator[Snapshot]:
     """Yield snapshots as they arrive (optionally for one user) until idle for too long."""
-    import time
-
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -157,3 +157,30 @@ def tail_snapshots(
 def snapshot_line(snapshot: Snapshot) -> str:
     """One snapshot as a JSON line."""
     return json.dumps(snapshot.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
+
+
+def wait_for_records(
+    bootstrap_servers: str, topic: str, partitions: int, count: int, timeout_s: float = 60.0
+) -> bool:
+    """Wait until ``topic`` holds at least ``count`` records in all (e.g. an agent caught up).
+
+    Right after a topic is created its partitions may still be electing leaders; such
+    answers mean "not yet", not failure.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "recloop-count"})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                total = sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                    for p in range(partitions)
+                )
+            except KafkaException:
+                total = -1
+            if total >= count:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        consumer.close()

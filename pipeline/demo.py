@@ -13,7 +13,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from operators.synthetic import SyntheticUser, SyntheticWorld
-from pipeline.clients import producer_config
+from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import Settings
 from pipeline.topics import create_topics
 from pipeline.worker_process import WorkerProcess
@@ -70,8 +70,8 @@ def run_demo(settings: Settings, users: int, events_per_user: int, seed: int) ->
         if not worker.wait_for_log("events agent ready", timeout_s=90):
             print("the worker did not become ready:\n" + worker.log_tail())
             return 1
-        if not _wait_for_records(
-            consumer, kafka.topic("item-state"), kafka.partitions, len(world.items)
+        if not wait_for_records(
+            bootstrap, kafka.topic("item-state"), kafka.partitions, len(world.items)
         ):
             print("the catalog did not reach the item-state topic:\n" + worker.log_tail())
             return 1
@@ -79,20 +79,6 @@ def run_demo(settings: Settings, users: int, events_per_user: int, seed: int) ->
     finally:
         consumer.close()
         worker.stop()
-
-
-def _wait_for_records(consumer: Consumer, topic: str, partitions: int, count: int) -> bool:
-    """Wait until ``topic`` holds at least ``count`` records (the item agent caught up)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        total = sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-            for p in range(partitions)
-        )
-        if total >= count:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _drive(

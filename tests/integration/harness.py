@@ -9,7 +9,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from pipeline.clients import producer_config
+from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import Settings
 from pipeline.topics import create_topics
 from pipeline.worker_process import WorkerProcess
@@ -98,23 +98,10 @@ class Harness:
             consumer.close()
         return records
 
-    def count(self, name: str) -> int:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "counter"})
-        try:
-            return sum(
-                consumer.get_watermark_offsets(TopicPartition(self.topic(name), p), timeout=10)[1]
-                for p in range(self.settings.kafka.partitions)
-            )
-        finally:
-            consumer.close()
-
     def wait_for_count(self, name: str, count: int, timeout_s: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.count(name) >= count:
-                return True
-            time.sleep(0.2)
-        return False
+        return wait_for_records(
+            self.bootstrap, self.topic(name), self.settings.kafka.partitions, count, timeout_s
+        )
 
     def wait_until_worker_sees_catalog(self, k: int = 10, timeout_s: float = 60.0) -> None:
         """Send throwaway events until a snapshot is full: the worker's catalog has arrived.
