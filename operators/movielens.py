@@ -43,18 +43,17 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
 import re
-import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 
+from operators.files import write_atomic
 from schemas.catalog import ItemRecord, item_to_json
 from schemas.events import Click, Dwell, ItemEvent, NotRelevant, Rating, Skip, event_to_json
 
@@ -396,23 +395,18 @@ def read_items(directory: Path) -> Iterator[ItemRecord]:
             yield movie_record(_int(row[0], where), row[1], genres, _title_year(row[1]))
 
 
-def _write_atomic(path: Path, lines: Iterable[bytes]) -> int:
+def _write_lines(path: Path, lines: Iterable[bytes]) -> int:
     """Write ``lines`` (one JSON document each) to ``path`` atomically; returns the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     count = 0
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
-            for line in lines:
-                handle.write(line)
-                handle.write(b"\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(handle: IO[bytes]) -> None:
+        nonlocal count
+        for line in lines:
+            handle.write(line)
+            handle.write(b"\n")
+            count += 1
+
+    write_atomic(path, write)
     return count
 
 
@@ -450,7 +444,7 @@ def import_movielens(
             by_type[event.type] += 1
             yield event_to_json(event)
 
-    events = _write_atomic(out_dir / "events.jsonl", encoded())
+    events = _write_lines(out_dir / "events.jsonl", encoded())
     listed: set[int] = set()
 
     def catalog() -> Iterator[bytes]:
@@ -460,7 +454,7 @@ def import_movielens(
         for item in sorted(rated - listed):
             yield item_to_json(movie_record(item, None, [], UNKNOWN_DATE))
 
-    items = _write_atomic(out_dir / "items.jsonl", catalog())
+    items = _write_lines(out_dir / "items.jsonl", catalog())
     return ImportCounts(
         ratings=ratings, events=events, users=len(users), items=items,
         items_missing_from_catalog=len(rated - listed),

@@ -170,6 +170,17 @@ def demo(ctx: click.Context, users: int, events_per_user: int, seed: int) -> Non
     sys.exit(run_demo(_resolved(ctx), users=users, events_per_user=events_per_user, seed=seed))
 
 
+def _register_offline_commands() -> None:
+    # `recloop import movielens` and `recloop evaluate`: the Kafka-free offline tools
+    from pipeline.offline_commands import evaluate_command, import_group
+
+    cli.add_command(import_group)
+    cli.add_command(evaluate_command)
+
+
+_register_offline_commands()
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="recloop")
