@@ -35,7 +35,7 @@ from operators.ranking import (
     MODEL_VERSION,
     RankingParams,
     candidate_features,
-    heuristic_score,
+    heuristic_head,
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
@@ -85,10 +85,9 @@ def _newly_liked(item_id: str, before: UserProfile, after: UserProfile) -> bool:
 
 
 def _feedback_for(
-    event: Event, signal: Signal, before: UserProfile, after: UserProfile, window: int
+    event: Event, signal: Signal, newly_liked: bool, before: UserProfile, window: int
 ) -> list[ItemFeedback]:
     """The item-side records one signal produces: its own, and co-visits when newly liked."""
-    newly_liked = _newly_liked(signal.item_id, before, after)
     co_items = (
         tuple(r for r in before.recent_positives[-window:] if r != signal.item_id)
         if newly_liked
@@ -123,16 +122,14 @@ def _learn_from_like(
     positive = found.features.get(item_id)
     if positive is None:  # an item the catalog does not know (yet)
         return
-    others = sorted(
-        (-heuristic_score(f, params), i) for i, f in found.features.items() if i != item_id
-    )
-    head, tail = others[: params.model_rerank], others[params.model_rerank :]
+    head, tail = heuristic_head(found, params, params.model_rerank, leave_out=item_id)
     rng = random.Random(zlib.crc32(event.event_id.encode()))
-    # half the negatives from the head the model re-ranks, half from the rest
-    from_head = min(len(head), params.model_negatives - params.model_negatives // 2)
-    from_tail = min(len(tail), params.model_negatives - from_head)
+    # half the negatives from the head the model re-ranks, half from the rest; when the
+    # rest is short the head makes up the difference
+    from_tail = min(len(tail), params.model_negatives // 2)
+    from_head = min(len(head), params.model_negatives - from_tail)
     picked = rng.sample(head, from_head) + rng.sample(tail, from_tail)
-    model.learn([positive], [found.features[i] for _, i in picked])
+    model.learn([positive], [found.features[i] for i in picked])
 
 
 def apply_event(
@@ -164,9 +161,10 @@ def apply_event(
             config.limits,
             blocks=isinstance(event, NotRelevant),
         )
-        records = _feedback_for(event, signal, before, updated, config.covisit_window)
-        if model is not None and _newly_liked(signal.item_id, before, updated):
-            _learn_from_like(model, current, signal.item_id, event, catalog, config.ranking)
+        newly_liked = _newly_liked(signal.item_id, before, updated)
+        records = _feedback_for(event, signal, newly_liked, before, config.covisit_window)
+        if model is not None and newly_liked:
+            _learn_from_like(model, before, signal.item_id, event, catalog, config.ranking)
         feedback.extend(records)
     return updated, tuple(feedback), False
 

@@ -209,6 +209,20 @@ def heuristic_score(features: dict[str, float], params: RankingParams) -> float:
     )
 
 
+def heuristic_head(
+    found: Candidates, params: RankingParams, n: int, leave_out: str | None = None
+) -> tuple[list[str], list[str]]:
+    """The ``n`` best candidates by the heuristic (best first), and the rest (by id).
+
+    The split the online model works on: it re-ranks the head and learns from negatives
+    drawn from the head and from the rest. One definition keeps both in step.
+    """
+    scored = [(-heuristic_score(f, params), i) for i, f in found.features.items() if i != leave_out]
+    head = [i for _, i in heapq.nsmallest(n, scored)]
+    chosen = set(head)
+    return head, sorted(i for _, i in scored if i not in chosen)
+
+
 def rank_items(
     profile: UserProfile,
     catalog: Catalog,
@@ -228,25 +242,30 @@ def rank_items(
 
     """
     found = candidate_features(profile, catalog, now_t, params)
-    rows: list[Row] = [
-        (heuristic_score(f, params), i, found.states[i]) for i, f in found.features.items()
-    ]
+    wanted = params.k * 4 if params.category_cap else params.k
+    # best first; ties break on item id (lowest first) so every worker and the replay agree
+    order = lambda r: (-r[0], r[1])  # noqa: E731
     if model is not None and params.model_weight > 0 and model.updates >= params.model_warmup:
         # two stages: the model re-ranks the heuristic's best (the kind of candidates it
-        # learned from), never the long tail it has not seen
-        rows.sort(key=lambda r: (-r[0], r[1]))
-        head, rows = rows[: params.model_rerank], rows[params.model_rerank :]
+        # learned from), never the long tail it has not seen; re-ranked rows stay above
+        # the floor of the head, so the rest only fills in when the head is short
+        head, _rest = heuristic_head(found, params, max(params.model_rerank, wanted))
+        head_scores = [heuristic_score(found.features[i], params) for i in head]
+        reranked = head[: params.model_rerank]
+        floor = head_scores[len(reranked) - 1] if reranked else 0.0
         weight = params.model_weight
-        probabilities = model.score_many([found.features[i] for _, i, _ in head])
-        floor = head[-1][0] if head else 0.0
-        rows = [
-            (floor + (1 - weight) * (s - floor) + weight * p, i, state)
-            for (s, i, state), p in zip(head, probabilities, strict=True)
-        ] + rows
-    # best first; ties break on item id (lowest first) so every worker and the replay agree
-    ranked = heapq.nsmallest(
-        params.k * 4 if params.category_cap else params.k, rows, key=lambda r: (-r[0], r[1])
-    )
+        probabilities = model.score_many([found.features[i] for i in reranked])
+        rows: list[Row] = [
+            (floor + (1 - weight) * (s - floor) + weight * p, i, found.states[i])
+            for s, i, p in zip(head_scores, reranked, probabilities, strict=False)
+        ]
+        rows += [(s, i, found.states[i]) for s, i in zip(head_scores, head, strict=True)][
+            len(reranked) :
+        ]
+        ranked = sorted(rows, key=order)[:wanted]
+    else:
+        rows = [(heuristic_score(f, params), i, found.states[i]) for i, f in found.features.items()]
+        ranked = heapq.nsmallest(wanted, rows, key=order)
     ranked_items: list[RankedItem] = []
     for score, item_id, state in _diversify(ranked, params.k, params.category_cap):
         category = state.category

@@ -156,6 +156,7 @@ class Recloop:
         self.stats = WorkerStats()
         self.model_path = settings.worker.state_dir / "ranking-model.bin"
         self.model = self._load_model()
+        self._checkpointed_updates = self.model.updates
         kafka = settings.kafka
         self.topic_names = {
             spec.name.removeprefix(kafka.topic_prefix): spec.name for spec in topic_specs(kafka)
@@ -229,9 +230,11 @@ class Recloop:
         """Save the ranking model atomically into the state directory."""
         data = self.model.snapshot()
         write_atomic(self.model_path, lambda out: out.write(data))
+        self._checkpointed_updates = self.model.updates
 
     async def _checkpoint_model_timer(self) -> None:
-        self.checkpoint_model()
+        if self.model.updates != self._checkpointed_updates:  # nothing new: nothing to save
+            self.checkpoint_model()
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:
