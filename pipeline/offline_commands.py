@@ -96,10 +96,13 @@ def _counted(events: Iterable[Event], advance: Callable[[int], None]) -> Iterato
               help="Length of each evaluated list.")  # fmt: skip
 @click.option("--curve-every", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Positives per point of the Recall curve.")  # fmt: skip
+@click.option("--snapshots/--no-snapshots", default=True, show_default=True,
+              help="recloop builds every event's snapshot as the worker does; without, the "
+              "same lists in a fraction of the time.")  # fmt: skip
 @click.pass_context
 def evaluate_command(
     ctx: click.Context, events_path: Path, items_path: Path, report_path: Path | None,
-    limit: int | None, only: str | None, seed: int, k: int, curve_every: int,
+    limit: int | None, only: str | None, seed: int, k: int, curve_every: int, snapshots: bool,
 ) -> None:  # fmt: skip
     """Replay EVENTS test-then-train through every recommender; print one JSON document.
 
@@ -112,7 +115,7 @@ def evaluate_command(
     try:
         config, learning_rate = _loop_settings(ctx)
         recommenders = standard_recommenders(
-            items, seed, size.split_event, config, names, learning_rate
+            items, seed, size.split_event, config, names, learning_rate, snapshots
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--only") from exc
@@ -123,6 +126,7 @@ def evaluate_command(
     document = result.as_dict()
     document["inputs"] = {
         "events": str(events_path), "items": str(items_path), "limit": limit, "seed": seed,
+        "snapshots": snapshots,
     }  # fmt: skip
     if report_path is not None:
         write_report(document, report_path)

@@ -21,6 +21,7 @@ from operators.evaluation import (
     LoopRecommender,
     PopularityRecommender,
     ProtocolViolation,
+    Recommender,
     RiverMFRecommender,
     evaluate,
     funk_mf,
@@ -33,6 +34,7 @@ from operators.evaluation import (
     standard_recommenders,
     write_report,
 )
+from operators.model import RankingModel
 from operators.movielens import MovieLensRating, RatingMapping, rating_events
 from operators.synthetic import SyntheticWorld
 from pipeline.offline_commands import evaluate_command, import_group
@@ -277,14 +279,28 @@ def test_recloop_beats_popularity_for_users_with_hidden_tastes() -> None:
     assert recloop.recall - popularity.recall > 0.05
 
 
+def test_recloop_without_per_event_snapshots_shows_the_same_lists() -> None:
+    world = SyntheticWorld.generate(seed=6, n_items=60, n_users=12, n_categories=4)
+    log = synthetic_log(world, 40)
+
+    def run(snapshots: bool) -> dict[str, Any]:
+        recommender = LoopRecommender(world.items, model=RankingModel(seed=1), snapshots=snapshots)
+        document = evaluate(log, {"recloop": recommender}, world.items).as_dict()
+        return without_timings(document)  # type: ignore[no-any-return]
+
+    assert run(snapshots=True) == run(snapshots=False)
+
+
 # -- the report ------------------------------------------------------------------------
 
 
 def test_the_report_draws_one_curve_per_recommender(tmp_path: Path) -> None:
     world = SyntheticWorld.generate(seed=4, n_items=30, n_users=5, n_categories=3)
     log = synthetic_log(world, 20)
-    recommenders = {"popularity": PopularityRecommender(world.items),
-                    "cooccurrence": CooccurrenceRecommender(world.items)}  # fmt: skip
+    recommenders: dict[str, Recommender] = {
+        "popularity": PopularityRecommender(world.items),
+        "cooccurrence": CooccurrenceRecommender(world.items),
+    }
     document = evaluate(log, recommenders, world.items, EvaluationConfig(curve_every=5)).as_dict()
     page = render_report(document)
     assert page.count("<polyline") == 2
