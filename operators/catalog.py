@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from schemas.catalog import ItemRecord, parse_item
+from schemas.catalog import ItemRecord
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ class ItemState:
         record = raw["record"]
         return cls(
             item_id=raw["item_id"],
-            record=parse_item(json.dumps(record)) if record is not None else None,
+            # the dict came from JSON: validate it as such (lax), without re-encoding it
+            record=ItemRecord.model_validate(record, strict=False) if record is not None else None,
             popularity=raw["popularity"],
             popularity_t=raw["popularity_t"],
             positives=raw["positives"],

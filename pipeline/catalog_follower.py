@@ -14,9 +14,10 @@ import queue
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from operators.catalog import Catalog, ItemState
+from pipeline.clients import end_offset
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,13 @@ class CatalogFollower:
         deadline = time.monotonic() + timeout_s
         partitions = self._wait_for_partitions(consumer, timeout_s)
         for partition in partitions:
-            self._targets[partition] = self._high_watermark(consumer, partition, deadline)
+            high = end_offset(consumer, self.topic, partition, deadline)
+            if high is None:
+                consumer.close()
+                raise RuntimeError(
+                    f"no leader answered for {self.topic}[{partition}] within {timeout_s:.0f}s"
+                )
+            self._targets[partition] = high
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         self._thread = threading.Thread(
             target=self._poll, args=(consumer,), name="catalog-follower", daemon=True
@@ -87,21 +94,6 @@ class CatalogFollower:
             f"topic {self.topic} shows {len(seen)} of {self.partitions} partitions after "
             f"{timeout_s:.0f}s; create recloop's topics first (recloop topics create)"
         )
-
-    def _high_watermark(self, consumer: Consumer, partition: int, deadline: float) -> int:
-        """The partition's end offset, retried while its leader is still being elected."""
-        while True:
-            try:
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=5
-                )
-                return int(high)
-            except KafkaException:
-                # right after topic creation: leader elections, not-leader answers; wait
-                if time.monotonic() > deadline:
-                    consumer.close()
-                    raise
-                time.sleep(0.1)
 
     def _poll(self, consumer: Consumer) -> None:
         try:

@@ -171,16 +171,27 @@ def wait_for_records(
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            try:
-                total = sum(
-                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-                    for p in range(partitions)
-                )
-            except KafkaException:
-                total = -1
-            if total >= count:
+            ends = [end_offset(consumer, topic, p, deadline) for p in range(partitions)]
+            if None in ends:
+                return False
+            if sum(e for e in ends if e is not None) >= count:
                 return True
             time.sleep(0.1)
         return False
     finally:
         consumer.close()
+
+
+def end_offset(consumer: Consumer, topic: str, partition: int, deadline: float) -> int | None:
+    """A partition's end offset, or ``None`` if it cannot be had before ``deadline``.
+
+    Right after a topic is created its partitions may still be electing leaders and
+    answer "not leader": that means "not yet", so ask again until the deadline.
+    """
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), 5)[1])
+        except KafkaException:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
