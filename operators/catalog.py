@@ -22,8 +22,13 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
+from operators.embedding import EmbeddingParams, Vector, add_taste, item_embedding, unit
+from operators.index import ItemIndex
 from schemas.catalog import ItemRecord
 
 
@@ -38,6 +43,8 @@ class ItemState:
     positives: int = 0
     feedback_events: int = 0
     neighbours: Mapping[str, float] = field(default_factory=dict)
+    #: the feedback part of the item's embedding (see operators.embedding); empty: none yet
+    taste: tuple[float, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -119,6 +126,7 @@ class ItemState:
                 "positives": self.positives,
                 "feedback_events": self.feedback_events,
                 "neighbours": self.neighbours,
+                "taste": self.taste,
             },
             separators=(",", ":"),
         ).encode()
@@ -137,6 +145,7 @@ class ItemState:
             positives=raw["positives"],
             feedback_events=raw["feedback_events"],
             neighbours=dict(raw.get("neighbours", {})),
+            taste=tuple(float(x) for x in raw.get("taste", ())),
         )
 
 
@@ -155,6 +164,8 @@ class ItemFeedback:
     event_id: str
     kind: Literal["signal", "covisit"] = "signal"
     co_items: tuple[str, ...] = ()
+    #: who gave the signal: the item's embedding learns from the user's code
+    user_id: str | None = None
 
     def to_json(self) -> bytes:
         """Compact JSON bytes for the item-feedback topic."""
@@ -167,6 +178,7 @@ class ItemFeedback:
                 "event_id": self.event_id,
                 "kind": self.kind,
                 "co_items": self.co_items,
+                "user_id": self.user_id,
             },
             separators=(",", ":"),
         ).encode()
@@ -186,6 +198,7 @@ class ItemFeedback:
             event_id=raw["event_id"],
             kind=kind,
             co_items=tuple(raw.get("co_items", ())),
+            user_id=raw.get("user_id"),
         )
 
 
@@ -195,6 +208,7 @@ class ItemParams:
 
     popularity_half_life_s: float = 7 * 24 * 3600.0
     max_neighbours: int = 200
+    embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
 
 
 def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams) -> ItemState:
@@ -209,6 +223,10 @@ def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams)
     )
     if feedback.co_items:
         updated = updated.with_covisits(feedback.co_items, 1.0, params.max_neighbours)
+    strength = feedback.target * feedback.weight
+    if feedback.user_id is not None and strength != 0.0:
+        taste = add_taste(updated.taste, feedback.user_id, strength, params.embedding)
+        updated = replace(updated, taste=taste)
     return updated
 
 
@@ -223,15 +241,20 @@ class _TopOrder:
     list falls (withdrawn, removed, or its record changed) is the list rebuilt, lazily.
     """
 
-    def __init__(self, category: str | None, n: int, half_life_s: float) -> None:
+    def __init__(
+        self, category: str | None, n: int, half_life_s: float, newest: bool = False
+    ) -> None:
         self.category = category
         self.n = n
         self.half_life_s = half_life_s
+        self.newest = newest
         self.rows: list[SortKey] = []
         self.members: dict[str, SortKey] = {}
         self.stale = True
 
     def key(self, state: ItemState) -> SortKey:
+        if self.newest:
+            return (-state.created_t, 0.0, state.item_id)
         return (-state.trending_key(self.half_life_s), -state.created_t, state.item_id)
 
     def eligible(self, state: ItemState | None) -> bool:
@@ -269,14 +292,51 @@ class _TopOrder:
 
 
 class Catalog:
-    """Every item's state, in memory, as replicated to this worker."""
+    """Every item's state, in memory, as replicated to this worker, and its item index.
 
-    def __init__(self) -> None:
+    Each item's unit embedding (see :mod:`operators.embedding`) is kept next to its state;
+    the hnswlib :class:`~operators.index.ItemIndex` of available items follows lazily:
+    :meth:`put` only marks an item, and the next :meth:`similar` or :meth:`neighbours`
+    re-indexes, in one batch, the marked items whose embedding turned by more than
+    ``reindex_below`` (a cosine) since it was indexed. Scores use the exact embeddings;
+    the index only finds candidates, so a slightly stale vector there costs nothing.
+
+    Args:
+        embedding: the embedding space (the default one when omitted).
+        index: an index loaded from disk to start from (a fresh one when omitted); it is
+            brought in line with the items as they are put, and :meth:`prune_index`
+            drops what it holds that the catalog no longer has.
+        reindex_below: re-index an item when the cosine between its indexed and its
+            current embedding falls below this.
+
+    """
+
+    def __init__(
+        self,
+        embedding: EmbeddingParams | None = None,
+        index: ItemIndex | None = None,
+        reindex_below: float = 0.995,
+    ) -> None:
         self._items: dict[str, ItemState] = {}
-        self._orders: dict[tuple[str | None, int, float], _TopOrder] = {}
+        self._orders: dict[tuple[str | None, int, float, bool], _TopOrder] = {}
         # orders by the category they rank (None: the whole catalog), so an update only
         # touches the orders it can change
         self._orders_of: dict[str | None, list[_TopOrder]] = {}
+        self.embedding = embedding if embedding is not None else EmbeddingParams()
+        if index is not None and index.dim != self.embedding.dim:
+            raise ValueError(f"index has dim {index.dim}, embeddings {self.embedding.dim}")
+        self.index = index if index is not None else ItemIndex(dim=self.embedding.dim)
+        self._loaded = index is not None and len(index) > 0
+        self.reindex_below = reindex_below
+        # every item's unit embedding is a row of one matrix (row 0 stays zero: "none"),
+        # so the similarity of hundreds of candidates is one matrix-vector product
+        self._rows: dict[str, int] = {}
+        self._matrix = np.zeros((1024, self.embedding.dim))
+        # what the index holds, as far as this catalog put it there
+        self._indexed: dict[str, Vector] = {}
+        self._dirty: set[str] = set()
+        #: how many changes the index has taken (a saved copy is stale when this moved)
+        self.index_changes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -297,17 +357,146 @@ class Catalog:
 
     def put(self, state: ItemState) -> None:
         """Replace one item's state."""
-        old = self._items.get(state.item_id)
-        self._items[state.item_id] = state
+        item_id = state.item_id
+        old = self._items.get(item_id)
+        self._items[item_id] = state
         for order in self._affected(old, state):
-            order.update(state.item_id, state)
+            order.update(item_id, state)
+        if (
+            old is None
+            or old.taste != state.taste
+            or (old.record is not state.record and old.record != state.record)
+        ):
+            self._set_vector(
+                item_id, unit(item_embedding(state.record, state.taste, self.embedding))
+            )
+            self._dirty.add(item_id)
+        elif old.available != state.available:
+            self._dirty.add(item_id)
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the item-state topic)."""
         old = self._items.pop(item_id, None)
+        self._set_vector(item_id, None)
+        self._indexed.pop(item_id, None)
+        self._dirty.discard(item_id)
+        self.index_changes += int(self.index.remove(item_id))
         if old is not None:
             for order in self._affected(old):
                 order.update(item_id, None)
+
+    # -- embeddings and the index ---------------------------------------------------------
+
+    def _set_vector(self, item_id: str, vector: Vector | None) -> None:
+        row = self._rows.get(item_id)
+        if vector is None:
+            if row is not None:
+                self._matrix[row] = 0.0
+            return
+        if row is None:
+            row = self._rows[item_id] = len(self._rows) + 1
+            if row >= len(self._matrix):
+                grown = np.zeros((2 * len(self._matrix), self.embedding.dim))
+                grown[: len(self._matrix)] = self._matrix
+                self._matrix = grown
+        self._matrix[row] = vector
+
+    def unit(self, item_id: str) -> Vector | None:
+        """The item's current unit embedding (``None`` when unknown)."""
+        row = self._rows.get(item_id)
+        if row is None:
+            return None
+        vector = self._matrix[row]
+        return vector.copy() if vector.any() else None
+
+    def similarities(self, item_ids: Sequence[str], vector: Vector) -> Vector:
+        """The cosine of each item's embedding with the unit ``vector`` (0 when unknown)."""
+        rows = [self._rows.get(item_id, 0) for item_id in item_ids]
+        similarity: Vector = self._matrix[rows] @ vector
+        return similarity
+
+    def sync_index(self) -> int:
+        """Bring the index in line with every item changed since the last call.
+
+        Returns:
+            How many items were (re-)indexed or removed from the index.
+
+        """
+        if not self._dirty:
+            return 0
+        ids: list[str] = []
+        rows: list[Vector] = []
+        changed = 0
+        for item_id in sorted(self._dirty):
+            state = self._items.get(item_id)
+            vector = self.unit(item_id)
+            if state is None or vector is None or not state.available:
+                self._indexed.pop(item_id, None)
+                changed += int(self.index.remove(item_id))
+                continue
+            indexed: npt.NDArray[np.floating[Any]] | None = self._indexed.get(item_id)
+            if indexed is None and self._loaded:  # maybe in the index loaded from disk
+                indexed = self.index.vector(item_id)
+            if indexed is None or float(indexed @ vector) < self.reindex_below:
+                ids.append(item_id)
+                rows.append(vector)
+                self._indexed[item_id] = vector
+            else:
+                self._indexed[item_id] = indexed.astype(np.float64)
+        self._dirty.clear()
+        if ids:
+            self.index.upsert_many(ids, np.vstack(rows))
+        self.index_changes += changed + len(ids)
+        return changed + len(ids)
+
+    def prune_index(self) -> int:
+        """Drop from the index every item the catalog does not hold (after a restore)."""
+        stale = [i for i in self.index.ids() if i not in self._items]
+        for item_id in stale:
+            self.index.remove(item_id)
+        self.index_changes += len(stale)
+        return len(stale)
+
+    def exact_similar(self, vector: Vector, k: int) -> list[tuple[str, float]]:
+        """The ``k`` available items nearest to ``vector`` by brute force (for measuring)."""
+        ids = [i for i, state in self._items.items() if state.available and i in self._rows]
+        if not ids or k <= 0:
+            return []
+        scores = self.similarities(ids, vector)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [(ids[n], float(scores[n])) for n in best]
+
+    def index_recall(self, queries: Sequence[Vector], k: int) -> float | None:
+        """Recall@k of the index against exact search, averaged over ``queries``.
+
+        What the index finds is judged against the items' current embeddings, so an item
+        whose indexed vector lags (``reindex_below``) counts against the index too.
+        """
+        found = hits = 0
+        for query in queries:
+            exact = {i for i, _ in self.exact_similar(query, k)}
+            approximate = {i for i, _ in self.similar(query, k)}
+            found += len(exact)
+            hits += len(exact & approximate)
+        return hits / found if found else None
+
+    def similar(
+        self, vector: Vector, k: int, exclude: frozenset[str] | set[str] = frozenset()
+    ) -> list[tuple[str, float]]:
+        """The ``k`` available items nearest to ``vector`` (approximate), best first."""
+        self.sync_index()
+        return self.index.query(vector, k, exclude)
+
+    def neighbours(
+        self, item_id: str, k: int, exclude: frozenset[str] | set[str] = frozenset()
+    ) -> list[tuple[str, float]]:
+        """The ``k`` available items nearest to item ``item_id`` (approximate), best first."""
+        vector = self.unit(item_id)
+        state = self._items.get(item_id)
+        if vector is None or state is None or not state.available:
+            return []
+        self.sync_index()
+        return self.index.query(vector, k, {*exclude, item_id})
 
     def top(self, n: int, half_life_s: float, category: str | None = None) -> list[str]:
         """The ``n`` best available items (of one category, or all): trending, then fresh.
@@ -316,9 +505,18 @@ class Catalog:
         the same rate, so the order only changes with new feedback); the rest follow,
         newest first, so a catalog without feedback yet still fills a list.
         """
-        order = self._orders.get((category, n, half_life_s))
+        return self._top(category, n, half_life_s, newest=False)
+
+    def newest(self, n: int, since_t: float = -math.inf) -> list[str]:
+        """The ``n`` most recently created available items, created at or after ``since_t``."""
+        rows = self._top(None, n, 0.0, newest=True)
+        return [item_id for item_id in rows if self._items[item_id].created_t >= since_t]
+
+    def _top(self, category: str | None, n: int, half_life_s: float, newest: bool) -> list[str]:
+        key = (category, n, half_life_s, newest)
+        order = self._orders.get(key)
         if order is None:
-            order = self._orders[(category, n, half_life_s)] = _TopOrder(category, n, half_life_s)
+            order = self._orders[key] = _TopOrder(category, n, half_life_s, newest)
             self._orders_of.setdefault(category, []).append(order)
         if order.stale:
             order.rebuild(iter(self._items.values()))
@@ -329,9 +527,9 @@ class Catalog:
         return b"\n".join(state.snapshot() for state in self._items.values())
 
     @classmethod
-    def restore(cls, data: bytes) -> Catalog:
+    def restore(cls, data: bytes, embedding: EmbeddingParams | None = None) -> Catalog:
         """The catalog :meth:`snapshot` wrote."""
-        catalog = cls()
+        catalog = cls(embedding)
         for line in data.splitlines():
             if line.strip():
                 catalog.put(ItemState.restore(line))

@@ -62,12 +62,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from river import optim, reco
 
-from operators.catalog import Catalog, ItemState, apply_feedback
+from operators.catalog import ItemState, apply_feedback
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
 from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
-from operators.ranking import rank_items
+from operators.ranking import rank_items, user_unit
 from schemas.catalog import ItemRecord, parse_item
 from schemas.events import Dwell, Event, Impression, Rating, parse_event
 
@@ -217,6 +217,8 @@ class RecommenderFigures:
     events: int = 0
     seconds: float = 0.0
     curve: list[tuple[int, float]] = field(default_factory=list)
+    #: what a recommender reports about itself at the end (see ``extra_figures``)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def positives(self) -> int:
@@ -248,6 +250,7 @@ class RecommenderFigures:
             "events_per_s": round(self.events / self.seconds, 1) if self.seconds else None,
             "after_split": self.after_split.as_dict(),
             "recall_curve": [[p, round(r, 6)] for p, r in self.curve],
+            **self.extra,
         }
 
 
@@ -445,9 +448,12 @@ def evaluate(
         result.events += len(group)
     result.users = len(user_items)
     result.wall_time_s = timer() - started
-    for figures in result.figures.values():
+    for name, figures in result.figures.items():
         if figures.positives and (not figures.curve or figures.curve[-1][0] != figures.positives):
             figures.curve.append((figures.positives, figures.recall))
+        extra = getattr(recommenders[name], "extra_figures", None)
+        if extra is not None:
+            figures.extra = extra()
     return result
 
 
@@ -536,7 +542,7 @@ class LoopRecommender:
         self.config = config or LoopConfig()
         self.model = model
         self.snapshots = snapshots
-        self.catalog = Catalog()
+        self.catalog = self.config.new_catalog()
         for record in items:
             self.catalog.put(ItemState(item_id=record.item_id).with_record(record))
         self.profiles: dict[str, UserProfile] = {}
@@ -564,6 +570,25 @@ class LoopRecommender:
         for record in feedback:
             state = self.catalog.get(record.item_id) or ItemState(item_id=record.item_id)
             self.catalog.put(apply_feedback(state, record, self.config.items))
+
+    def extra_figures(self, k: int = 10) -> dict[str, Any]:
+        """The item index at the end of the run: its size and recall@k against exact search.
+
+        The queries are the users' own embeddings, the vectors the ranker queries with.
+        """
+        queries = [
+            v for p in self.profiles.values() if (v := user_unit(p, self.catalog)) is not None
+        ]
+        recall = self.catalog.index_recall(queries, k)
+        return {
+            "index": {
+                "items": len(self.catalog.index),
+                "queries": len(queries),
+                f"recall_at_{k}_vs_exact": round(recall, 4) if recall is not None else None,
+                "ef_search": self.catalog.index.ef_search,
+                "m": self.catalog.index.m,
+            }
+        }
 
     def recommend(self, user_id: str, k: int, exclude: frozenset[str], now: datetime) -> list[str]:
         """The live ranker's top ``k`` for the user at ``now``, without ``exclude``."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams
+from operators.index import IndexParams, ItemIndex
 from operators.model import RankingModel
 from operators.profile import (
     ProfileLimits,
@@ -55,6 +56,15 @@ class LoopConfig:
     items: ItemParams = field(default_factory=ItemParams)
     #: how many of the user's previous positives a new positive is counted with
     covisit_window: int = 20
+    index: IndexParams = field(default_factory=IndexParams)
+
+    def new_catalog(self, index: ItemIndex | None = None) -> Catalog:
+        """An empty catalog in this embedding space, with a new index (or ``index``)."""
+        return Catalog(
+            self.items.embedding,
+            index if index is not None else self.index.new_index(self.items.embedding.dim),
+            reindex_below=self.index.reindex_below,
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ def _feedback_for(
     records = [
         ItemFeedback(
             signal.item_id, signal.target, signal.weight, event.timestamp, event.event_id,
-            co_items=co_items,
+            co_items=co_items, user_id=event.user_id,
         )
     ]  # fmt: skip
     records.extend(
@@ -160,6 +170,9 @@ def apply_event(
             state.category if state is not None else None,
             config.limits,
             blocks=isinstance(event, NotRelevant),
+            # only catalogued items move the user's embedding: a bare id says nothing
+            item_unit=catalog.unit(signal.item_id) if state and state.record else None,
+            embedding=catalog.embedding,
         )
         newly_liked = _newly_liked(signal.item_id, before, updated)
         records = _feedback_for(event, signal, newly_liked, before, config.covisit_window)

@@ -39,6 +39,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -48,7 +49,7 @@ import numpy.typing as npt
 
 from operators.files import write_atomic
 
-__all__ = ["IndexLoadError", "ItemIndex"]
+__all__ = ["IndexLoadError", "IndexParams", "ItemIndex"]
 
 #: The snapshot header: magic, format version, SHA-256 of everything after the header,
 #: length of the JSON metadata that follows it. The hnswlib index file comes last.
@@ -68,6 +69,30 @@ _OVERFETCH_LIMIT: Final = 200
 _GROWTH: Final = 2
 
 FloatMatrix = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How a worker builds and queries its index (see :class:`ItemIndex`)."""
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 128
+    seed: int = 0
+    #: re-index an item once its embedding turned below this cosine since it was indexed
+    reindex_below: float = 0.995
+
+    def new_index(self, dim: int) -> ItemIndex:
+        """An empty index built with these parameters."""
+        return ItemIndex(dim, m=self.m, ef_construction=self.ef_construction,
+                         ef_search=self.ef_search, seed=self.seed)  # fmt: skip
+
+    def built(self, index: ItemIndex) -> bool:
+        """Whether ``index`` was built with these parameters."""
+        saved = index.params()
+        return (saved["m"], saved["ef_construction"], saved["ef_search"], saved["seed"]) == (
+            self.m, self.ef_construction, self.ef_search, self.seed,
+        )  # fmt: skip
 
 
 class IndexLoadError(Exception):

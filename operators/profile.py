@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from operators.bloom import Bloom
+from operators.embedding import EmbeddingParams, Vector, update_user_vector
 from operators.signals import Signal
 
 
@@ -30,6 +33,8 @@ class ProfileLimits:
     max_categories: int = 64
     max_blocked: int = 1000
     recent_positives: int = 20
+    #: items the consumed-set filter is sized for (1% false positives at that count)
+    consumed_capacity: int = 2000
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class UserProfile:
     blocked: tuple[str, ...] = ()
     recent_event_ids: tuple[str, ...] = ()
     recent_positives: tuple[str, ...] = ()
+    #: the user's embedding (empty until the first signal about a known item)
+    vector: tuple[float, ...] = ()
+    #: every item ever consumed, beyond the bounded history (``None``: nothing yet)
+    consumed: Bloom | None = None
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -56,8 +65,15 @@ class UserProfile:
         return event_id in self.recent_event_ids
 
     def excluded(self) -> frozenset[str]:
-        """Items never to recommend again: consumed or marked not relevant."""
+        """Items never to recommend again: consumed (recently) or marked not relevant.
+
+        Items consumed longer ago are in :attr:`consumed`; see :meth:`has_consumed`.
+        """
         return frozenset(self.history) | frozenset(self.blocked)
+
+    def has_consumed(self, item_id: str) -> bool:
+        """Whether the user ever consumed the item (the filter's rare false positives too)."""
+        return self.consumed is not None and item_id in self.consumed
 
     def snapshot(self) -> bytes:
         """Compact JSON bytes of this profile."""
@@ -73,6 +89,12 @@ class UserProfile:
                 "blocked": self.blocked,
                 "recent_event_ids": self.recent_event_ids,
                 "recent_positives": self.recent_positives,
+                "vector": self.vector,
+                "consumed": (
+                    base64.b64encode(self.consumed.to_bytes()).decode()
+                    if self.consumed is not None
+                    else None
+                ),
             },
             separators=(",", ":"),
         ).encode()
@@ -81,6 +103,7 @@ class UserProfile:
     def restore(cls, data: bytes) -> UserProfile:
         """The profile :meth:`snapshot` wrote."""
         raw = json.loads(data)
+        consumed = raw.get("consumed")
         return cls(
             user_id=raw["user_id"],
             events_applied=raw["events_applied"],
@@ -91,6 +114,8 @@ class UserProfile:
             blocked=tuple(raw["blocked"]),
             recent_event_ids=tuple(raw["recent_event_ids"]),
             recent_positives=tuple(raw.get("recent_positives", ())),
+            vector=tuple(raw.get("vector", ())),
+            consumed=Bloom.from_bytes(base64.b64decode(consumed)) if consumed else None,
         )
 
 
@@ -126,6 +151,8 @@ def apply_signal(
     category: str | None,
     limits: ProfileLimits,
     blocks: bool = False,
+    item_unit: Vector | None = None,
+    embedding: EmbeddingParams | None = None,
 ) -> UserProfile:
     """Fold one item signal into the profile.
 
@@ -135,6 +162,9 @@ def apply_signal(
         category: the item's category, when the catalog knows the item.
         limits: bounds on the state.
         blocks: the user asked never to see this item again (``not_relevant``).
+        item_unit: the item's unit embedding, when the catalog knows the item; the user's
+            embedding moves towards it (a like) or away from it (a negative signal).
+        embedding: the embedding space's parameters (required with ``item_unit``).
 
     """
     affinity = dict(profile.affinity)
@@ -145,8 +175,15 @@ def apply_signal(
             strongest = sorted(affinity.items(), key=lambda kv: abs(kv[1]), reverse=True)
             affinity = dict(strongest[: limits.max_categories])
     history = profile.history
+    consumed = profile.consumed
     if signal.target > 0 or signal.explicit:
         history = _push(history, signal.item_id, limits.history_size)
+        if consumed is None:
+            consumed = Bloom.empty(limits.consumed_capacity)
+        consumed = consumed.add(signal.item_id)
+    vector = profile.vector
+    if item_unit is not None and embedding is not None:
+        vector = update_user_vector(vector, item_unit, signal.target * signal.weight, embedding)
     blocked = (
         _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
     )
@@ -156,8 +193,9 @@ def apply_signal(
     elif signal.target < 0 and signal.item_id in recent:
         recent = tuple(item for item in recent if item != signal.item_id)
     return replace(
-        profile, affinity=affinity, history=history, blocked=blocked, recent_positives=recent
-    )
+        profile, affinity=affinity, history=history, blocked=blocked, recent_positives=recent,
+        vector=vector, consumed=consumed,
+    )  # fmt: skip
 
 
 def next_snapshot_version(profile: UserProfile) -> UserProfile:

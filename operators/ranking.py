@@ -1,7 +1,7 @@
-"""Candidates and ranking: co-visitation of the user's recent likes, trending items, affinity.
+"""Candidates and ranking: co-visitation, embeddings, trending, fresh items and exploration.
 
-Candidates come from two sources, so the work per request depends on the user's recent
-history and a fixed trending list, never on the catalog's size:
+Candidates come from several sources, so the work per request depends on the user's recent
+history and fixed budgets, never on the catalog's size:
 
 * **co-visitation**: items liked by the same users shortly after (or before) the items
   this user liked recently. Each recent like ``r`` contributes its neighbours' counts,
@@ -9,15 +9,24 @@ history and a fixed trending list, never on the catalog's size:
   (``covisit_beta``); each candidate is then damped by its own popularity
   (``covisit_alpha``): with both at 0.5 this is a cosine-like similarity, which keeps
   blockbusters from crowding out everything else.
+* **embeddings** (hnswlib): the items nearest to the user's embedding, and the nearest
+  neighbours of the user's newest likes (see :mod:`operators.embedding`).
 * **trending**: the items with the most positive feedback, decayed with a half-life in
-  event time; for a new user this is the whole list (cold start), diversified below.
+  event time, overall and in the user's favourite categories; for a new user this is the
+  whole list (cold start), diversified below.
+* **fresh**: the newest items of the catalog, for exploration.
 
 Score = normalised co-visitation + ``trending_weight`` x normalised trend +
-``affinity_weight`` x squashed category affinity. The list is then re-ranked for
-diversity (at most ``category_cap`` items of one category). Nothing the user consumed or
-marked not relevant, and nothing withdrawn, is ever returned. Each item says why it is
-there. The parameters were chosen on MovieLens 100K by prequential replay
-(docs/evaluation.md).
+``affinity_weight`` x squashed category affinity + ``similarity_weight`` x the cosine of
+user and item embeddings; once it has warmed up, the online model re-ranks the best of
+them. The list is then re-ranked for diversity (at most ``category_cap`` items of one
+category; ``cold_start_category_cap`` for a user recloop barely knows) and its last slots
+go to exploration: long-tail and fresh items, most promising first, with an optimism bonus
+for items with little feedback. How many slots depends on how much recloop knows about
+the user (``explore_max`` for a new user, down to ``explore_min``, which is also the
+minimum exposure the long tail gets in every list). Nothing the user consumed or marked
+not relevant, and nothing withdrawn, is ever returned. Each item says why it is there.
+The parameters were chosen on MovieLens 100K by prequential replay (docs/evaluation.md).
 
 Example:
     >>> from operators.catalog import Catalog
@@ -34,12 +43,15 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from operators.catalog import Catalog, ItemState
+from operators.embedding import Vector, unit
 from operators.model import RankingModel
 from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
-MODEL_VERSION = "covisit-trending-1"
+MODEL_VERSION = "covisit-embed-explore-2"
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class RankingParams:
     covisit_decay: float = 0.9
     covisit_alpha: float = 0.5
     covisit_beta: float = 0.5
+    covisit_candidates: int = 150
     trending_weight: float = 0.15
     trending_candidates: int = 100
     affinity_weight: float = 0.1
@@ -62,6 +75,18 @@ class RankingParams:
     model_warmup: int = 200
     model_negatives: int = 4
     model_rerank: int = 30
+    similarity_weight: float = 0.2
+    embedding_candidates: int = 50
+    neighbour_sources: int = 2
+    neighbour_candidates: int = 10
+    fresh_candidates: int = 20
+    fresh_window_s: float = 30 * 24 * 3600.0
+    explore_min: float = 0.1
+    explore_max: float = 0.3
+    explore_halfway: int = 20
+    explore_bonus: float = 0.2
+    cold_start_items: int = 3
+    cold_start_category_cap: int = 2
 
 
 def _squash(value: float) -> float:
@@ -139,6 +164,17 @@ class Candidates:
     states: dict[str, ItemState]
     sources: list[tuple[ItemState, float]]
     top_trend: float
+    #: the head of the trending list (everything else counts as the long tail)
+    popular: frozenset[str] = frozenset()
+    #: candidates from the fresh-items source
+    fresh: frozenset[str] = frozenset()
+
+
+def user_unit(profile: UserProfile, catalog: Catalog) -> Vector | None:
+    """The user's unit embedding, or ``None`` before the first signal (or another dim)."""
+    if len(profile.vector) != catalog.embedding.dim:
+        return None
+    return unit(np.asarray(profile.vector, dtype=np.float64))
 
 
 def candidate_features(
@@ -164,16 +200,35 @@ def candidate_features(
     states: dict[str, ItemState] = {}
     for item_id, raw in _covisit_scores(sources).items():
         state = catalog.get(item_id)
-        if state is not None:
+        if state is not None and item_id not in excluded:
             covisit[item_id] = raw / (state.positives + 1) ** alpha
-            states[item_id] = state
+    if len(covisit) > params.covisit_candidates:  # the rest would not make the list
+        # ties go to the lowest id: neighbour maps fill in arrival order, which differs
+        # between workers and the replay
+        best = heapq.nsmallest(params.covisit_candidates, ((-v, i) for i, v in covisit.items()))
+        covisit = {i: -v for v, i in best}
+    for item_id in covisit:
+        states[item_id] = catalog.get(item_id)  # type: ignore[assignment]
     top_covisit = max(covisit.values(), default=0.0)
     popular = catalog.top(params.trending_candidates, half_life)
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
     by_category = [catalog.top(params.category_candidates, half_life, c) for c in liked]
-    for source_list in [popular, *by_category, include]:
+    user_vector = user_unit(profile, catalog)
+    embedded: list[str] = []
+    if user_vector is not None and params.embedding_candidates > 0:
+        nearest = catalog.similar(user_vector, params.embedding_candidates, excluded)
+        embedded = [item_id for item_id, _ in nearest]
+    neighbours: list[list[str]] = []
+    if params.neighbour_candidates > 0 and params.neighbour_sources > 0:
+        for recent in profile.recent_positives[-params.neighbour_sources :]:
+            near = catalog.neighbours(recent, params.neighbour_candidates, excluded)
+            neighbours.append([item_id for item_id, _ in near])
+    fresh: list[str] = []
+    if params.fresh_candidates > 0:
+        fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
+    for source_list in [popular, *by_category, embedded, *neighbours, fresh, include]:
         for item_id in source_list:
             if item_id not in states:
                 state = catalog.get(item_id)
@@ -185,28 +240,42 @@ def candidate_features(
     covisit_scale = 1.0 / top_covisit if top_covisit else 0.0
     trend_scale = 1.0 / top_trend if top_trend else 0.0
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
-    features: dict[str, dict[str, float]] = {}
     for item_id, state in list(states.items()):
         if item_id in excluded or not state.available:
             del states[item_id]
-            continue
+    similarity: dict[str, float] = {}
+    if user_vector is not None and states:
+        ids = list(states)
+        similarity = dict(zip(ids, catalog.similarities(ids, user_vector).tolist(), strict=True))
+    features: dict[str, dict[str, float]] = {}
+    for item_id, state in states.items():
         trend = state.popularity_at(now_t, half_life) if state.popularity else 0.0
         features[item_id] = {
             "covisit": covisit.get(item_id, 0.0) * covisit_scale,
             "trend": trend * trend_scale,
             "affinity": affinity.get(state.category or "", 0.0),
             "log_popularity": math.log1p(state.positives),
+            "similarity": similarity.get(item_id, 0.0),
         }
-    return Candidates(features, states, sources, top_trend)
+    return Candidates(
+        features, states, sources, top_trend, popular=frozenset(popular), fresh=frozenset(fresh)
+    )
 
 
 def heuristic_score(features: dict[str, float], params: RankingParams) -> float:
-    """The hand-set blend: co-visitation + trend and affinity at their weights."""
+    """The hand-set blend: co-visitation + trend, affinity and similarity at their weights."""
     return (
         features["covisit"]
         + params.trending_weight * features["trend"]
         + params.affinity_weight * features["affinity"]
+        + params.similarity_weight * features["similarity"]
     )
+
+
+def _best(scores: dict[str, float], n: int, leave_out: str | None = None) -> list[str]:
+    """The ``n`` best ids by score, best first; ties go to the lowest id."""
+    pairs = ((-score, i) for i, score in scores.items() if i != leave_out)
+    return [i for _, i in heapq.nsmallest(n, pairs)]
 
 
 def heuristic_head(
@@ -217,10 +286,103 @@ def heuristic_head(
     The split the online model works on: it re-ranks the head and learns from negatives
     drawn from the head and from the rest. One definition keeps both in step.
     """
-    scored = [(-heuristic_score(f, params), i) for i, f in found.features.items() if i != leave_out]
-    head = [i for _, i in heapq.nsmallest(n, scored)]
+    scores = {i: heuristic_score(f, params) for i, f in found.features.items()}
+    head = _best(scores, n, leave_out)
     chosen = set(head)
-    return head, sorted(i for _, i in scored if i not in chosen)
+    return head, sorted(i for i in scores if i not in chosen and i != leave_out)
+
+
+def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
+    """How many of the ``k`` slots go to exploration: many for a new user, few later.
+
+    The share falls from ``explore_max`` (nothing consumed yet) towards ``explore_min``
+    (half-way there at ``explore_halfway`` items consumed).
+    """
+    known = profile.consumed.count if profile.consumed is not None else 0
+    share = params.explore_min + (params.explore_max - params.explore_min) * (
+        params.explore_halfway / (params.explore_halfway + known)
+    )
+    return min(params.k, round(params.k * share))
+
+
+def _drop_consumed(
+    found: Candidates, scores: dict[str, float], profile: UserProfile, n: int
+) -> None:
+    """Drop, among the best ``n`` candidates, those the user consumed before the history.
+
+    The history only keeps the newest items; the consumed-set filter remembers the rest.
+    Checking it is slower than a set lookup, so only the head of the list is checked:
+    that is where a candidate can still make it into the list.
+    """
+    if profile.consumed is None or profile.consumed.count <= len(profile.history):
+        return
+    for item_id in _best(scores, n):
+        if profile.has_consumed(item_id):
+            del found.features[item_id], found.states[item_id], scores[item_id]
+
+
+def _explore(
+    found: Candidates, scores: dict[str, float], chosen: set[str], params: RankingParams, n: int
+) -> list[Row]:
+    """The ``n`` most promising long-tail or fresh candidates not already ``chosen``.
+
+    Promise = the heuristic score plus an optimism bonus that shrinks with the feedback
+    the item already has (``explore_bonus / sqrt(1 + feedback events)``).
+    """
+    if n <= 0:
+        return []
+    rows: list[Row] = []
+    popular, fresh, states = found.popular, found.fresh, found.states
+    for item_id, score in scores.items():
+        if item_id in chosen or (item_id in popular and item_id not in fresh):
+            continue
+        state = states[item_id]
+        bonus = params.explore_bonus / math.sqrt(1.0 + state.feedback_events)
+        rows.append((score + bonus, item_id, state))
+    return heapq.nsmallest(n, rows, key=lambda r: (-r[0], r[1]))
+
+
+def _reasons(
+    item_id: str, state: ItemState, found: Candidates, profile: UserProfile, catalog: Catalog,
+    explored: bool,
+) -> list[str]:  # fmt: skip
+    category = state.category
+    reasons: list[str] = []
+    because = _because(item_id, found.sources) or _most_similar_like(item_id, profile, catalog)
+    if because is not None:
+        reasons.append(f"because you liked {_title(catalog, because)}")
+    if profile.affinity.get(category or "", 0.0) > 0:
+        reasons.append(f"because you like {category}")
+    if found.features[item_id]["trend"] >= 0.5:
+        reasons.append(f"popular in {category}" if category else "popular now")
+    if explored:
+        where = f" in {category}" if category else ""
+        if item_id in found.fresh:
+            reasons.append(f"something new{where}")
+        else:
+            reasons.append(f"a lesser-known pick{where}")
+    if not reasons:
+        reasons.append(f"something to try in {category}" if category else "something new")
+    return reasons
+
+
+#: An embedding neighbour is explained by a recent like at least this similar.
+_EXPLAIN_SIMILARITY = 0.3
+
+
+def _most_similar_like(item_id: str, profile: UserProfile, catalog: Catalog) -> str | None:
+    """The recent like whose embedding is closest to the item's, when close enough."""
+    target = catalog.unit(item_id)
+    if target is None:
+        return None
+    best, best_similarity = None, _EXPLAIN_SIMILARITY
+    for liked in reversed(profile.recent_positives[-10:]):
+        vector = catalog.unit(liked)
+        if vector is not None:
+            similarity = float(vector @ target)
+            if similarity > best_similarity:
+                best, best_similarity = liked, similarity
+    return best
 
 
 def rank_items(
@@ -238,49 +400,55 @@ def rank_items(
         now_t: event time in seconds, the moment popularity is decayed to.
         params: weights, budgets and ``k``.
         model: the online ranking model; once it has learned from ``model_warmup`` likes
-            its probability is blended in with weight ``model_weight``.
+            it re-ranks the best ``model_rerank`` candidates, its probability blended in
+            with weight ``model_weight``.
 
     """
     found = candidate_features(profile, catalog, now_t, params)
-    wanted = params.k * 4 if params.category_cap else params.k
+    scores = {i: heuristic_score(f, params) for i, f in found.features.items()}
+    cold = (profile.consumed.count if profile.consumed is not None else 0) < (
+        params.cold_start_items
+    )
+    cap = params.category_cap or (params.cold_start_category_cap if cold else None)
+    wanted = params.k * 4 if cap else params.k
+    use_model = (
+        model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
+    )
+    _drop_consumed(found, scores, profile, 2 * max(wanted, params.model_rerank if use_model else 0))
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     order = lambda r: (-r[0], r[1])  # noqa: E731
-    if model is not None and params.model_weight > 0 and model.updates >= params.model_warmup:
+    head = _best(scores, max(params.model_rerank, wanted) if use_model else wanted)
+    rows: list[Row] = [(scores[i], i, found.states[i]) for i in head]
+    if use_model:
+        assert model is not None
         # two stages: the model re-ranks the heuristic's best (the kind of candidates it
         # learned from), never the long tail it has not seen; re-ranked rows stay above
         # the floor of the head, so the rest only fills in when the head is short
-        head, _rest = heuristic_head(found, params, max(params.model_rerank, wanted))
-        head_scores = [heuristic_score(found.features[i], params) for i in head]
         reranked = head[: params.model_rerank]
-        floor = head_scores[len(reranked) - 1] if reranked else 0.0
+        floor = scores[reranked[-1]] if reranked else 0.0
         weight = params.model_weight
         probabilities = model.score_many([found.features[i] for i in reranked])
-        rows: list[Row] = [
-            (floor + (1 - weight) * (s - floor) + weight * p, i, found.states[i])
-            for s, i, p in zip(head_scores, reranked, probabilities, strict=False)
-        ]
-        rows += [(s, i, found.states[i]) for s, i in zip(head_scores, head, strict=True)][
-            len(reranked) :
-        ]
-        ranked = sorted(rows, key=order)[:wanted]
-    else:
-        rows = [(heuristic_score(f, params), i, found.states[i]) for i, f in found.features.items()]
-        ranked = heapq.nsmallest(wanted, rows, key=order)
-    ranked_items: list[RankedItem] = []
-    for score, item_id, state in _diversify(ranked, params.k, params.category_cap):
-        category = state.category
-        reasons: list[str] = []
-        because = _because(item_id, found.sources)
-        if because is not None:
-            reasons.append(f"because you liked {_title(catalog, because)}")
-        if profile.affinity.get(category or "", 0.0) > 0:
-            reasons.append(f"because you like {category}")
-        if found.features[item_id]["trend"] >= 0.5:
-            reasons.append(f"popular in {category}" if category else "popular now")
-        if not reasons:
-            reasons.append(f"something to try in {category}" if category else "something new")
-        ranked_items.append(
-            RankedItem(item_id=item_id, score=round(float(score), 6), category=category,
-                       reasons=reasons)
-        )  # fmt: skip
-    return ranked_items
+        for n, p in enumerate(probabilities):
+            s, i, state = rows[n]
+            rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
+        rows.sort(key=order)
+    ranked = rows[:wanted]
+    n_explore = exploration_slots(profile, params)
+    exploit = _diversify(ranked, params.k - n_explore, cap)
+    chosen = {row[1] for row in exploit}
+    explored = _explore(found, scores, chosen, params, n_explore)
+    # too few exploration candidates: the best of the rest fill the list
+    explored_ids = {row[1] for row in explored}
+    if len(exploit) + len(explored) < params.k:
+        taken = chosen | explored_ids
+        extra = [r for r in _diversify(ranked, params.k, cap) if r[1] not in taken]
+        exploit += extra[: params.k - len(exploit) - len(explored)]
+    return [
+        RankedItem(
+            item_id=item_id,
+            score=round(float(score), 6),
+            category=state.category,
+            reasons=_reasons(item_id, state, found, profile, catalog, item_id in explored_ids),
+        )
+        for score, item_id, state in [*exploit, *explored]
+    ]

@@ -13,27 +13,30 @@ Two agents, both thin (decode, call operators, write state, emit):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import faust
 from pydantic import ValidationError
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.embedding import EmbeddingParams
 from operators.feedback_loop import LoopConfig, process_event
 from operators.files import write_atomic
+from operators.index import IndexLoadError, IndexParams, ItemIndex
 from operators.model import RankingModel
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
 from pipeline.catalog_follower import CatalogFollower
-from pipeline.settings import Settings
+from pipeline.settings import Section, Settings
 from pipeline.topics import topic_specs
 from schemas.catalog import parse_item
 from schemas.snapshot import snapshot_to_json
@@ -96,26 +99,33 @@ class FaustEmitter:
         await channel.send(key=key, value=value, headers=list(headers) or None)
 
 
+T = TypeVar("T")
+
+
+def _params(cls: type[T], section: Section) -> T:
+    """The operator parameters of ``cls`` whose names the settings section shares."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return cls(**{f.name: getattr(section, f.name) for f in fields})
+
+
 def loop_config(settings: Settings) -> LoopConfig:
     """The operators' configuration, derived once from the settings."""
-    r, lim = settings.ranking, settings.limits
+    r, e = settings.ranking, settings.embedding
     return LoopConfig(
         signals=SignalRules(dwell_long_ms=r.dwell_long_ms, dwell_short_ms=r.dwell_short_ms),
-        limits=ProfileLimits(
-            history_size=lim.history_size,
-            dedupe_window=lim.dedupe_window,
-            max_categories=lim.max_categories,
-            max_blocked=lim.max_blocked,
-            recent_positives=lim.recent_positives,
-        ),
-        ranking=RankingParams(
-            **{f.name: getattr(r, f.name) for f in dataclasses.fields(RankingParams)}
-        ),
+        limits=_params(ProfileLimits, settings.limits),
+        ranking=_params(RankingParams, r),
         items=ItemParams(
-            popularity_half_life_s=r.popularity_half_life_s, max_neighbours=r.max_neighbours
+            popularity_half_life_s=r.popularity_half_life_s,
+            max_neighbours=r.max_neighbours,
+            embedding=_params(EmbeddingParams, settings.embedding),
         ),
         covisit_window=r.covisit_window,
-    )
+        index=IndexParams(
+            m=e.index_m, ef_construction=e.index_ef_construction, ef_search=e.index_ef_search,
+            seed=e.seed, reindex_below=e.reindex_below,
+        ),
+    )  # fmt: skip
 
 
 @dataclass
@@ -157,6 +167,9 @@ class Recloop:
         self.model_path = settings.worker.state_dir / "ranking-model.bin"
         self.model = self._load_model()
         self._checkpointed_updates = self.model.updates
+        self.index_path = settings.worker.state_dir / "item-index.bin"
+        self.catalog = self.config.new_catalog(self._load_index())
+        self._saved_index_changes = self.catalog.index_changes
         kafka = settings.kafka
         self.topic_names = {
             spec.name.removeprefix(kafka.topic_prefix): spec.name for spec in topic_specs(kafka)
@@ -180,7 +193,7 @@ class Recloop:
         )
         self.emitter: Emitter = emitter if emitter is not None else FaustEmitter(self.app)
         self.follower: CatalogSource = catalog_source or CatalogFollower(
-            bootstrap, self.topic_names["item-state"], kafka.partitions
+            bootstrap, self.topic_names["item-state"], kafka.partitions, self.catalog
         )
         self._follower_started = False
         self.events_topic = self._raw_topic("events")
@@ -199,9 +212,7 @@ class Recloop:
             partitions=kafka.partitions,
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
-        self.app.timer(settings.worker.model_checkpoint_s, name="checkpoint-model")(
-            self._checkpoint_model_timer
-        )
+        self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -226,15 +237,54 @@ class Recloop:
                               self.model_path)  # fmt: skip
         return RankingModel(learning_rate=learning_rate)
 
-    def checkpoint_model(self) -> None:
-        """Save the ranking model atomically into the state directory."""
+    # -- the item index: one per worker, following the replicated item state -------------
+    def _load_index(self) -> ItemIndex:
+        """The index saved last, when it is intact and built as the settings ask; else empty.
+
+        An empty index is filled from item state as the catalog follower catches up
+        (one batch), so a missing, corrupt or stale file only costs the rebuild.
+        """
+        e, params = self.settings.embedding, self.config.index
+        if self.index_path.exists():
+            try:
+                index = ItemIndex.load(self.index_path, dim=e.dim)
+            except IndexLoadError as exc:
+                log.warning("item index unusable (%s); rebuilding it from item state", exc)
+            else:
+                if params.built(index):
+                    return index
+                log.warning("item index %s was built with other settings; rebuilding it",
+                            self.index_path)  # fmt: skip
+        return params.new_index(e.dim)
+
+    def checkpoint(self) -> None:
+        """Save the ranking model and the item index atomically into the state directory."""
         data = self.model.snapshot()
         write_atomic(self.model_path, lambda out: out.write(data))
         self._checkpointed_updates = self.model.updates
+        changes = self.catalog.index_changes
+        self.catalog.index.save(self.index_path)
+        self._saved_index_changes = changes
 
-    async def _checkpoint_model_timer(self) -> None:
-        if self.model.updates != self._checkpointed_updates:  # nothing new: nothing to save
-            self.checkpoint_model()
+    async def _checkpoint_timer(self) -> None:
+        """Save what changed since the last save: the model and the item index.
+
+        The state is copied on the event loop (so no event is half in it) and written,
+        fsynced and renamed in a thread, so the disk does not hold up the events.
+        """
+        loop = asyncio.get_running_loop()
+        if self.model.updates != self._checkpointed_updates:
+            updates, data = self.model.updates, self.model.snapshot()
+            await loop.run_in_executor(
+                None, write_atomic, self.model_path, lambda out: out.write(data)
+            )
+            self._checkpointed_updates = updates
+        if self.catalog.index_changes != self._saved_index_changes:
+            changes, image = self.catalog.index_changes, self.catalog.index.snapshot()
+            await loop.run_in_executor(
+                None, write_atomic, self.index_path, lambda out: out.write(image)
+            )
+            self._saved_index_changes = changes
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:
@@ -245,9 +295,12 @@ class Recloop:
         self.follower.start()
         if not await self.follower.wait_caught_up():
             log.warning("catalog follower did not catch up in time; ranking on what it has")
+        catalog = self.follower.catalog
+        catalog.prune_index()  # a saved index may hold items removed since
+        catalog.sync_index()  # one batch for everything the follower brought in
         # a line the demo and the tests wait for; logging levels must not hide it
         print(
-            f"recloop: events agent ready ({len(self.follower.catalog)} items)",
+            f"recloop: events agent ready ({len(catalog)} items, {len(catalog.index)} indexed)",
             file=sys.stderr,
             flush=True,
         )

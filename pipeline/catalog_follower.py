@@ -29,13 +29,17 @@ class CatalogFollower:
         bootstrap_servers: the broker.
         topic: the item-state topic's full name.
         partitions: how many partitions it has (from the settings).
+        catalog: the catalog to fill (with the worker's embedding space and saved index);
+            an empty default one when omitted.
 
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, partitions: int, catalog: Catalog | None = None
+    ) -> None:
         self.topic = topic
         self.partitions = partitions
-        self.catalog = Catalog()
+        self.catalog = catalog if catalog is not None else Catalog()
         self._bootstrap = bootstrap_servers
         self._queue: queue.SimpleQueue[tuple[bytes | None, bytes | None, int, int]] = (
             queue.SimpleQueue()
@@ -98,7 +102,12 @@ class CatalogFollower:
     def _poll(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                for message in consumer.consume(num_messages=500, timeout=0.2):
+                # poll returns as soon as one record is there (consume would wait for a
+                # full batch until its timeout); then take whatever else is already in
+                first = consumer.poll(timeout=0.2)
+                if first is None:
+                    continue
+                for message in [first, *consumer.consume(num_messages=500, timeout=0)]:
                     error = message.error()
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:

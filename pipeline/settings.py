@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from operators.catalog import ItemParams
+from operators.embedding import EmbeddingParams
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
 
@@ -59,8 +60,10 @@ class WorkerSettings(Section):
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_enabled: bool = False
     commit_interval_s: float = Field(default=1.0, gt=0)
-    model_checkpoint_s: float = Field(
-        default=30.0, gt=0, description="How often the ranking model is saved to state_dir."
+    checkpoint_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the ranking model and the item index are saved to state_dir.",
     )
     log_level: str = "warn"
 
@@ -76,6 +79,10 @@ class LimitSettings(Section):
     max_categories: int = Field(default=64, ge=1, description="Category affinities per user.")
     max_blocked: int = Field(default=1000, ge=1, description="Not-relevant items kept per user.")
     recent_positives: int = Field(default=20, ge=1, le=1000, description="Recent likes kept.")
+    consumed_capacity: int = Field(
+        default=2000, ge=10, le=1_000_000,
+        description="Items the per-user consumed-set filter holds at 1% false positives.",
+    )  # fmt: skip
 
 
 _R = RankingParams  # the operators own the defaults; settings only bound and expose them
@@ -89,6 +96,7 @@ class RankingSettings(Section):
     covisit_decay: float = Field(default=_R.covisit_decay, gt=0, le=1)
     covisit_alpha: float = Field(default=_R.covisit_alpha, ge=0, le=2)
     covisit_beta: float = Field(default=_R.covisit_beta, ge=0, le=2)
+    covisit_candidates: int = Field(default=_R.covisit_candidates, ge=0, le=100_000)
     trending_weight: float = Field(default=_R.trending_weight, ge=0)
     trending_candidates: int = Field(default=_R.trending_candidates, ge=0, le=10_000)
     affinity_weight: float = Field(default=_R.affinity_weight, ge=0)
@@ -100,11 +108,43 @@ class RankingSettings(Section):
     model_warmup: int = Field(default=_R.model_warmup, ge=0)
     model_negatives: int = Field(default=_R.model_negatives, ge=0, le=100)
     model_rerank: int = Field(default=_R.model_rerank, ge=1, le=1000)
+    similarity_weight: float = Field(default=_R.similarity_weight, ge=0)
+    embedding_candidates: int = Field(default=_R.embedding_candidates, ge=0, le=10_000)
+    neighbour_sources: int = Field(default=_R.neighbour_sources, ge=0, le=100)
+    neighbour_candidates: int = Field(default=_R.neighbour_candidates, ge=0, le=1000)
+    fresh_candidates: int = Field(default=_R.fresh_candidates, ge=0, le=10_000)
+    fresh_window_s: float = Field(default=_R.fresh_window_s, gt=0)
+    explore_min: float = Field(default=_R.explore_min, ge=0, le=1)
+    explore_max: float = Field(default=_R.explore_max, ge=0, le=1)
+    explore_halfway: int = Field(default=_R.explore_halfway, ge=1)
+    explore_bonus: float = Field(default=_R.explore_bonus, ge=0)
+    cold_start_items: int = Field(default=_R.cold_start_items, ge=0)
+    cold_start_category_cap: int | None = Field(default=_R.cold_start_category_cap, ge=1)
     model_learning_rate: float = Field(default=0.05, gt=0)
     covisit_window: int = Field(default=20, ge=0, le=200)
     max_neighbours: int = Field(default=ItemParams.max_neighbours, ge=1, le=10_000)
     dwell_long_ms: float = Field(default=SignalRules.dwell_long_ms, gt=0)
     dwell_short_ms: float = Field(default=SignalRules.dwell_short_ms, gt=0)
+
+
+_E = EmbeddingParams
+
+
+class EmbeddingSettings(Section):
+    """Item and user embeddings and the hnswlib index (``operators/embedding.py``)."""
+
+    dim: int = Field(default=_E.dim, ge=2, le=1024)
+    prior_weight: float = Field(default=_E.prior_weight, ge=0)
+    feature_weight: float = Field(default=_E.feature_weight, ge=0)
+    user_decay: float = Field(default=_E.user_decay, gt=0, le=1)
+    seed: int = Field(default=_E.seed, ge=0)
+    reindex_below: float = Field(
+        default=0.995, gt=0, le=1,
+        description="Re-index an item when its embedding turned below this cosine.",
+    )  # fmt: skip
+    index_m: int = Field(default=16, ge=2, le=256)
+    index_ef_construction: int = Field(default=200, ge=1)
+    index_ef_search: int = Field(default=128, ge=1)
 
 
 class Settings(Section):
@@ -114,6 +154,7 @@ class Settings(Section):
     worker: WorkerSettings = WorkerSettings()
     limits: LimitSettings = LimitSettings()
     ranking: RankingSettings = RankingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     cache_dir: Annotated[Path | None, Field(strict=False)] = Field(
         default=None, description="Kafka jars and embedded broker data; default ~/.cache/recloop."
     )

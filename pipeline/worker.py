@@ -31,4 +31,4 @@ def run_worker(settings: Settings, clock: Clock = utc_now) -> None:
         worker.execute_from_commandline()
     finally:
         recloop.follower.stop()
-        recloop.checkpoint_model()
+        recloop.checkpoint()

@@ -193,9 +193,8 @@ def test_each_item_event_sends_one_feedback_record_to_the_item(
 ) -> None:
     step = process_event(_click("e1", "item-00002"), None, catalog, config, generated_at)
 
-    assert step.feedback == (
-        ItemFeedback("item-00002", 1.0, config.signals.implicit_weight, T0, "e1"),
-    )
+    weight = config.signals.implicit_weight
+    assert step.feedback == (ItemFeedback("item-00002", 1.0, weight, T0, "e1", user_id="u1"),)
 
 
 def test_an_impression_sends_weak_negatives_for_every_item_shown(

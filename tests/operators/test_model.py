@@ -12,6 +12,7 @@ import pytest
 from operators.catalog import Catalog
 from operators.feedback_loop import LoopConfig, process_event
 from operators.model import RankingModel
+from operators.ranking import MODEL_VERSION
 from schemas.events import Click, Skip
 
 
@@ -108,6 +109,6 @@ def test_the_loop_trains_on_new_likes_only_and_names_the_model(catalog: Catalog)
         profile = step.profile
         updates.append(model.updates)
         assert step.snapshot is not None
-        assert step.snapshot.model_version == f"covisit-trending-1+logreg-{model.updates}"
+        assert step.snapshot.model_version == f"{MODEL_VERSION}+logreg-{model.updates}"
 
     assert updates == [1, 1, 1, 2]  # the skip and the repeated like teach nothing

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
+from operators.embedding import EmbeddingParams
 from operators.profile import (
     ProfileLimits,
     UserProfile,
@@ -231,3 +233,36 @@ def test_the_snapshot_is_compact_versioned_json() -> None:
     assert isinstance(data, bytes)
     assert b" " not in data
     assert json.loads(data)["v"] == 1
+
+
+def test_everything_consumed_stays_known_beyond_the_history() -> None:
+    profile = _busy_profile(SMALL)  # 100 likes and 100 ratings-like signals, history of 5
+
+    assert profile.consumed is not None
+    assert all(profile.has_consumed(f"item-{k}") for k in range(0, 300, 3))  # every like
+    assert not profile.has_consumed("item-1")  # a skip is not consumption
+    assert UserProfile.restore(profile.snapshot()).has_consumed("item-0")
+
+
+def test_the_user_embedding_follows_signals_about_catalogued_items() -> None:
+    params = EmbeddingParams(dim=4)
+    towards = np.array([1.0, 0.0, 0.0, 0.0])
+
+    liked = apply_signal(UserProfile.new("u"), _like("a"), "drama", LIMITS, item_unit=towards,
+                         embedding=params)  # fmt: skip
+    unknown = apply_signal(liked, _like("b"), None, LIMITS)  # no unit: the vector stays
+
+    assert liked.vector == (0.75, 0.0, 0.0, 0.0)
+    assert unknown.vector == liked.vector
+    assert UserProfile.restore(liked.snapshot()) == liked
+
+
+def test_a_full_profile_stays_within_its_stated_size() -> None:
+    # the default bounds, every one of them full, plus a 64-d embedding and a full filter
+    profile = _busy_profile(LIMITS, n=3_300, categories=100)
+    params = EmbeddingParams()
+    vector = tuple(np.round(np.random.default_rng(1).standard_normal(params.dim), 6).tolist())
+
+    size = len(replace(profile, vector=vector).snapshot())
+
+    assert size < 32 * 1024  # docs/architecture.md states the bound

@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from operators.bloom import Bloom
 from operators.catalog import Catalog, ItemState
 from operators.profile import UserProfile
-from operators.ranking import RankingParams, rank_items
+from operators.ranking import RankingParams, exploration_slots, rank_items
 from operators.synthetic import SyntheticWorld
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
-PARAMS = RankingParams()
-ALL = RankingParams(k=200)
+#: the ranking alone: no exploration slots, no cold-start cap (tested on their own below)
+PARAMS = RankingParams(explore_min=0.0, explore_max=0.0, cold_start_category_cap=None)
+ALL = replace(PARAMS, k=200)
 
 
 def _ids(profile: UserProfile, catalog: Catalog, params: RankingParams = PARAMS) -> list[str]:
@@ -45,7 +47,7 @@ def test_a_new_user_gets_k_items_that_say_why(catalog: Catalog) -> None:
 
 
 def test_k_is_honoured_and_a_small_catalog_is_returned_whole(catalog: Catalog) -> None:
-    assert len(_ids(UserProfile.new("u"), catalog, RankingParams(k=3))) == 3
+    assert len(_ids(UserProfile.new("u"), catalog, replace(PARAMS, k=3))) == 3
     assert len(_ids(UserProfile.new("u"), catalog, ALL)) == len(catalog) == 60
 
 
@@ -158,7 +160,7 @@ def test_a_strong_affinity_can_outrank_popularity(catalog: Catalog) -> None:
     _boost(catalog, "item-00001", times=5)  # comedy
     profile = replace(UserProfile.new("u"), affinity={"drama": 10.0})
 
-    affinity_led = RankingParams(affinity_weight=1.0)
+    affinity_led = replace(PARAMS, affinity_weight=1.0)
     top = rank_items(profile, catalog, NOW, affinity_led)[0]
 
     assert top.category == "drama"
@@ -169,7 +171,7 @@ def test_a_strong_affinity_can_outrank_popularity(catalog: Catalog) -> None:
 def test_the_weights_change_the_blend(catalog: Catalog) -> None:
     _boost(catalog, "item-00001", times=5)  # comedy
     profile = replace(UserProfile.new("u"), affinity={"drama": 10.0})
-    popularity_only = RankingParams(affinity_weight=0.0)
+    popularity_only = replace(PARAMS, affinity_weight=0.0)
 
     assert _ids(profile, catalog, popularity_only)[0] == "item-00001"
 
@@ -190,7 +192,7 @@ def test_scores_are_finite_and_rounded(catalog: Catalog, k: int) -> None:
     _boost(catalog, "item-00005", times=3)
     profile = replace(UserProfile.new("u"), affinity={"drama": 1e300, "comedy": -1e300})
 
-    ranked = rank_items(profile, catalog, NOW, RankingParams(k=k))
+    ranked = rank_items(profile, catalog, NOW, replace(PARAMS, k=k))
 
     assert len(ranked) == k
     assert all(abs(item.score) <= 3.0 and round(item.score, 6) == item.score for item in ranked)
@@ -231,15 +233,15 @@ def test_blockbusters_are_damped_by_their_popularity(catalog: Catalog) -> None:
     _covisit(catalog, "item-00001", "item-00011", times=3)
     _boost(catalog, "item-00011", times=50)  # liked by everybody, with everything
     profile = replace(UserProfile.new("u"), recent_positives=("item-00001",))
-    cosine_only = RankingParams(trending_weight=0.0, affinity_weight=0.0)
+    cosine_only = replace(PARAMS, trending_weight=0.0, affinity_weight=0.0)
 
     assert _ids(profile, catalog, cosine_only)[:2] == ["item-00010", "item-00011"]
 
 
 def test_the_category_cap_diversifies_the_list(catalog: Catalog, world: SyntheticWorld) -> None:
     profile = replace(UserProfile.new("u"), affinity={"comedy": 5.0})
-    comedy_led = RankingParams(affinity_weight=1.0)
-    capped = RankingParams(affinity_weight=1.0, category_cap=3)
+    comedy_led = replace(PARAMS, affinity_weight=1.0)
+    capped = replace(PARAMS, affinity_weight=1.0, category_cap=3)
 
     uncapped_categories = [i.category for i in rank_items(profile, catalog, NOW, comedy_led)]
     capped_categories = [i.category for i in rank_items(profile, catalog, NOW, capped)]
@@ -253,7 +255,7 @@ def test_work_does_not_grow_with_the_catalog_beyond_the_candidate_budgets(
 ) -> None:
     for n in range(60):
         _boost(catalog, f"item-{n:05d}", times=1 + n % 7)
-    tight = RankingParams(k=5, trending_candidates=8, category_candidates=0)
+    tight = replace(PARAMS, k=5, trending_candidates=8, category_candidates=0)
 
     ranked = rank_items(UserProfile.new("u"), catalog, NOW, tight)
 
@@ -271,7 +273,7 @@ def test_the_model_only_reorders_the_heuristics_best(catalog: Catalog) -> None:
     for _ in range(300):  # learns to prefer the least popular
         contrarian.learn([{"trend": 0.0, "log_popularity": 0.0}],
                          [{"trend": 1.0, "log_popularity": 3.0}])  # fmt: skip
-    params = RankingParams(model_weight=1.0, model_warmup=1, model_rerank=3)
+    params = replace(PARAMS, model_weight=1.0, model_warmup=1, model_rerank=3)
     profile = UserProfile.new("u")
 
     plain = _ids(profile, catalog)
@@ -279,3 +281,118 @@ def test_the_model_only_reorders_the_heuristics_best(catalog: Catalog) -> None:
 
     assert set(with_model[:3]) == set(plain[:3]) and with_model[:3] != plain[:3]
     assert with_model[3:] == plain[3:]
+
+
+# -- exploration, cold start, embeddings and the consumed-set filter --------------------
+
+DEFAULTS = RankingParams()
+
+
+def _consumed(profile: UserProfile, n: int) -> UserProfile:
+    """The profile of a user who consumed ``n`` items outside this catalog."""
+    bloom = Bloom.empty(2000)
+    for i in range(n):
+        bloom = bloom.add(f"elsewhere-{i}")
+    return replace(profile, consumed=bloom)
+
+
+def test_exploration_shrinks_as_recloop_learns_the_user_but_never_vanishes() -> None:
+    new = exploration_slots(UserProfile.new("u"), DEFAULTS)
+    some = exploration_slots(_consumed(UserProfile.new("u"), 20), DEFAULTS)
+    lots = exploration_slots(_consumed(UserProfile.new("u"), 1500), DEFAULTS)
+
+    assert new == 3 and some == 2 and lots == 1
+    assert exploration_slots(UserProfile.new("u"), replace(DEFAULTS, explore_max=0.0)) == 0
+
+
+def test_the_last_slots_go_to_the_long_tail_and_say_so(catalog: Catalog) -> None:
+    for n in range(20):
+        _boost(catalog, f"item-{n:05d}", times=30 - n)  # a popular head...
+    taste = catalog.unit("item-00035")  # the user's embedding brings in tail items too
+    assert taste is not None
+    # a well-known user: 1 slot
+    profile = replace(_consumed(UserProfile.new("u"), 1500), vector=tuple(taste.tolist()))
+    params = replace(DEFAULTS, trending_candidates=20, fresh_candidates=0, similarity_weight=0.0)
+
+    ranked = rank_items(profile, catalog, NOW, params)
+
+    assert len(ranked) == 10
+    head = {f"item-{n:05d}" for n in range(20)}
+    assert all(item.item_id in head for item in ranked[:9])
+    assert ranked[9].item_id not in head
+    assert any(r.startswith("a lesser-known pick") for r in ranked[9].reasons)
+
+
+def test_fresh_items_are_explored_and_called_new(world: SyntheticWorld) -> None:
+    catalog = Catalog()
+    for item in world.items:
+        catalog.put(
+            ItemState(
+                item.item_id,
+                record=item.model_copy(update={"created_at": T0 - timedelta(days=400)}),
+            )
+        )
+    for n in range(12):
+        _boost(catalog, f"item-{n:05d}", times=5)
+    newcomer = world.items[30].model_copy(update={"item_id": "brand-new", "created_at": T0})
+    catalog.put(ItemState("brand-new", record=newcomer))
+    params = replace(DEFAULTS, trending_candidates=50)
+
+    ranked = rank_items(_consumed(UserProfile.new("u"), 1500), catalog, NOW, params)
+
+    assert ranked[-1].item_id == "brand-new"
+    assert f"something new in {newcomer.category}" in ranked[-1].reasons
+
+
+def test_a_new_user_gets_popular_items_from_several_categories(catalog: Catalog) -> None:
+    for n in range(0, 60, 6):  # every sixth item: all of one category, the most popular
+        _boost(catalog, f"item-{n:05d}", times=20)
+    for n in range(1, 60, 6):
+        _boost(catalog, f"item-{n:05d}", times=10)
+
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, DEFAULTS)
+    categories = [item.category for item in ranked]
+
+    assert max(categories.count(c) for c in set(categories)) <= DEFAULTS.cold_start_category_cap
+    assert len(set(categories)) >= 4
+    assert "popular in" in " ".join(ranked[0].reasons)
+
+
+def test_items_consumed_before_the_history_stay_out(catalog: Catalog) -> None:
+    bloom = Bloom.empty(2000)
+    for n in range(0, 60, 2):
+        bloom = bloom.add(f"item-{n:05d}")  # long forgotten by the bounded history
+    profile = replace(UserProfile.new("u"), consumed=bloom)
+
+    shown = _ids(profile, catalog)
+
+    assert len(shown) == 10
+    assert all(int(i.split("-")[1]) % 2 == 1 for i in shown)
+
+
+def test_the_users_embedding_brings_in_items_like_the_ones_liked(catalog: Catalog) -> None:
+    liked = catalog.unit("item-00004")  # a romance, with a category prior
+    assert liked is not None
+    profile = replace(UserProfile.new("u"), vector=tuple(liked.tolist()))
+    nothing_else = replace(PARAMS, trending_candidates=0, fresh_candidates=0,
+                           neighbour_candidates=0)  # fmt: skip
+
+    ranked = rank_items(profile, catalog, NOW, nothing_else)
+
+    assert len(ranked) == 10
+    same = {item.category for item in ranked}
+    assert same == {catalog.get("item-00004").category}  # type: ignore[union-attr]
+
+
+def test_neighbours_of_a_recent_like_explain_themselves(catalog: Catalog) -> None:
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00004",),
+                      history=("item-00004",))  # fmt: skip
+    # a category holds 10 items: the 5 nearest share the like's category prior
+    only_neighbours = replace(PARAMS, trending_candidates=0, fresh_candidates=0,
+                              embedding_candidates=0, neighbour_candidates=5)  # fmt: skip
+
+    ranked = rank_items(profile, catalog, NOW, only_neighbours)
+
+    assert len(ranked) == only_neighbours.neighbour_candidates
+    title = catalog.get("item-00004").record.title  # type: ignore[union-attr]
+    assert all(f"because you liked {title}" in item.reasons for item in ranked)
