@@ -262,6 +262,7 @@ class Recloop:
         data = self.model.snapshot()
         write_atomic(self.model_path, lambda out: out.write(data))
         self._checkpointed_updates = self.model.updates
+        self.catalog.sync_index()  # what the follower applied since the last query
         changes = self.catalog.index_changes
         self.catalog.index.save(self.index_path)
         self._saved_index_changes = changes

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from operators.index import ItemIndex
 from operators.synthetic import SyntheticWorld
 from pipeline.settings import Settings
 from pipeline.worker_process import WorkerProcess
@@ -134,6 +135,9 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
 ) -> None:
     liked = world.items[2]
 
+    logs: list[str] = []
+    ready = f", {len(world.items)} indexed)"  # (the warm-up adds an uncatalogued item)
+
     def run_once(events: list[Event], until_event: str) -> Snapshot:
         process = harness.worker()
         process.start()
@@ -147,11 +151,17 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
             return latest["carol"]
         finally:
             assert process.stop() == 0, process.log_tail()
+            logs.append(process.log_path.read_text(errors="replace"))
+            process.log_path.unlink()
 
+    index_file = kafka_settings.worker.state_dir / "item-index.bin"
     first = run_once([click(1, "carol", liked.item_id)], "carol-e1")
     assert first.version == 1
     assert first.model_version.endswith("+logreg-1")  # the ranking model learned one like
     assert (kafka_settings.worker.state_dir / "ranking-model.bin").exists()
+    # the item index was built from item state and saved on the way out
+    assert sorted(ItemIndex.load(index_file).ids()) == sorted(i.item_id for i in world.items)
+    index_file.write_bytes(b"not an index")  # a damaged file costs a rebuild, nothing else
 
     # same state directory: RocksDB holds the profile; the duplicate e1 is ignored
     second = run_once(
@@ -160,6 +170,9 @@ def test_user_state_survives_a_restart_and_a_lost_state_directory(
     assert second.version == 2
     assert liked.item_id not in [i.item_id for i in second.items]
     assert second.model_version.endswith("+logreg-2")  # resumed from its checkpoint
+    # the catalog was caught up before the first event: the index rebuilt in one batch
+    assert "item index unusable" in logs[-1] and ready in logs[-1]
+    assert len(ItemIndex.load(index_file)) == len(world.items)
 
     # empty state directory: the profile comes back from the changelog topic
     shutil.rmtree(kafka_settings.worker.state_dir)

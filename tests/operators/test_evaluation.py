@@ -371,3 +371,23 @@ def test_popularity_over_the_whole_log_matches_the_datasets_readme(
     assert document["log"]["interactions"] == 100_000
     recall = document["recommenders"]["popularity"]["recall_at_k"]
     assert recall == pytest.approx(README_POPULARITY_RECALL, abs=0.02)
+
+
+@pytest.mark.dataset
+@pytest.mark.slow
+def test_recloop_meets_the_issue_targets_over_the_whole_log(movielens_import: Path) -> None:
+    # The targets of the learning-core issue, on all 100,000 ratings, in one run with
+    # popularity: Recall@10 >= 0.20 and at least twice popularity's, coverage >= 40%,
+    # and the item index at >= 0.95 recall@10 against exact search (several minutes).
+    document = run_evaluate(movielens_import, "--only", "recloop,popularity", "--no-snapshots")
+    recloop, popularity = (
+        document["recommenders"]["recloop"],
+        document["recommenders"]["popularity"],
+    )
+
+    assert document["log"]["interactions"] == 100_000
+    assert recloop["recall_at_k"] >= 0.20
+    assert recloop["recall_at_k"] >= 2 * popularity["recall_at_k"]
+    assert recloop["coverage"] >= 0.40
+    assert recloop["index"]["recall_at_10_vs_exact"] >= 0.95
+    assert recloop["index"]["queries"] == document["log"]["users"]
