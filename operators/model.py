@@ -113,6 +113,13 @@ class RankingModel:
         """The whole model (weights, scaler, metrics, detector) as bytes."""
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Change the SGD step size from now on (a checkpoint restored under new settings)."""
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        self.learning_rate = learning_rate
+        self.pipeline["LogisticRegression"].optimizer = optim.SGD(learning_rate)
+
     @classmethod
     def restore(cls, data: bytes) -> RankingModel:
         """The model :meth:`snapshot` wrote (trusted bytes: the worker's own checkpoint)."""

@@ -231,7 +231,10 @@ class Recloop:
         learning_rate = self.settings.ranking.model_learning_rate
         if self.model_path.exists():
             try:
-                return RankingModel.restore(self.model_path.read_bytes())
+                model = RankingModel.restore(self.model_path.read_bytes())
+                if model.learning_rate != learning_rate:  # the setting changed since
+                    model.set_learning_rate(learning_rate)
+                return model
             except Exception:  # a damaged checkpoint costs the learning, never the worker
                 log.exception("ranking model checkpoint %s unreadable; starting afresh",
                               self.model_path)  # fmt: skip

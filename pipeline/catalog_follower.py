@@ -62,8 +62,8 @@ class CatalogFollower:
                 "fetch.wait.max.ms": 10,
             }
         )
-        deadline = time.monotonic() + timeout_s
-        partitions = self._wait_for_partitions(consumer, timeout_s)
+        deadline = time.monotonic() + timeout_s  # one budget for every step of the start
+        partitions = self._wait_for_partitions(consumer, deadline, timeout_s)
         for partition in partitions:
             high = end_offset(consumer, self.topic, partition, deadline)
             if high is None:
@@ -78,16 +78,17 @@ class CatalogFollower:
         )
         self._thread.start()
 
-    def _wait_for_partitions(self, consumer: Consumer, timeout_s: float) -> list[int]:
+    def _wait_for_partitions(
+        self, consumer: Consumer, deadline: float, timeout_s: float
+    ) -> list[int]:
         """The topic's partitions, once the broker's metadata shows all of them.
 
         A topic created a moment ago may not be in the metadata yet; following it then
         would silently follow nothing, so wait, and fail loudly if it never appears.
         """
-        deadline = time.monotonic() + timeout_s
         seen: list[int] = []
-        while time.monotonic() < deadline:
-            topic = consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        while (left := deadline - time.monotonic()) > 0:
+            topic = consumer.list_topics(self.topic, timeout=left).topics.get(self.topic)
             if topic is not None and topic.error is None:
                 seen = sorted(topic.partitions)
                 if len(seen) >= self.partitions:

@@ -112,3 +112,19 @@ def test_the_loop_trains_on_new_likes_only_and_names_the_model(catalog: Catalog)
         assert step.snapshot.model_version == f"{MODEL_VERSION}+logreg-{model.updates}"
 
     assert updates == [1, 1, 1, 2]  # the skip and the repeated like teach nothing
+
+
+def test_a_restored_model_takes_a_new_learning_rate() -> None:
+    model = RankingModel(learning_rate=0.05)
+    model.learn([{"covisit": 1.0}], [{"covisit": 0.0}])
+    restored = RankingModel.restore(model.snapshot())
+
+    restored.set_learning_rate(0.5)
+    fast, slow = RankingModel.restore(restored.snapshot()), RankingModel.restore(model.snapshot())
+    fast.learn([{"covisit": 1.0}], [{"covisit": 0.0}])
+    slow.learn([{"covisit": 1.0}], [{"covisit": 0.0}])
+
+    assert fast.learning_rate == 0.5
+    assert fast.score({"covisit": 1.0}) > slow.score({"covisit": 1.0})
+    with pytest.raises(ValueError):
+        fast.set_learning_rate(0.0)
