@@ -337,6 +337,9 @@ class Catalog:
         self._dirty: set[str] = set()
         #: how many changes the index has taken (a saved copy is stale when this moved)
         self.index_changes = 0
+        #: counts every put and remove: a result computed at one version is stale at another
+        self.version = 0
+        self._memo: tuple[object, int, object] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -355,8 +358,20 @@ class Catalog:
                 orders.extend(self._orders_of.get(category, ()))
         return orders
 
+    def remember(self, key: object, value: object) -> None:
+        """Keep one derived result, valid until the catalog changes (see :meth:`recall`)."""
+        self._memo = (key, self.version, value)
+
+    def recall(self, key: object) -> object | None:
+        """The result :meth:`remember` kept under ``key``, if nothing changed since."""
+        memo = self._memo
+        if memo is not None and memo[1] == self.version and memo[0] == key:
+            return memo[2]
+        return None
+
     def put(self, state: ItemState) -> None:
         """Replace one item's state."""
+        self.version += 1
         item_id = state.item_id
         old = self._items.get(item_id)
         self._items[item_id] = state
@@ -376,6 +391,7 @@ class Catalog:
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the item-state topic)."""
+        self.version += 1
         old = self._items.pop(item_id, None)
         self._set_vector(item_id, None)
         self._indexed.pop(item_id, None)

@@ -188,10 +188,34 @@ def candidate_features(
 
     Features: ``covisit`` (normalised to the best candidate), ``trend`` (decayed
     popularity, normalised to the most popular item), ``affinity`` (the user's squashed
-    affinity for the item's category) and ``log_popularity`` (log of its likes).
-    Consumed, blocked and withdrawn items are left out, except those in ``include``
-    (the model learns from an item the user is about to like).
+    affinity for the item's category), ``log_popularity`` (log of its likes) and
+    ``similarity`` (cosine of the user's and the item's embeddings). Consumed, blocked
+    and withdrawn items are left out, except those in ``include`` (the model learns from
+    an item the user is about to like). The result is shared, never to be changed.
+
+    The catalog remembers the last result: asked again for the same user state at the
+    same moment with nothing changed in between (a replay asks for a list, then learns
+    from the like that answers it), it is not computed twice. An ``include`` item the
+    last result already holds has the same features either way.
     """
+    key = (profile.user_id, profile.history, profile.blocked, profile.recent_positives,
+           profile.vector, tuple(profile.affinity.items()), now_t, params)  # fmt: skip
+    cached = catalog.recall(key)
+    if isinstance(cached, Candidates) and all(i in cached.features for i in include):
+        return cached
+    found = _gather(profile, catalog, now_t, params, include)
+    catalog.remember(key, found)
+    return found
+
+
+def _gather(
+    profile: UserProfile,
+    catalog: Catalog,
+    now_t: float,
+    params: RankingParams,
+    include: tuple[str, ...] = (),
+) -> Candidates:
+    """What :func:`candidate_features` computes when it has nothing to re-use."""
     excluded = profile.excluded() - set(include)
     half_life = params.popularity_half_life_s
     alpha = params.covisit_alpha
@@ -206,7 +230,10 @@ def candidate_features(
         # ties go to the lowest id: neighbour maps fill in arrival order, which differs
         # between workers and the replay
         best = heapq.nsmallest(params.covisit_candidates, ((-v, i) for i, v in covisit.items()))
-        covisit = {i: -v for v, i in best}
+        kept = {i: -v for v, i in best}
+        # an included item keeps its co-visitation, wherever it ranked
+        kept.update((i, covisit[i]) for i in include if i in covisit)
+        covisit = kept
     for item_id in covisit:
         states[item_id] = catalog.get(item_id)  # type: ignore[assignment]
     top_covisit = max(covisit.values(), default=0.0)
@@ -305,9 +332,7 @@ def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
     return min(params.k, round(params.k * share))
 
 
-def _drop_consumed(
-    found: Candidates, scores: dict[str, float], profile: UserProfile, n: int
-) -> None:
+def _drop_consumed(scores: dict[str, float], profile: UserProfile, n: int) -> None:
     """Drop, among the best ``n`` candidates, those the user consumed before the history.
 
     The history only keeps the newest items; the consumed-set filter remembers the rest.
@@ -318,7 +343,7 @@ def _drop_consumed(
         return
     for item_id in _best(scores, n):
         if profile.has_consumed(item_id):
-            del found.features[item_id], found.states[item_id], scores[item_id]
+            del scores[item_id]
 
 
 def _explore(
@@ -414,7 +439,7 @@ def rank_items(
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
     )
-    _drop_consumed(found, scores, profile, 2 * max(wanted, params.model_rerank if use_model else 0))
+    _drop_consumed(scores, profile, 2 * max(wanted, params.model_rerank if use_model else 0))
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     order = lambda r: (-r[0], r[1])  # noqa: E731
     head = _best(scores, max(params.model_rerank, wanted) if use_model else wanted)
