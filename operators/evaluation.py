@@ -558,7 +558,7 @@ class LoopRecommender:
             )  # fmt: skip
             profile, feedback, duplicate = step.profile, step.feedback, step.duplicate
         else:
-            profile, feedback, duplicate = apply_event(
+            profile, feedback, duplicate, _adjustments = apply_event(
                 event, previous, self.catalog, self.config, self.model
             )
             if not duplicate:

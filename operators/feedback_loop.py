@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import NamedTuple
 
-from operators.catalog import Catalog, ItemFeedback, ItemParams
+from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState
+from operators.deescalation import Adjustment, DeescalationParams, describe, react, tags_at
 from operators.index import IndexParams, ItemIndex
 from operators.model import RankingModel
 from operators.profile import (
+    POSITIVE_TARGET,
     ProfileLimits,
     UserProfile,
     apply_signal,
@@ -40,8 +43,8 @@ from operators.ranking import (
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
-from schemas.events import Event, Impression, NotRelevant
-from schemas.snapshot import Snapshot
+from schemas.events import Dwell, Event, Impression, NotRelevant, Skip
+from schemas.snapshot import Notice, Snapshot
 
 __all__ = ["ItemFeedback", "LoopConfig", "Step", "apply_event", "process_event"]
 
@@ -56,6 +59,7 @@ class LoopConfig:
     items: ItemParams = field(default_factory=ItemParams)
     #: how many of the user's previous positives a new positive is counted with
     covisit_window: int = 20
+    deescalation: DeescalationParams = field(default_factory=DeescalationParams)
     index: IndexParams = field(default_factory=IndexParams)
 
     def new_catalog(self, index: ItemIndex | None = None) -> Catalog:
@@ -74,11 +78,22 @@ class Step:
     profile: UserProfile
     snapshot: Snapshot | None
     feedback: tuple[ItemFeedback, ...] = ()
+    #: what de-escalation changed (for the audit topic)
+    adjustments: tuple[Adjustment, ...] = ()
 
     @property
     def duplicate(self) -> bool:
         """The event had been applied before and changed nothing."""
         return self.snapshot is None
+
+
+class Applied(NamedTuple):
+    """What :func:`apply_event` did."""
+
+    profile: UserProfile
+    feedback: tuple[ItemFeedback, ...]
+    duplicate: bool
+    adjustments: tuple[Adjustment, ...] = ()
 
 
 def _signals(event: Event, catalog: Catalog, rules: SignalRules) -> list[Signal]:
@@ -148,7 +163,7 @@ def apply_event(
     catalog: Catalog,
     config: LoopConfig,
     model: RankingModel | None = None,
-) -> tuple[UserProfile, tuple[ItemFeedback, ...], bool]:
+) -> Applied:
     """Fold one validated event into the user's state, without ranking.
 
     Returns the new profile, the item feedback to send to the items' owners, and whether
@@ -158,9 +173,10 @@ def apply_event(
     """
     current = profile if profile is not None else UserProfile.new(event.user_id)
     if current.has_seen(event.event_id):
-        return current, (), True
+        return Applied(current, (), True)
     updated = record_event(current, event.event_id, event.timestamp, config.limits)
     feedback: list[ItemFeedback] = []
+    adjustments: list[Adjustment] = []
     for signal in _signals(event, catalog, config.signals):
         state = catalog.get(signal.item_id)
         before = updated
@@ -175,11 +191,48 @@ def apply_event(
             embedding=catalog.embedding,
         )
         newly_liked = _newly_liked(signal.item_id, before, updated)
+        updated, changed = _deescalate(event, signal, state, updated, config)
+        adjustments.extend(changed)
         records = _feedback_for(event, signal, newly_liked, before, config.covisit_window)
         if model is not None and newly_liked:
             _learn_from_like(model, before, signal.item_id, event, catalog, config.ranking)
         feedback.extend(records)
-    return updated, tuple(feedback), False
+    if adjustments or updated.tags:
+        tags = tags_at(updated.penalties, event.timestamp.timestamp(), config.deescalation)
+        updated = replace(updated, tags=tags)
+    return Applied(updated, tuple(feedback), False, tuple(adjustments))
+
+
+def _deescalate(
+    event: Event, signal: Signal, state: ItemState | None, profile: UserProfile, config: LoopConfig
+) -> tuple[UserProfile, tuple[Adjustment, ...]]:
+    """Let de-escalation react to one signal: penalties, the frustration streak."""
+    if isinstance(event, NotRelevant):
+        kind = "not_relevant"
+    elif isinstance(event, Skip) or (isinstance(event, Dwell) and signal.target < 0):
+        kind = "frustration"
+    else:
+        kind = "neutral"
+    record = state.record if state is not None else None
+    reaction = react(
+        profile.penalties, profile.streak, profile.streak_session,
+        event_id=event.event_id, when=event.timestamp,
+        session=event.context.session_id if event.context else None,
+        kind=kind, target=signal.target,
+        category=record.category if record else None,
+        creator=record.creator if record else None,
+        reason=event.reason if isinstance(event, NotRelevant) else None,
+        params=config.deescalation, liked=signal.target >= POSITIVE_TARGET,
+    )  # fmt: skip
+    if (
+        reaction.penalties == profile.penalties
+        and reaction.streak == profile.streak
+        and (reaction.streak_session == profile.streak_session)
+    ):
+        return profile, reaction.adjustments
+    updated = replace(profile, penalties=reaction.penalties, streak=reaction.streak,
+                      streak_session=reaction.streak_session)  # fmt: skip
+    return updated, reaction.adjustments
 
 
 def process_event(
@@ -201,11 +254,12 @@ def process_event(
         model: the online ranking model, learning from likes and scoring candidates.
 
     """
-    updated, feedback, duplicate = apply_event(event, profile, catalog, config, model)
+    updated, feedback, duplicate, adjustments = apply_event(event, profile, catalog, config, model)
     if duplicate:
         return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
-    items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model)
+    items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model,
+                       config.deescalation)  # fmt: skip
     snapshot = Snapshot(
         user_id=updated.user_id,
         version=updated.snapshot_version,
@@ -214,5 +268,25 @@ def process_event(
         source_event_id=event.event_id,
         model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
         items=items,
+        notice=_notice(adjustments, event, catalog, updated) if adjustments else None,
     )
-    return Step(profile=updated, snapshot=snapshot, feedback=feedback)
+    return Step(profile=updated, snapshot=snapshot, feedback=feedback, adjustments=adjustments)
+
+
+def _notice(
+    adjustments: tuple[Adjustment, ...], event: Event, catalog: Catalog, profile: UserProfile
+) -> Notice:
+    """What the next snapshot tells the user about the change this event made."""
+    item_id = getattr(event, "item_id", None)
+    state = catalog.get(item_id) if item_id else None
+    title = state.record.title if state and state.record and state.record.title else item_id
+    heard, change = describe(adjustments, str(title), event.timestamp)
+    relaxed = all(a.rule == "contradicted" for a in adjustments)
+    expiries = [a.expires_at for a in adjustments if a.expires_at is not None]
+    return Notice(
+        kind="preferences_relaxed" if relaxed else "preferences_adjusted",
+        heard=heard,
+        change=change,
+        relaxes_at=max(expiries) if expiries and not relaxed else None,
+        tags=sorted(profile.tags),
+    )

@@ -54,6 +54,14 @@ class UserProfile:
     vector: tuple[float, ...] = ()
     #: every item ever consumed, beyond the bounded history (``None``: nothing yet)
     consumed: Bloom | None = None
+    #: de-escalation: penalty per ``category:<name>`` / ``creator:<name>``, as
+    #: (value, event time in seconds); see operators.deescalation
+    penalties: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: the current frustration streak: (event id, category) of consecutive skips
+    streak: tuple[tuple[str, str], ...] = ()
+    streak_session: str | None = None
+    #: tags for product teams and UIs, each with its expiry (ISO 8601)
+    tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -95,6 +103,10 @@ class UserProfile:
                     if self.consumed is not None
                     else None
                 ),
+                "penalties": self.penalties,
+                "streak": self.streak,
+                "streak_session": self.streak_session,
+                "tags": self.tags,
             },
             separators=(",", ":"),
         ).encode()
@@ -116,6 +128,10 @@ class UserProfile:
             recent_positives=tuple(raw.get("recent_positives", ())),
             vector=tuple(raw.get("vector", ())),
             consumed=Bloom.from_bytes(base64.b64decode(consumed)) if consumed else None,
+            penalties={k: (float(v), float(t)) for k, (v, t) in raw.get("penalties", {}).items()},
+            streak=tuple((str(e), str(c)) for e, c in raw.get("streak", ())),
+            streak_session=raw.get("streak_session"),
+            tags=dict(raw.get("tags", {})),
         )
 
 
@@ -176,7 +192,7 @@ def apply_signal(
             affinity = dict(strongest[: limits.max_categories])
     history = profile.history
     consumed = profile.consumed
-    if signal.target > 0 or signal.explicit:
+    if signal.target > 0 or signal.explicit or blocks:
         history = _push(history, signal.item_id, limits.history_size)
         if consumed is None:
             consumed = Bloom.empty(limits.consumed_capacity)

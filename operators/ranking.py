@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.catalog import Catalog, ItemState
+from operators.deescalation import DeescalationParams, penalty_at
 from operators.embedding import Vector, unit
 from operators.model import RankingModel
 from operators.profile import UserProfile
@@ -137,23 +138,37 @@ def _title(catalog: Catalog, item_id: str) -> str:
 Row = tuple[float, str, ItemState]
 
 
-def _diversify(ranked: list[Row], k: int, cap: int | None) -> list[Row]:
-    if cap is None:
+def _diversify(
+    ranked: list[Row], k: int, cap: int | None, caps: dict[str, int] | None = None
+) -> list[Row]:
+    """The best ``k`` rows with at most ``cap`` per category and ``caps[c]`` of category c.
+
+    When the candidates lack variety the best of the rest fill the list, except from a
+    category under a de-escalation cap: those never exceed it.
+    """
+    if cap is None and not caps:
         return ranked[:k]
+    caps = caps or {}
     chosen: list[Row] = []
     spill: list[Row] = []
     per_category: Counter[str | None] = Counter()
     for row in ranked:
         category = row[2].category
-        if per_category[category] < cap:
+        limit = min(cap if cap is not None else k, caps.get(category or "", k))
+        if per_category[category] < limit:
             chosen.append(row)
             per_category[category] += 1
-        else:
+        elif (category or "") not in caps:
             spill.append(row)
         if len(chosen) == k:
             return chosen
     # not enough variety among the candidates: fill with the best of the rest
     return chosen + spill[: k - len(chosen)]
+
+
+def _penalised(score: float, penalty: float) -> float:
+    """A score down-weighted by a de-escalation penalty in [0, 1)."""
+    return score * (1.0 - penalty) if score > 0 else score * (1.0 + penalty)
 
 
 @dataclass
@@ -410,12 +425,20 @@ def _most_similar_like(item_id: str, profile: UserProfile, catalog: Catalog) -> 
     return best
 
 
+def _penalty_of(state: ItemState, active: dict[str, float]) -> float:
+    record = state.record
+    by_category = active.get(f"category:{state.category}", 0.0)
+    by_creator = active.get(f"creator:{record.creator}", 0.0) if record and record.creator else 0.0
+    return max(by_category, by_creator)
+
+
 def rank_items(
     profile: UserProfile,
     catalog: Catalog,
     now_t: float,
     params: RankingParams,
     model: RankingModel | None = None,
+    deescalation: DeescalationParams | None = None,
 ) -> list[RankedItem]:
     """The user's top ``k`` items with scores and reasons.
 
@@ -427,6 +450,8 @@ def rank_items(
         model: the online ranking model; once it has learned from ``model_warmup`` likes
             it re-ranks the best ``model_rerank`` candidates, its probability blended in
             with weight ``model_weight``.
+        deescalation: the rules the profile's penalties decay by (without them the
+            penalties are ignored).
 
     """
     found = candidate_features(profile, catalog, now_t, params)
@@ -435,7 +460,12 @@ def rank_items(
         params.cold_start_items
     )
     cap = params.category_cap or (params.cold_start_category_cap if cold else None)
-    wanted = params.k * 4 if cap else params.k
+    active: dict[str, float] = {}
+    if deescalation is not None:
+        for key in profile.penalties:
+            if (value := penalty_at(profile.penalties, key, now_t, deescalation)) > 0:
+                active[key] = value
+    wanted = params.k * 4 if cap or active else params.k
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
     )
@@ -457,16 +487,32 @@ def rank_items(
             s, i, state = rows[n]
             rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
         rows.sort(key=order)
+    caps: dict[str, int] = {}
+    if active:
+        # fewer items of a penalised category than the list would have held: at most
+        # floor(n x (1 - penalty)), never none; and lower scores for everything covered
+        shown = rows[: params.k]
+        for key, value in active.items():
+            kind, name = key.split(":", 1)
+            n = sum(1 for row in shown if row[2].category == name) if kind == "category" else 0
+            if n:
+                caps[name] = max(1, math.floor(n * (1.0 - value)))
+        rows = sorted(
+            ((_penalised(score, _penalty_of(state, active)), i, state) for score, i, state in rows),
+            key=order,
+        )
     ranked = rows[:wanted]
     n_explore = exploration_slots(profile, params)
-    exploit = _diversify(ranked, params.k - n_explore, cap)
+    exploit = _diversify(ranked, params.k - n_explore, cap, caps)
     chosen = {row[1] for row in exploit}
+    if caps:  # exploration does not bring a penalised category back
+        chosen |= {i for i, state in found.states.items() if (state.category or "") in caps}
     explored = _explore(found, scores, chosen, params, n_explore)
     # too few exploration candidates: the best of the rest fill the list
     explored_ids = {row[1] for row in explored}
     if len(exploit) + len(explored) < params.k:
         taken = chosen | explored_ids
-        extra = [r for r in _diversify(ranked, params.k, cap) if r[1] not in taken]
+        extra = [r for r in _diversify(ranked, params.k, cap, caps) if r[1] not in taken]
         exploit += extra[: params.k - len(exploit) - len(explored)]
     return [
         RankedItem(

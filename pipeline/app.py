@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ import faust
 from pydantic import ValidationError
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.deescalation import DeescalationParams
 from operators.embedding import EmbeddingParams
 from operators.feedback_loop import LoopConfig, process_event
 from operators.files import write_atomic
@@ -121,6 +123,7 @@ def loop_config(settings: Settings) -> LoopConfig:
             embedding=_params(EmbeddingParams, settings.embedding),
         ),
         covisit_window=r.covisit_window,
+        deescalation=_params(DeescalationParams, settings.deescalation),
         index=IndexParams(
             m=e.index_m, ef_construction=e.index_ef_construction, ef_search=e.index_ef_search,
             seed=e.seed, reindex_below=e.reindex_below,
@@ -346,6 +349,13 @@ class Recloop:
         for feedback in step.feedback:
             await self.emitter.send(
                 self.topic_names["item-feedback"], feedback.item_id.encode(), feedback.to_json()
+            )
+        for adjustment in step.adjustments:
+            record = adjustment.to_record(event.user_id, event.event_id)
+            await self.emitter.send(
+                self.topic_names["audit"],
+                user_key,
+                json.dumps(record, separators=(",", ":")).encode(),
             )
         self.stats.processed += 1
 

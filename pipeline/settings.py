@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from operators.catalog import ItemParams
+from operators.deescalation import DeescalationParams
 from operators.embedding import EmbeddingParams
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
@@ -147,6 +148,23 @@ class EmbeddingSettings(Section):
     index_ef_search: int = Field(default=128, ge=1)
 
 
+_D = DeescalationParams
+
+
+class DeescalationSettings(Section):
+    """How dissatisfaction changes a user's lists (``operators/deescalation.py``)."""
+
+    half_life_s: float = Field(default=_D.half_life_s, gt=0)
+    explicit_step: float = Field(default=_D.explicit_step, ge=0, le=1)
+    too_many_step: float = Field(default=_D.too_many_step, ge=0, le=1)
+    streak_step: float = Field(default=_D.streak_step, ge=0, le=1)
+    streak_length: int = Field(default=_D.streak_length, ge=2, le=100)
+    max_penalty: float = Field(default=_D.max_penalty, ge=0, lt=1)
+    relax_factor: float = Field(default=_D.relax_factor, ge=0, le=1)
+    floor: float = Field(default=_D.floor, gt=0, lt=1)
+    max_penalties: int = Field(default=_D.max_penalties, ge=1, le=1000)
+
+
 class Settings(Section):
     """Everything recloop can be told, in one object passed down from the entry point."""
 
@@ -155,6 +173,7 @@ class Settings(Section):
     limits: LimitSettings = LimitSettings()
     ranking: RankingSettings = RankingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
+    deescalation: DeescalationSettings = DeescalationSettings()
     cache_dir: Annotated[Path | None, Field(strict=False)] = Field(
         default=None, description="Kafka jars and embedded broker data; default ~/.cache/recloop."
     )

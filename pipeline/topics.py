@@ -10,6 +10,8 @@ topic (after prefix)    key        what it carries
 ``item-state``          item id    item state every worker follows (compacted)
 ``snapshots``           user id    ranked recommendations (compacted)
 ``dead-letters``        as given   invalid events, original bytes, reason headers
+``audit``               user id    every de-escalation adjustment (basis, change,
+                                   expiry)
 ======================  =========  ===========================================
 """
 
@@ -43,6 +45,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(kafka.topic("item-state"), COMPACTED),
         TopicSpec(kafka.topic("snapshots"), COMPACTED),
         TopicSpec(kafka.topic("dead-letters"), plain),
+        TopicSpec(kafka.topic("audit"), plain),
     ]
 
 

@@ -22,6 +22,20 @@ class RankedItem(Contract):
     reasons: list[str] = Field(default_factory=list)
 
 
+class Notice(Contract):
+    """De-escalation: what recloop heard, what it changed and until when (for the UI)."""
+
+    kind: Literal["preferences_adjusted", "preferences_relaxed"]
+    heard: str = Field(description="What the user's event told recloop, in words.")
+    change: str = Field(description="What changed in the recommendations, in words.")
+    relaxes_at: AwareDatetime | None = Field(
+        default=None, description="When the adjustment has faded (event time)."
+    )
+    tags: list[str] = Field(
+        default_factory=list, description="The user's profile tags after the change."
+    )
+
+
 class Snapshot(Contract):
     """The ranked recommendations for one user at one moment."""
 
@@ -35,6 +49,9 @@ class Snapshot(Contract):
     source_event_id: Id
     model_version: str
     items: list[RankedItem]
+    notice: Notice | None = Field(
+        default=None, description="Present when this snapshot's event changed preferences."
+    )
 
 
 def parse_snapshot(raw: bytes | str) -> Snapshot:

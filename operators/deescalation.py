@@ -1,0 +1,315 @@
+"""De-escalation: hear dissatisfaction, adjust with restraint, say what changed.
+
+When a user says an item is not relevant, or skips item after item in one session, this
+operator turns it into *penalties*: a number in ``[0, max_penalty]`` per category or
+creator that down-weights those items, decays by half every ``half_life_s`` of event time,
+deepens with repeated dissatisfaction up to its cap (never a ban), and relaxes when the
+user's behaviour contradicts it (a like in a penalised category halves its penalty).
+Every change is an :class:`Adjustment` with its basis (which events, which rule) and its
+expiry, for the snapshot's notice and for the audit topic.
+
+The ranking applies a penalty ``p`` twice: scores of the items it covers are scaled by
+``1 - p``, and the list may hold at most ``max(1, floor(n x (1 - p)))`` items of a
+penalised category, where ``n`` is how many it would have held without the penalty. So a
+not_relevant (``p`` 0.75) on one of ten thrillers leaves two thrillers, the ones the user
+is likeliest to want, and the category comes back as the penalty decays.
+
+Example:
+    >>> params = DeescalationParams()
+    >>> penalties = deepen({}, "category:thriller", params.explicit_step, 0.0, params)
+    >>> round(penalty_at(penalties, "category:thriller", params.half_life_s, params), 3)
+    0.375
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = [
+    "Adjustment",
+    "DeescalationParams",
+    "deepen",
+    "penalty_at",
+    "relax",
+    "relaxes_at",
+]
+
+#: (penalty, event time in seconds when it had that value)
+Penalty = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class DeescalationParams:
+    """How strongly and for how long dissatisfaction changes a user's lists."""
+
+    #: event-time seconds for a penalty to halve (2 days)
+    half_life_s: float = 2 * 24 * 3600.0
+    #: added to the item's category (and creator) by a ``not_relevant``
+    explicit_step: float = 0.75
+    #: added to the item's category by ``not_relevant`` with reason ``too_many_of_these``
+    too_many_step: float = 0.85
+    #: added to each category of a frustration streak (gentler than explicit)
+    streak_step: float = 0.4
+    #: skips or short dwells in a row, within one session, that make a streak
+    streak_length: int = 3
+    #: no penalty ever goes above this: a category is never removed by feedback alone
+    max_penalty: float = 0.9
+    #: a like in a penalised category or by a penalised creator keeps this share of it
+    relax_factor: float = 0.5
+    #: below this a penalty no longer counts (it has relaxed; tags expire then)
+    floor: float = 0.1
+    #: penalties kept per user (the strongest)
+    max_penalties: int = 32
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """One change to one penalty, with why and until when (an audit record)."""
+
+    key: str
+    rule: str
+    before: float
+    after: float
+    event_time: datetime
+    expires_at: datetime | None
+    basis: tuple[str, ...]
+    reason: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """What the penalty is about: the category or creator name."""
+        return self.key.split(":", 1)[1]
+
+    def to_record(self, user_id: str, event_id: str) -> dict[str, object]:
+        """The JSON-ready audit record."""
+        return {
+            "user_id": user_id,
+            "event_id": event_id,
+            "event_time": self.event_time.isoformat(),
+            "rule": self.rule,
+            "reason": self.reason,
+            "basis": list(self.basis),
+            "key": self.key,
+            "before": round(self.before, 6),
+            "after": round(self.after, 6),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+
+def _decayed(penalty: Penalty, t: float, half_life_s: float) -> float:
+    value, since = penalty
+    return value * math.pow(2.0, -max(0.0, t - since) / half_life_s)
+
+
+def penalty_at(
+    penalties: Mapping[str, Penalty], key: str, t: float, params: DeescalationParams
+) -> float:
+    """The penalty on ``key`` at event time ``t`` (0 when none, or decayed below the floor)."""
+    penalty = penalties.get(key)
+    if penalty is None:
+        return 0.0
+    value = _decayed(penalty, t, params.half_life_s)
+    return value if value >= params.floor else 0.0
+
+
+def relaxes_at(value: float, t: float, params: DeescalationParams) -> datetime | None:
+    """When a penalty of ``value`` at ``t`` decays below the floor (``None``: already)."""
+    if value < params.floor:
+        return None
+    seconds = t + params.half_life_s * math.log2(value / params.floor)
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _bounded(penalties: dict[str, Penalty], t: float, params: DeescalationParams) -> None:
+    for key in [k for k, p in penalties.items() if _decayed(p, t, params.half_life_s) < 1e-3]:
+        del penalties[key]
+    if len(penalties) > params.max_penalties:
+        strongest = sorted(
+            penalties.items(), key=lambda kv: -_decayed(kv[1], t, params.half_life_s)
+        )
+        penalties.clear()
+        penalties.update(strongest[: params.max_penalties])
+
+
+def deepen(
+    penalties: Mapping[str, Penalty], key: str, step: float, t: float, params: DeescalationParams
+) -> dict[str, Penalty]:
+    """The penalties with ``key`` deepened by ``step`` at ``t``, capped at ``max_penalty``."""
+    updated = dict(penalties)
+    current = _decayed(updated[key], t, params.half_life_s) if key in updated else 0.0
+    updated[key] = (min(params.max_penalty, current + step), t)
+    _bounded(updated, t, params)
+    return updated
+
+
+def relax(
+    penalties: Mapping[str, Penalty], key: str, t: float, params: DeescalationParams
+) -> dict[str, Penalty]:
+    """The penalties with ``key`` relaxed by ``relax_factor`` (contradicting behaviour)."""
+    updated = dict(penalties)
+    if key in updated:
+        updated[key] = (_decayed(updated[key], t, params.half_life_s) * params.relax_factor, t)
+        _bounded(updated, t, params)
+    return updated
+
+
+# -- detection: which events change which penalties ------------------------------------
+
+#: A streak entry: the event id and the category of the item skipped (or "" when unknown).
+StreakEntry = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What one event did to a user's penalties, streak and tags."""
+
+    penalties: dict[str, Penalty]
+    streak: tuple[StreakEntry, ...]
+    streak_session: str | None
+    adjustments: tuple[Adjustment, ...]
+
+
+def _change(
+    penalties: dict[str, Penalty], key: str, step: float | None, when: datetime, rule: str,
+    basis: tuple[str, ...], reason: str | None, params: DeescalationParams,
+) -> tuple[dict[str, Penalty], Adjustment]:  # fmt: skip
+    t = when.timestamp()
+    before = penalty_at(penalties, key, t, params)
+    updated = (
+        deepen(penalties, key, step, t, params)
+        if step is not None
+        else relax(penalties, key, t, params)
+    )
+    after = penalty_at(updated, key, t, params)
+    return updated, Adjustment(key, rule, before, after, when, relaxes_at(after, t, params),
+                               basis, reason)  # fmt: skip
+
+
+def react(
+    penalties: Mapping[str, Penalty],
+    streak: tuple[StreakEntry, ...],
+    streak_session: str | None,
+    *,
+    event_id: str,
+    when: datetime,
+    session: str | None,
+    kind: str,
+    target: float,
+    category: str | None,
+    creator: str | None,
+    reason: str | None,
+    params: DeescalationParams,
+    liked: bool,
+) -> Reaction:
+    """Fold one item signal into the user's penalties.
+
+    Args:
+        penalties: the user's penalties.
+        streak: the user's current frustration streak.
+        streak_session: the session that streak belongs to.
+        event_id: the event's id (the basis of any change).
+        when: the event's time.
+        session: the event's ``context.session_id``.
+        kind: ``not_relevant`` (explicit), ``frustration`` (a skip or a short dwell),
+            or anything else (neutral).
+        target: the signal's target.
+        category: the item's category, when the catalog knows the item.
+        creator: the item's creator, when known.
+        reason: the ``not_relevant`` reason, if any.
+        params: the rules.
+        liked: the signal marks the item as liked (it may contradict a penalty).
+
+    """
+    current = dict(penalties)
+    adjustments: list[Adjustment] = []
+    keys = [k for k in (f"category:{category}" if category else None,
+                        f"creator:{creator}" if creator else None) if k]  # fmt: skip
+    if kind == "not_relevant":
+        streak, streak_session = (), session
+        if reason != "seen_it":  # already seen elsewhere: says nothing about the taste
+            for key in keys:
+                if key.startswith("creator:") and reason in ("too_many_of_these",
+                                                             "wrong_language"):  # fmt: skip
+                    continue  # about the amount of a category or a language, not the creator
+                step = (
+                    params.too_many_step
+                    if reason == "too_many_of_these"
+                    else (params.explicit_step)
+                )
+                current, adjustment = _change(current, key, step, when, "not_relevant",
+                                              (event_id,), reason, params)  # fmt: skip
+                adjustments.append(adjustment)
+    elif kind == "frustration":
+        if session != streak_session:
+            streak, streak_session = (), session
+        streak = (*streak, (event_id, category or ""))
+        if len(streak) >= params.streak_length:
+            basis = tuple(e for e, _ in streak)
+            for name in sorted({c for _, c in streak if c}):
+                current, adjustment = _change(current, f"category:{name}", params.streak_step,
+                                              when, "skip_streak", basis, None, params)  # fmt: skip
+                adjustments.append(adjustment)
+            streak = ()
+    elif liked:
+        streak = ()
+        t = when.timestamp()
+        for key in keys:
+            if penalty_at(current, key, t, params) > 0:
+                current, adjustment = _change(current, key, None, when, "contradicted",
+                                              (event_id,), None, params)  # fmt: skip
+                adjustments.append(adjustment)
+    return Reaction(current, streak, streak_session, tuple(adjustments))
+
+
+def tags_at(
+    penalties: Mapping[str, Penalty], t: float, params: DeescalationParams
+) -> dict[str, str]:
+    """The profile tags the penalties stand for at ``t``, each with its expiry (ISO)."""
+    tags: dict[str, str] = {}
+    latest: datetime | None = None
+    for key in sorted(penalties):
+        value = penalty_at(penalties, key, t, params)
+        expiry = relaxes_at(value, t, params)
+        if expiry is None:
+            continue
+        kind, name = key.split(":", 1)
+        tags[f"{kind}_deprioritized:{name}"] = expiry.isoformat()
+        latest = expiry if latest is None or expiry > latest else latest
+    if latest is not None:
+        tags["preferences_adjusted"] = latest.isoformat()
+    return tags
+
+
+def describe(adjustments: tuple[Adjustment, ...], title: str, now: datetime) -> tuple[str, str]:
+    """What was heard and what changed, in words a UI can show."""
+    first = adjustments[0]
+    if first.rule == "not_relevant":
+        heard = f"You said {title} is not relevant to you"
+        if first.reason:
+            heard += f" ({first.reason.replace('_', ' ')})"
+    elif first.rule == "skip_streak":
+        heard = "You skipped several recommendations in a row"
+    else:
+        heard = f"You liked {title}"
+    changes = []
+    for adjustment in adjustments:
+        kind, name = adjustment.key.split(":", 1)
+        what = name if kind == "category" else f"items by {name}"
+        if adjustment.rule == "contradicted":
+            changes.append(f"showing {what} again more often")
+        elif adjustment.expires_at is not None:
+            changes.append(f"showing fewer {what} for {_span(adjustment.expires_at - now)}")
+    return heard, "; ".join(changes) or "nothing else changes"
+
+
+def _span(delta: object) -> str:
+    seconds = max(0.0, delta.total_seconds())  # type: ignore[attr-defined]
+    if seconds >= 36 * 3600:
+        return f"the next {round(seconds / 86400)} days"
+    if seconds >= 90 * 60:
+        return f"the next {round(seconds / 3600)} hours"
+    return "a little while"

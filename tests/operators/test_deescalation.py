@@ -1,0 +1,243 @@
+"""De-escalation (operators/deescalation.py and its use in the per-event step)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from operators.catalog import Catalog, ItemState, apply_feedback
+from operators.deescalation import (
+    DeescalationParams,
+    deepen,
+    penalty_at,
+    relax,
+    relaxes_at,
+    tags_at,
+)
+from operators.feedback_loop import LoopConfig, Step, process_event
+from operators.profile import UserProfile
+from schemas.catalog import ItemRecord
+from schemas.events import Click, Context, Dwell, Event, NotRelevant, Skip
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+PARAMS = DeescalationParams()
+CATEGORIES = ("thriller", "comedy", "drama", "documentary")
+
+
+def _catalog() -> Catalog:
+    catalog = Catalog()
+    for n in range(80):
+        category = CATEGORIES[n % 4]
+        record = ItemRecord(
+            item_id=f"i{n:02d}", category=category, title=f"{category} {n}",
+            creator=f"studio-{n % 8}", created_at=T0 - timedelta(days=400),
+        )  # fmt: skip
+        catalog.put(ItemState(record.item_id, record=record))
+    return catalog
+
+
+class User:
+    """One user's events through process_event, with item feedback applied at once."""
+
+    def __init__(self, catalog: Catalog, config: LoopConfig | None = None) -> None:
+        self.catalog = catalog
+        self.config = config or LoopConfig()
+        self.profile: UserProfile | None = None
+        self.n = 0
+        self.t = T0
+
+    def send(self, make: type[Event], item_id: str, minutes: float = 1, **fields: object) -> Step:
+        self.n += 1
+        self.t += timedelta(minutes=minutes)
+        event = make.model_validate({"type": make.model_fields["type"].annotation.__args__[0],  # type: ignore[union-attr]
+                                     "event_id": f"e{self.n}", "user_id": "u", "item_id": item_id,
+                                     "timestamp": self.t, **fields})  # fmt: skip
+        step = process_event(event, self.profile, self.catalog, self.config, self.t)
+        self.profile = step.profile
+        for record in step.feedback:
+            state = self.catalog.get(record.item_id) or ItemState(record.item_id)
+            self.catalog.put(apply_feedback(state, record, self.config.items))
+        return step
+
+
+def _thriller_fan() -> tuple[User, Step]:
+    user = User(_catalog())
+    step = None
+    for n in (0, 4, 8, 12, 16, 20):  # six thrillers liked
+        step = user.send(Click, f"i{n:02d}")
+    assert step is not None
+    return user, step
+
+
+def _count(step: Step, category: str) -> int:
+    assert step.snapshot is not None
+    return sum(1 for item in step.snapshot.items if item.category == category)
+
+
+def test_not_relevant_cuts_the_category_by_most_never_to_zero_and_says_so() -> None:
+    user, before = _thriller_fan()
+    assert _count(before, "thriller") >= 6
+
+    after = user.send(NotRelevant, "i24", reason="not_interested")
+
+    assert after.snapshot is not None and after.snapshot.notice is not None
+    assert 1 <= _count(after, "thriller") <= 0.3 * _count(before, "thriller")
+    assert "i24" not in [i.item_id for i in after.snapshot.items]
+    notice = after.snapshot.notice
+    assert notice.kind == "preferences_adjusted"
+    assert notice.heard == "You said thriller 24 is not relevant to you (not interested)"
+    assert "showing fewer thriller for the next" in notice.change
+    assert notice.relaxes_at is not None and notice.relaxes_at > user.t
+    assert "category_deprioritized:thriller" in notice.tags
+    assert set(after.profile.tags) >= {"preferences_adjusted", "category_deprioritized:thriller",
+                                       "creator_deprioritized:studio-0"}  # fmt: skip
+    [category, creator] = after.adjustments
+    assert (category.key, category.rule, category.basis) == ("category:thriller", "not_relevant",
+                                                             ("e7",))  # fmt: skip
+    assert category.before == 0 and category.after == PARAMS.explicit_step
+    assert creator.key == "creator:studio-0"
+
+
+def test_the_penalty_halves_every_half_life_and_the_category_comes_back() -> None:
+    user, before = _thriller_fan()
+    user.send(NotRelevant, "i24")
+    assert user.profile is not None
+    t = user.t.timestamp()
+
+    now = penalty_at(user.profile.penalties, "category:thriller", t, PARAMS)
+    later = penalty_at(user.profile.penalties, "category:thriller", t + PARAMS.half_life_s, PARAMS)
+    assert later == pytest.approx(now / 2)
+    # a week on, with no more dissatisfaction: the thrillers are back
+    back = user.send(Click, "i01", minutes=7 * 24 * 60)
+    assert _count(back, "thriller") >= _count(before, "thriller") - 2
+    assert back.snapshot is not None and back.snapshot.notice is None
+    assert "category_deprioritized:thriller" not in back.profile.tags
+
+
+def test_repeated_dissatisfaction_deepens_up_to_the_cap_never_a_ban() -> None:
+    user, _ = _thriller_fan()
+    step = None
+    for n in (24, 28, 32, 36):
+        step = user.send(NotRelevant, f"i{n:02d}")
+    assert step is not None and user.profile is not None
+
+    value = penalty_at(user.profile.penalties, "category:thriller", user.t.timestamp(), PARAMS)
+    assert value == pytest.approx(PARAMS.max_penalty)
+    assert _count(step, "thriller") >= 1
+
+
+def test_seen_it_removes_the_item_and_nothing_else() -> None:
+    user, before = _thriller_fan()
+
+    after = user.send(NotRelevant, "i24", reason="seen_it")
+
+    assert after.adjustments == ()
+    assert after.snapshot is not None and after.snapshot.notice is None
+    assert "i24" not in [i.item_id for i in after.snapshot.items]
+    assert _count(after, "thriller") >= _count(before, "thriller") - 1
+
+
+def test_a_skip_streak_in_one_session_adjusts_more_gently() -> None:
+    user, _ = _thriller_fan()
+    session = {"context": Context(session_id="s1")}
+
+    first = user.send(Skip, "i24", **session)
+    second = user.send(Skip, "i28", **session)
+    third = user.send(Skip, "i01", **session)
+
+    assert first.adjustments == second.adjustments == ()
+    assert {a.key for a in third.adjustments} == {"category:thriller", "category:comedy"}
+    assert all(a.rule == "skip_streak" and a.basis == ("e7", "e8", "e9") for a in third.adjustments)
+    assert all(a.after == pytest.approx(PARAMS.streak_step) for a in third.adjustments)
+    assert third.snapshot is not None and third.snapshot.notice is not None
+    assert third.snapshot.notice.heard == "You skipped several recommendations in a row"
+    assert third.profile.streak == ()  # the streak was answered
+
+
+def test_skips_in_different_sessions_or_broken_by_a_like_make_no_streak() -> None:
+    user, _ = _thriller_fan()
+
+    user.send(Skip, "i24", context=Context(session_id="s1"))
+    user.send(Skip, "i28", context=Context(session_id="s2"))
+    user.send(Dwell, "i05", dwell_ms=120_000, context=Context(session_id="s2"))  # a like
+    user.send(Skip, "i32", context=Context(session_id="s2"))
+    last = user.send(Dwell, "i36", dwell_ms=1_000, context=Context(session_id="s2"))  # too short
+
+    assert last.adjustments == ()
+    assert last.profile.streak == (("e10", "thriller"), ("e11", "thriller"))
+
+
+def test_liking_a_penalised_category_relaxes_instead_of_oscillating() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")
+
+    liked = user.send(Click, "i28")
+
+    [category] = [a for a in liked.adjustments if a.key == "category:thriller"]
+    assert category.rule == "contradicted"
+    assert category.after == pytest.approx(category.before * PARAMS.relax_factor)
+    assert liked.snapshot is not None and liked.snapshot.notice is not None
+    assert liked.snapshot.notice.kind == "preferences_relaxed"
+    assert liked.snapshot.notice.change.startswith("showing thriller again more often")
+
+
+def test_the_state_round_trips_and_stays_bounded() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")
+    user.send(Skip, "i28", context=Context(session_id="s"))
+    assert user.profile is not None
+
+    assert UserProfile.restore(user.profile.snapshot()) == user.profile
+    penalties: dict[str, tuple[float, float]] = {}
+    for n in range(100):
+        penalties = deepen(penalties, f"category:c{n}", 0.5, float(n), PARAMS)
+    assert len(penalties) == PARAMS.max_penalties
+
+
+def test_penalty_arithmetic() -> None:
+    penalties = deepen({}, "category:a", 0.5, 0.0, PARAMS)
+
+    assert penalty_at(penalties, "category:a", 0.0, PARAMS) == 0.5
+    assert penalty_at(penalties, "category:b", 0.0, PARAMS) == 0.0
+    assert deepen(penalties, "category:a", 0.5, 0.0, PARAMS)["category:a"][0] == PARAMS.max_penalty
+    assert relax(penalties, "category:a", 0.0, PARAMS)["category:a"][0] == 0.25
+    # below the floor a penalty no longer counts, and its tag has expired
+    expiry = relaxes_at(0.5, 0.0, PARAMS)
+    assert expiry is not None
+    gone = expiry.timestamp() + 1
+    assert penalty_at(penalties, "category:a", gone, PARAMS) == 0.0
+    assert tags_at(penalties, gone, PARAMS) == {}
+    assert tags_at(penalties, 0.0, PARAMS) == {
+        "category_deprioritized:a": expiry.isoformat(),
+        "preferences_adjusted": expiry.isoformat(),
+    }
+
+
+def test_the_audit_record_says_who_why_what_and_until_when() -> None:
+    user, _ = _thriller_fan()
+    step = user.send(NotRelevant, "i24", reason="offensive")
+
+    record = step.adjustments[0].to_record("u", "e7")
+
+    assert record["user_id"] == "u" and record["event_id"] == "e7"
+    assert record["rule"] == "not_relevant" and record["reason"] == "offensive"
+    assert record["basis"] == ["e7"] and record["key"] == "category:thriller"
+    assert record["before"] == 0 and record["after"] == PARAMS.explicit_step
+    assert isinstance(record["expires_at"], str)
+
+
+def test_without_de_escalation_rules_the_ranking_ignores_penalties() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")
+    assert user.profile is not None
+    from operators.ranking import rank_items
+
+    plain = rank_items(user.profile, user.catalog, user.t.timestamp(), user.config.ranking)
+    adjusted = rank_items(user.profile, user.catalog, user.t.timestamp(), user.config.ranking,
+                          deescalation=PARAMS)  # fmt: skip
+
+    count = lambda items: sum(1 for i in items if i.category == "thriller")  # noqa: E731
+    assert count(plain) > count(adjusted)
+    assert replace(user.config, deescalation=PARAMS) == user.config
