@@ -1,0 +1,86 @@
+"""De-escalation through the real broker: a user says "not relevant" to a favourite kind."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings
+from schemas.catalog import ItemRecord
+from schemas.events import Click, Event, NotRelevant
+from schemas.snapshot import Snapshot
+from tests.integration.harness import Harness
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+CATEGORIES = ("thriller", "comedy", "drama", "documentary")
+
+
+def _items() -> list[ItemRecord]:
+    return [
+        ItemRecord(
+            item_id=f"i{n:02d}",
+            category=CATEGORIES[n % 4],
+            title=f"title {n}",
+            creator=f"studio-{n % 8}",
+            created_at=T0 - timedelta(days=400),
+        )
+        for n in range(80)
+    ]
+
+
+def _thrillers(snapshot: Snapshot) -> int:
+    return sum(1 for item in snapshot.items if item.category == "thriller")
+
+
+def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    harness = Harness(kafka_settings, tmp_path)
+    harness.send_items(_items())
+    likes: list[Event] = [
+        Click(
+            type="click",
+            event_id=f"c{n}",
+            user_id="dana",
+            item_id=f"i{n:02d}",
+            timestamp=T0 + timedelta(minutes=n),
+        )
+        for n in (0, 4, 8, 12, 16, 20)
+    ]
+    dislike = NotRelevant(
+        type="not_relevant",
+        event_id="nr",
+        user_id="dana",
+        item_id="i24",
+        reason="not_interested",
+        timestamp=T0 + timedelta(minutes=30),
+    )
+    worker = harness.worker()
+    worker.start()
+    try:
+        harness.wait_until_worker_sees_catalog()
+        harness.send_events(likes)
+        before = harness.snapshots(lambda s: "dana" in s and s["dana"].source_event_id == "c20")
+        harness.send_events([dislike])
+        after = harness.snapshots(lambda s: "dana" in s and s["dana"].source_event_id == "nr")
+        audit = harness.read("audit", lambda records: len(records) >= 2)
+    finally:
+        worker.stop()
+
+    shown_before, shown_after = before["dana"], after["dana"]
+    assert _thrillers(shown_before) >= 6, worker.log_tail()
+    assert 1 <= _thrillers(shown_after) <= 0.3 * _thrillers(shown_before)
+    assert "i24" not in [item.item_id for item in shown_after.items]
+    notice = shown_after.notice
+    assert notice is not None and notice.kind == "preferences_adjusted"
+    assert "thriller" in notice.change and notice.relaxes_at is not None
+    assert "category_deprioritized:thriller" in notice.tags
+    records = [json.loads(r.value or b"{}") for r in audit]
+    assert all(r.key == b"dana" for r in audit)
+    assert {r["key"] for r in records} == {"category:thriller", "creator:studio-0"}
+    assert all(r["basis"] == ["nr"] and r["rule"] == "not_relevant" for r in records)
+    assert all(r["expires_at"] and r["after"] == 0.75 for r in records)
