@@ -62,8 +62,12 @@ class DeescalationParams:
     relax_factor: float = 0.5
     #: below this a penalty no longer counts (it has relaxed; tags expire then)
     floor: float = 0.1
-    #: penalties kept per user (the strongest)
+    #: penalties kept per user (the strongest); also the most pauses a user keeps
     max_penalties: int = 32
+    #: prompts: at most this many per session and per day (event time), this far apart
+    prompts_per_session: int = 1
+    prompts_per_day: int = 3
+    prompt_gap_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -287,23 +291,33 @@ def tags_at(
 def describe(adjustments: tuple[Adjustment, ...], title: str, now: datetime) -> tuple[str, str]:
     """What was heard and what changed, in words a UI can show."""
     first = adjustments[0]
-    if first.rule == "not_relevant":
-        heard = f"You said {title} is not relevant to you"
-        if first.reason:
-            heard += f" ({first.reason.replace('_', ' ')})"
-    elif first.rule == "skip_streak":
-        heard = "You skipped several recommendations in a row"
-    else:
-        heard = f"You liked {title}"
+    first_what = _what(first.key)
+    heard = {
+        "skip_streak": "You skipped several recommendations in a row",
+        "contradicted": f"You liked {title}",
+        "paused": f"You asked to pause {first_what}",
+        "resumed": f"You asked to see {first_what} again",
+        "something_different": "You asked for something different",
+    }.get(first.rule, f"You said {title} is not relevant to you")
+    if first.rule == "not_relevant" and first.reason:
+        heard += f" ({first.reason.replace('_', ' ')})"
     changes = []
     for adjustment in adjustments:
-        kind, name = adjustment.key.split(":", 1)
-        what = name if kind == "category" else f"items by {name}"
+        what = _what(adjustment.key)
         if adjustment.rule == "contradicted":
             changes.append(f"showing {what} again more often")
+        elif adjustment.rule == "paused":
+            changes.append(f"not showing {what} until you resume them")
+        elif adjustment.rule == "resumed":
+            changes.append(f"showing {what} again")
         elif adjustment.expires_at is not None:
             changes.append(f"showing fewer {what} for {_span(adjustment.expires_at - now)}")
     return heard, "; ".join(changes) or "nothing else changes"
+
+
+def _what(key: str) -> str:
+    kind, name = key.split(":", 1)
+    return name if kind == "category" else f"items by {name}"
 
 
 def _span(delta: object) -> str:
@@ -313,3 +327,81 @@ def _span(delta: object) -> str:
     if seconds >= 90 * 60:
         return f"the next {round(seconds / 3600)} hours"
     return "a little while"
+
+
+# -- steering: preference events and prompts -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What one preference event did to the user's penalties, pauses and opt-outs."""
+
+    penalties: dict[str, Penalty]
+    paused: tuple[str, ...]
+    adjustments: tuple[Adjustment, ...]
+
+
+def steer(
+    penalties: Mapping[str, Penalty],
+    paused: tuple[str, ...],
+    *,
+    action: str,
+    key: str | None,
+    event_id: str,
+    when: datetime,
+    favourites: tuple[str, ...],
+    params: DeescalationParams,
+) -> Steering:
+    """Apply one ``preference`` action (the opt-outs are the caller's flags).
+
+    Args:
+        penalties: the user's penalties.
+        paused: the ``category:`` / ``creator:`` keys the user paused.
+        action: the preference event's action.
+        key: ``category:<name>`` or ``creator:<name>`` for pause and resume actions.
+        event_id: the event's id (the basis of the change).
+        when: the event's time.
+        favourites: the user's favourite categories, best first (``something_different``
+            turns them down gently).
+        params: the rules.
+
+    """
+    current, pauses = dict(penalties), list(paused)
+    adjustments: list[Adjustment] = []
+    t = when.timestamp()
+    if action.startswith("pause_") and key is not None and key not in pauses:
+        before = penalty_at(current, key, t, params)
+        current.pop(key, None)
+        pauses = [*pauses, key][-params.max_penalties :]
+        adjustments.append(Adjustment(key, "paused", before, 1.0, when, None, (event_id,)))
+    elif action.startswith("resume_") and key is not None:
+        before = 1.0 if key in pauses else penalty_at(current, key, t, params)
+        pauses = [k for k in pauses if k != key]
+        current.pop(key, None)
+        if before > 0:
+            adjustments.append(Adjustment(key, "resumed", before, 0.0, when, None, (event_id,)))
+    elif action == "something_different":
+        for name in favourites[:2]:
+            key_of = f"category:{name}"
+            step, rule = params.streak_step, "something_different"
+            current, adjustment = _change(
+                current, key_of, step, when, rule, (event_id,), None, params
+            )
+            adjustments.append(adjustment)
+    return Steering(current, tuple(pauses), tuple(adjustments))
+
+
+def may_prompt(
+    prompted: tuple[tuple[float, str], ...],
+    session: str | None,
+    t: float,
+    params: DeescalationParams,
+) -> bool:
+    """Whether the rate limits allow a prompt now (per session, per day, and apart)."""
+    if any(t - when < params.prompt_gap_s for when, _ in prompted):
+        return False
+    if session is not None and (
+        sum(1 for _, s in prompted if s == session) >= params.prompts_per_session
+    ):
+        return False
+    return sum(1 for when, _ in prompted if t - when < 86_400) < params.prompts_per_day

@@ -69,7 +69,7 @@ from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
 from operators.ranking import rank_items, user_unit
 from schemas.catalog import ItemRecord, parse_item
-from schemas.events import Dwell, Event, Impression, Rating, parse_event
+from schemas.events import ITEM_EVENTS, Dwell, Event, Rating, parse_event
 
 #: Category given to items the catalog does not describe.
 UNKNOWN_CATEGORY = "unknown"
@@ -305,7 +305,7 @@ class EvaluationResult:
 
 def interaction_key(event: Event) -> tuple[str, str, datetime, str]:
     """Events with equal keys, one after the other, form one interaction."""
-    if isinstance(event, Impression):
+    if not isinstance(event, ITEM_EVENTS):  # impressions and preferences stand alone
         return (event.user_id, "", event.timestamp, event.event_id)
     return (event.user_id, event.item_id, event.timestamp, "")
 
@@ -417,7 +417,7 @@ def evaluate(
     for group in interactions(events):
         head = group[0]
         index = result.events
-        if not isinstance(head, Impression):
+        if isinstance(head, ITEM_EVENTS):
             item, user = head.item_id, head.user_id
             if config.positive.interaction_is_positive(group):
                 result.positives += 1
@@ -608,7 +608,7 @@ class _PositivePairs:
 
     def new_positive(self, event: Event) -> bool:
         """Whether ``event`` makes its (user, item) pair positive for the first time."""
-        if isinstance(event, Impression) or not self.rule.event_is_positive(event):
+        if not isinstance(event, ITEM_EVENTS) or not self.rule.event_is_positive(event):
             return False
         pair = (event.user_id, event.item_id)
         if pair in self._seen:
@@ -655,7 +655,7 @@ class PopularityRecommender:
     def learn(self, event: Event) -> None:
         """Count a user's first positive signal for an item."""
         if self._pairs.new_positive(event):
-            assert not isinstance(event, Impression)
+            assert isinstance(event, ITEM_EVENTS)
             self._order.add(event.item_id)
 
     def recommend(self, user_id: str, k: int, exclude: frozenset[str], now: datetime) -> list[str]:
@@ -733,7 +733,7 @@ class CooccurrenceRecommender:
         self._learned += 1
         if not self._pairs.new_positive(event):
             return
-        assert not isinstance(event, Impression)
+        assert isinstance(event, ITEM_EVENTS)
         index = self._index.get(event.item_id)
         if index is None:
             return
@@ -828,7 +828,7 @@ class RiverMFRecommender:
             y = 1.0
         else:
             return
-        assert not isinstance(event, Impression)
+        assert isinstance(event, ITEM_EVENTS)
         self.model.learn_one(event.user_id, event.item_id, y)
         row = self._index.get(event.item_id)
         if row is not None:

@@ -24,7 +24,15 @@ from datetime import datetime
 from typing import NamedTuple
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState
-from operators.deescalation import Adjustment, DeescalationParams, describe, react, tags_at
+from operators.deescalation import (
+    Adjustment,
+    DeescalationParams,
+    describe,
+    may_prompt,
+    react,
+    steer,
+    tags_at,
+)
 from operators.index import IndexParams, ItemIndex
 from operators.model import RankingModel
 from operators.profile import (
@@ -43,8 +51,8 @@ from operators.ranking import (
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
-from schemas.events import Dwell, Event, Impression, NotRelevant, Skip
-from schemas.snapshot import Notice, Snapshot
+from schemas.events import Dwell, Event, Impression, NotRelevant, Preference, Skip
+from schemas.snapshot import Notice, Prompt, PromptChoice, RankedItem, Snapshot
 
 __all__ = ["ItemFeedback", "LoopConfig", "Step", "apply_event", "process_event"]
 
@@ -99,6 +107,8 @@ class Applied(NamedTuple):
 def _signals(event: Event, catalog: Catalog, rules: SignalRules) -> list[Signal]:
     if isinstance(event, Impression):
         return impression_signals(event, rules)
+    if event.item_id is None:  # a preference about no item
+        return []
     state = catalog.get(event.item_id)
     expected = state.record.duration_ms if state is not None and state.record else None
     signal = signal_of(event, expected, rules)
@@ -177,6 +187,9 @@ def apply_event(
     updated = record_event(current, event.event_id, event.timestamp, config.limits)
     feedback: list[ItemFeedback] = []
     adjustments: list[Adjustment] = []
+    if isinstance(event, Preference):
+        updated, steered = _preference(event, updated, config)
+        adjustments.extend(steered)
     for signal in _signals(event, catalog, config.signals):
         state = catalog.get(signal.item_id)
         before = updated
@@ -201,6 +214,29 @@ def apply_event(
         tags = tags_at(updated.penalties, event.timestamp.timestamp(), config.deescalation)
         updated = replace(updated, tags=tags)
     return Applied(updated, tuple(feedback), False, tuple(adjustments))
+
+
+def _preference(
+    event: Preference, profile: UserProfile, config: LoopConfig
+) -> tuple[UserProfile, tuple[Adjustment, ...]]:
+    """Apply a preference event's pause, resume, "something different" or opt-out."""
+    action = event.action
+    if action in ("prompts_off", "prompts_on"):
+        return replace(profile, prompts_off=action == "prompts_off"), ()
+    if action in ("explanations_off", "explanations_on"):
+        return replace(profile, explanations_off=action == "explanations_off"), ()
+    key = (
+        f"category:{event.category}" if event.category
+        else f"creator:{event.creator}" if event.creator else None
+    )  # fmt: skip
+    favourites = tuple(
+        c for c, a in sorted(profile.affinity.items(), key=lambda kv: (-kv[1], kv[0])) if a > 0
+    )
+    steering = steer(profile.penalties, profile.paused, action=action, key=key,
+                     event_id=event.event_id, when=event.timestamp, favourites=favourites,
+                     params=config.deescalation)  # fmt: skip
+    updated = replace(profile, penalties=steering.penalties, paused=steering.paused)
+    return updated, steering.adjustments
 
 
 def _deescalate(
@@ -260,6 +296,15 @@ def process_event(
     updated = next_snapshot_version(updated)
     items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model,
                        config.deescalation)  # fmt: skip
+    prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
+    if prompt is not None:
+        session = event.context.session_id if event.context else None
+        asked = (event.timestamp.timestamp(), session or "")
+        updated = replace(updated, prompted=(*updated.prompted, asked)[-20:])
+    notice = _notice(adjustments, event, catalog, updated) if adjustments else None
+    if updated.explanations_off:  # the user opted out: no notice, no reasons, same items
+        items = [item.model_copy(update={"reasons": []}) for item in items]
+        notice = None
     snapshot = Snapshot(
         user_id=updated.user_id,
         version=updated.snapshot_version,
@@ -268,9 +313,48 @@ def process_event(
         source_event_id=event.event_id,
         model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
         items=items,
-        notice=_notice(adjustments, event, catalog, updated) if adjustments else None,
+        notice=notice,
+        prompt=prompt,
     )
     return Step(profile=updated, snapshot=snapshot, feedback=feedback, adjustments=adjustments)
+
+
+def _prompt(
+    event: Event, profile: UserProfile, items: list[RankedItem], adjusted: bool,
+    catalog: Catalog, params: DeescalationParams,
+) -> Prompt | None:  # fmt: skip
+    """One clarifying choice, when recloop is unsure and the user receptive; else ``None``.
+
+    Unsure: this event told recloop its lists missed (a not_relevant, a skip streak, a
+    request for something different), so its confidence in them is low. Receptive: not
+    opted out, not in a frustration streak, a few events in, and the per-session,
+    per-day and spacing limits allow it.
+    """
+    if not adjusted or profile.prompts_off or profile.streak or profile.events_applied < 3:
+        return None
+    if isinstance(event, Preference):  # the user is steering already
+        return None
+    session = event.context.session_id if event.context else None
+    if not may_prompt(profile.prompted, session, event.timestamp.timestamp(), params):
+        return None
+    choices: list[PromptChoice] = []
+    liked = next((i for i in reversed(profile.recent_positives) if catalog.get(i)), None)
+    if liked is not None:
+        title = _title_of(catalog, liked)
+        choices.append(PromptChoice(label=f"More like {title}", action="more_like", item_id=liked))
+    choices.append(PromptChoice(label="Something different", action="something_different"))
+    top = catalog.get(items[0].item_id)
+    record = top.record if top is not None else None
+    if record is not None and f"category:{record.category}" not in profile.paused:
+        choices.append(PromptChoice(label=f"Pause {record.category} for now",
+                                    action="pause_category", category=record.category))  # fmt: skip
+    return Prompt(prompt_id=f"{event.event_id}-prompt", question="Want to steer what you see?",
+                  choices=choices)  # fmt: skip
+
+
+def _title_of(catalog: Catalog, item_id: str) -> str:
+    state = catalog.get(item_id)
+    return state.record.title if state and state.record and state.record.title else item_id
 
 
 def _notice(

@@ -62,6 +62,13 @@ class UserProfile:
     streak_session: str | None = None
     #: tags for product teams and UIs, each with its expiry (ISO 8601)
     tags: dict[str, str] = field(default_factory=dict)
+    #: ``category:<name>`` / ``creator:<name>`` the user paused (never shown until resumed)
+    paused: tuple[str, ...] = ()
+    #: the user opted out of prompts / of explanations (notices and reasons)
+    prompts_off: bool = False
+    explanations_off: bool = False
+    #: recent prompts: (event time in seconds, session id or "")
+    prompted: tuple[tuple[float, str], ...] = ()
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -107,6 +114,10 @@ class UserProfile:
                 "streak": self.streak,
                 "streak_session": self.streak_session,
                 "tags": self.tags,
+                "paused": self.paused,
+                "prompts_off": self.prompts_off,
+                "explanations_off": self.explanations_off,
+                "prompted": self.prompted,
             },
             separators=(",", ":"),
         ).encode()
@@ -132,6 +143,10 @@ class UserProfile:
             streak=tuple((str(e), str(c)) for e, c in raw.get("streak", ())),
             streak_session=raw.get("streak_session"),
             tags=dict(raw.get("tags", {})),
+            paused=tuple(raw.get("paused", ())),
+            prompts_off=bool(raw.get("prompts_off", False)),
+            explanations_off=bool(raw.get("explanations_off", False)),
+            prompted=tuple((float(t), str(s)) for t, s in raw.get("prompted", ())),
         )
 
 

@@ -456,6 +456,14 @@ def rank_items(
     """
     found = candidate_features(profile, catalog, now_t, params)
     scores = {i: heuristic_score(f, params) for i, f in found.features.items()}
+    if profile.paused:  # what the user paused is never shown until resumed
+        paused = set(profile.paused)
+        for item_id, state in found.states.items():
+            record = state.record
+            if f"category:{state.category}" in paused or (
+                record is not None and f"creator:{record.creator}" in paused
+            ):
+                scores.pop(item_id, None)
     cold = (profile.consumed.count if profile.consumed is not None else 0) < (
         params.cold_start_items
     )

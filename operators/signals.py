@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.events import Click, Dwell, Event, Impression, NotRelevant, Rating, Skip
+from schemas.events import Click, Dwell, Event, Impression, NotRelevant, Preference, Rating, Skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ def signal_of(event: Event, expected_ms: float | None, rules: SignalRules) -> Si
         case Rating():
             # 0..5 stars onto [-1, 1] with 3 stars as a mild positive.
             return Signal(event.item_id, (event.value - 2.5) / 2.5, exp, explicit=True)
-        case Impression():
+        case Preference(action="more_like", item_id=str(item_id)):
+            # "more like this" is an explicit like of the item
+            return Signal(item_id, 1.0, exp, explicit=True)
+        case Impression() | Preference():
             return None
     return None
 

@@ -163,6 +163,9 @@ class DeescalationSettings(Section):
     relax_factor: float = Field(default=_D.relax_factor, ge=0, le=1)
     floor: float = Field(default=_D.floor, gt=0, lt=1)
     max_penalties: int = Field(default=_D.max_penalties, ge=1, le=1000)
+    prompts_per_session: int = Field(default=_D.prompts_per_session, ge=0, le=100)
+    prompts_per_day: int = Field(default=_D.prompts_per_day, ge=0, le=1000)
+    prompt_gap_s: float = Field(default=_D.prompt_gap_s, ge=0)
 
 
 class Settings(Section):

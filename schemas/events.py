@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     field_validator,
+    model_validator,
 )
 
 #: The contract's version. A producer may omit it (it then means this version); an event
@@ -126,12 +127,66 @@ class Impression(EventBase):
     recommendation_id: Id | None = None
 
 
+PreferenceAction = Literal[
+    "more_like",
+    "something_different",
+    "pause_category",
+    "resume_category",
+    "pause_creator",
+    "resume_creator",
+    "prompts_off",
+    "prompts_on",
+    "explanations_off",
+    "explanations_on",
+]
+
+#: The field each action needs (the others take none).
+PREFERENCE_TARGET: dict[str, str] = {
+    "more_like": "item_id",
+    "pause_category": "category",
+    "resume_category": "category",
+    "pause_creator": "creator",
+    "resume_creator": "creator",
+}
+
+
+class Preference(EventBase):
+    """The user steered: answered a prompt, paused or resumed something, or opted out.
+
+    ``more_like`` needs ``item_id``; ``pause_category`` / ``resume_category`` need
+    ``category``; ``pause_creator`` / ``resume_creator`` need ``creator``; the other
+    actions take none of them.
+    """
+
+    type: Literal["preference"]
+    action: PreferenceAction
+    item_id: Id | None = None
+    category: Id | None = None
+    creator: Id | None = None
+    prompt_id: Id | None = Field(default=None, description="The prompt this answers, if any.")
+
+    @model_validator(mode="after")
+    def _target_matches_action(self) -> Preference:
+        wanted = PREFERENCE_TARGET.get(self.action)
+        for name in ("item_id", "category", "creator"):
+            given = getattr(self, name) is not None
+            if name == wanted and not given:
+                raise ValueError(f"action {self.action} needs {name}")
+            if name != wanted and given:
+                raise ValueError(f"action {self.action} takes no {name}")
+        return self
+
+
 Event = Annotated[
-    Click | Skip | Dwell | NotRelevant | Rating | Impression,
+    Click | Skip | Dwell | NotRelevant | Rating | Impression | Preference,
     Field(discriminator="type"),
 ]
 ItemEvent = Click | Skip | Dwell | NotRelevant | Rating
-EVENT_TYPES: tuple[str, ...] = ("click", "skip", "dwell", "not_relevant", "rating", "impression")
+#: For ``isinstance``: the events about exactly one item.
+ITEM_EVENTS: tuple[type[ItemEventBase], ...] = (Click, Skip, Dwell, NotRelevant, Rating)
+EVENT_TYPES: tuple[str, ...] = (
+    "click", "skip", "dwell", "not_relevant", "rating", "impression", "preference",
+)  # fmt: skip
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 

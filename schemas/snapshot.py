@@ -36,6 +36,24 @@ class Notice(Contract):
     )
 
 
+class PromptChoice(Contract):
+    """One answer a prompt offers: send it back as a ``preference`` event."""
+
+    label: str
+    action: Literal["more_like", "something_different", "pause_category", "pause_creator"]
+    item_id: Id | None = None
+    category: Id | None = None
+    creator: Id | None = None
+
+
+class Prompt(Contract):
+    """One short clarifying question, offered when recloop is unsure and the user receptive."""
+
+    prompt_id: Id
+    question: str
+    choices: list[PromptChoice]
+
+
 class Snapshot(Contract):
     """The ranked recommendations for one user at one moment."""
 
@@ -51,6 +69,9 @@ class Snapshot(Contract):
     items: list[RankedItem]
     notice: Notice | None = Field(
         default=None, description="Present when this snapshot's event changed preferences."
+    )
+    prompt: Prompt | None = Field(
+        default=None, description="A clarifying choice; answer with a preference event."
     )
 
 

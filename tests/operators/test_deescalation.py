@@ -19,7 +19,7 @@ from operators.deescalation import (
 from operators.feedback_loop import LoopConfig, Step, process_event
 from operators.profile import UserProfile
 from schemas.catalog import ItemRecord
-from schemas.events import Click, Context, Dwell, Event, NotRelevant, Skip
+from schemas.events import Click, Context, Dwell, Event, NotRelevant, Preference, Skip
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 PARAMS = DeescalationParams()
@@ -241,3 +241,121 @@ def test_without_de_escalation_rules_the_ranking_ignores_penalties() -> None:
     count = lambda items: sum(1 for i in items if i.category == "thriller")  # noqa: E731
     assert count(plain) > count(adjusted)
     assert replace(user.config, deescalation=PARAMS) == user.config
+
+
+# -- steering: preference events, prompts, opt-outs ----------------------------------------
+
+
+def _prefer(user: User, action: str, **fields: object) -> Step:
+    user.n += 1
+    user.t += timedelta(minutes=1)
+    event = Preference.model_validate({"type": "preference", "event_id": f"e{user.n}",
+                                       "user_id": "u", "timestamp": user.t, "action": action,
+                                       **fields})  # fmt: skip
+    step = process_event(event, user.profile, user.catalog, user.config, user.t)
+    user.profile = step.profile
+    return step
+
+
+def test_a_paused_category_is_gone_until_resumed() -> None:
+    user, _ = _thriller_fan()
+
+    paused = _prefer(user, "pause_category", category="thriller")
+    assert _count(paused, "thriller") == 0
+    assert paused.snapshot is not None and paused.snapshot.notice is not None
+    assert paused.snapshot.notice.change == "not showing thriller until you resume them"
+    assert [(a.key, a.rule, a.after) for a in paused.adjustments] == [
+        ("category:thriller", "paused", 1.0)
+    ]
+    assert _count(user.send(Click, "i01"), "thriller") == 0  # it stays paused
+
+    resumed = _prefer(user, "resume_category", category="thriller")
+    assert _count(resumed, "thriller") >= 5
+    assert [a.rule for a in resumed.adjustments] == ["resumed"]
+
+
+def test_a_paused_creator_is_gone_and_the_rest_of_the_category_stays() -> None:
+    user, _ = _thriller_fan()
+
+    step = _prefer(user, "pause_creator", creator="studio-4")
+
+    assert step.snapshot is not None
+    shown = {user.catalog.get(i.item_id).record.creator for i in step.snapshot.items}  # type: ignore[union-attr]
+    assert "studio-4" not in shown
+    assert _count(step, "thriller") >= 5
+
+
+def test_more_like_this_is_a_like_that_relaxes_its_category() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")
+
+    step = _prefer(user, "more_like", item_id="i28")
+
+    assert step.profile.recent_positives[-1] == "i28"
+    assert [a.rule for a in step.adjustments if a.key == "category:thriller"] == ["contradicted"]
+
+
+def test_something_different_turns_the_favourites_down_gently() -> None:
+    user, _ = _thriller_fan()
+
+    step = _prefer(user, "something_different")
+
+    assert [(a.key, a.rule) for a in step.adjustments] == [
+        ("category:thriller", "something_different")
+    ]
+    assert step.adjustments[0].after == pytest.approx(PARAMS.streak_step)
+    assert step.snapshot is not None and step.snapshot.notice is not None
+    assert step.snapshot.notice.heard == "You asked for something different"
+
+
+def test_a_prompt_follows_an_adjustment_within_its_limits() -> None:
+    user, _ = _thriller_fan()
+    session = {"context": Context(session_id="s1")}
+
+    first = user.send(NotRelevant, "i24", **session)
+    again = user.send(NotRelevant, "i28", minutes=20, **session)  # same session: limit is 1
+    other = user.send(NotRelevant, "i32", minutes=20, context=Context(session_id="s2"))
+
+    assert first.snapshot is not None and first.snapshot.prompt is not None
+    prompt = first.snapshot.prompt
+    assert prompt.prompt_id == "e7-prompt"
+    assert [c.action for c in prompt.choices] == ["more_like", "something_different",
+                                                  "pause_category"]  # fmt: skip
+    assert prompt.choices[0].item_id == "i20" and prompt.choices[0].label == "More like thriller 20"
+    assert again.snapshot is not None and again.snapshot.prompt is None
+    assert other.snapshot is not None and other.snapshot.prompt is not None
+    assert len(other.profile.prompted) == 2
+
+
+def test_no_prompt_in_a_streak_too_soon_or_after_opting_out() -> None:
+    user, _ = _thriller_fan()
+    user.send(Skip, "i24", context=Context(session_id="s"))
+    in_streak = user.send(NotRelevant, "i01", context=Context(session_id="t"))
+    assert in_streak.snapshot is not None and in_streak.snapshot.prompt is not None  # reset
+
+    user2, _ = _thriller_fan()
+    _prefer(user2, "prompts_off")
+    quiet = user2.send(NotRelevant, "i24")
+    assert quiet.snapshot is not None and quiet.snapshot.prompt is None
+    assert quiet.snapshot.notice is not None  # explanations still on
+
+    user3, _ = _thriller_fan()
+    user3.send(NotRelevant, "i24")
+    soon = user3.send(NotRelevant, "i28")  # one minute later: within prompt_gap_s
+    assert soon.snapshot is not None and soon.snapshot.prompt is None
+
+
+def test_opting_out_of_explanations_keeps_the_same_recommendations() -> None:
+    explained, _ = _thriller_fan()
+    silent, _ = _thriller_fan()
+    _prefer(explained, "explanations_on")
+    _prefer(silent, "explanations_off")
+
+    a = explained.send(NotRelevant, "i24")
+    b = silent.send(NotRelevant, "i24")
+
+    assert a.snapshot is not None and b.snapshot is not None
+    assert [i.item_id for i in a.snapshot.items] == [i.item_id for i in b.snapshot.items]
+    assert a.snapshot.notice is not None and b.snapshot.notice is None
+    assert all(i.reasons for i in a.snapshot.items) and not any(i.reasons for i in b.snapshot.items)
+    assert b.adjustments == a.adjustments  # the audit still records it

@@ -375,6 +375,7 @@ def test_popularity_over_the_whole_log_matches_the_datasets_readme(
 
 @pytest.mark.dataset
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # several minutes on two cores: well over the default
 def test_recloop_meets_the_issue_targets_over_the_whole_log(movielens_import: Path) -> None:
     # The targets of the learning-core issue, on all 100,000 ratings, in one run with
     # popularity: Recall@10 >= 0.20 and at least twice popularity's, coverage >= 40%,

@@ -34,6 +34,16 @@ EVENT_DOCS: dict[str, dict[str, Any]] = {
         "item_ids": ["item-1", "item-2", "item-3"],
         "recommendation_id": "rec-3",
     },
+    "preference": {
+        "event_id": "e-3",
+        "user_id": "user-1",
+        "timestamp": TIMESTAMP,
+        "type": "preference",
+        "action": "pause_category",
+        "category": "horror",
+        "prompt_id": "p-1",
+        "context": {"session_id": "s-1"},
+    },
 }
 
 

@@ -17,6 +17,7 @@ from schemas.events import (
     Event,
     Impression,
     NotRelevant,
+    Preference,
     Rating,
     Skip,
     event_to_json,
@@ -30,6 +31,7 @@ MODELS: dict[str, type] = {
     "not_relevant": NotRelevant,
     "rating": Rating,
     "impression": Impression,
+    "preference": Preference,
 }
 
 
@@ -441,3 +443,23 @@ def test_models_built_in_python_follow_the_same_contract() -> None:
 
     with pytest.raises(ValidationError, match="timezone"):
         Click(type="click", event_id="e", user_id="u", item_id="i", timestamp=naive)
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ({"action": "more_like"}, "needs item_id"),
+        ({"action": "pause_creator", "category": "horror"}, "takes no category"),
+        ({"action": "pause_creator"}, "needs creator"),
+        ({"action": "prompts_off", "item_id": "i1"}, "takes no item_id"),
+        ({"action": "shout"}, "literal_error"),
+    ],
+)
+def test_a_preference_names_exactly_what_its_action_needs(
+    doc: dict[str, object], problem: str
+) -> None:
+    base = {"event_id": "e", "user_id": "u", "timestamp": "2026-11-22T10:00:00Z",
+            "type": "preference"}  # fmt: skip
+    with pytest.raises(ValidationError) as raised:
+        parse_event(json.dumps({**base, **doc}))
+    assert problem in str(raised.value) or problem in {e["type"] for e in raised.value.errors()}
