@@ -51,6 +51,7 @@ from __future__ import annotations
 import html
 import itertools
 import math
+import statistics
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -63,13 +64,15 @@ import numpy as np
 from river import optim, reco
 
 from operators.catalog import ItemState, apply_feedback
+from operators.deescalation import Adjustment
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
 from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
 from operators.ranking import rank_items, user_unit
 from schemas.catalog import ItemRecord, parse_item
-from schemas.events import ITEM_EVENTS, Dwell, Event, Rating, parse_event
+from schemas.events import ITEM_EVENTS, Click, Dwell, Event, NotRelevant, Rating, Skip, parse_event
+from schemas.snapshot import RankedItem
 
 #: Category given to items the catalog does not describe.
 UNKNOWN_CATEGORY = "unknown"
@@ -547,18 +550,32 @@ class LoopRecommender:
             self.catalog.put(ItemState(item_id=record.item_id).with_record(record))
         self.profiles: dict[str, UserProfile] = {}
         self.duplicates = 0
+        self.deescalation = DeescalationTally()
+
+    def _list(self, profile: UserProfile, when: datetime) -> list[RankedItem]:
+        return rank_items(profile, self.catalog, when.timestamp(), self.config.ranking,
+                          self.model, self.config.deescalation)  # fmt: skip
 
     def learn(self, event: Event) -> None:
         """Apply one event as the worker would."""
         previous = self.profiles.get(event.user_id)
+        measure = self.deescalation.wants_lists(
+            event, previous, self.config.deescalation.streak_length
+        )
+        before = (
+            self._list(previous or UserProfile.new(event.user_id), event.timestamp)
+            if (measure)
+            else None
+        )
         if self.snapshots:
             step = process_event(
                 event, previous, self.catalog, self.config, generated_at=event.timestamp,
                 model=self.model,
             )  # fmt: skip
             profile, feedback, duplicate = step.profile, step.feedback, step.duplicate
+            adjustments = step.adjustments
         else:
-            profile, feedback, duplicate, _adjustments = apply_event(
+            profile, feedback, duplicate, adjustments = apply_event(
                 event, previous, self.catalog, self.config, self.model
             )
             if not duplicate:
@@ -567,6 +584,8 @@ class LoopRecommender:
             self.duplicates += 1
             return
         self.profiles[event.user_id] = profile
+        after = self._list(profile, event.timestamp) if before is not None and adjustments else None
+        self.deescalation.observe(event, adjustments, before, after)
         for record in feedback:
             state = self.catalog.get(record.item_id) or ItemState(item_id=record.item_id)
             self.catalog.put(apply_feedback(state, record, self.config.items))
@@ -581,13 +600,14 @@ class LoopRecommender:
         ]
         recall = self.catalog.index_recall(queries, k)
         return {
+            "deescalation": self.deescalation.as_dict(),
             "index": {
                 "items": len(self.catalog.index),
                 "queries": len(queries),
                 f"recall_at_{k}_vs_exact": round(recall, 4) if recall is not None else None,
                 "ef_search": self.catalog.index.ef_search,
                 "m": self.catalog.index.m,
-            }
+            },
         }
 
     def recommend(self, user_id: str, k: int, exclude: frozenset[str], now: datetime) -> list[str]:
@@ -595,8 +615,106 @@ class LoopRecommender:
         profile = self.profiles.get(user_id) or UserProfile.new(user_id)
         widened = k + len(exclude - profile.excluded())
         params = replace(self.config.ranking, k=widened)
-        ranked = rank_items(profile, self.catalog, now.timestamp(), params, self.model)
+        ranked = rank_items(profile, self.catalog, now.timestamp(), params, self.model,
+                            self.config.deescalation)  # fmt: skip
         return [r.item_id for r in ranked if r.item_id not in exclude][:k]
+
+
+class DeescalationTally:
+    """What de-escalation did in a replay: the list before and after, and what followed.
+
+    For the first ``sample`` events that changed a user's penalties (a not_relevant, a
+    skip streak), the user's list just before and just after: the share of the penalised
+    category in each. For every dissatisfaction (a not_relevant, or a streak): whether
+    the user came back to a like within ``within`` of their next events (re-engagement),
+    and how many events and hours that took (time to resolution).
+    """
+
+    def __init__(self, sample: int = 1000, within: int = 10) -> None:
+        self.sample = sample
+        self.within = within
+        self.dissatisfactions = 0
+        self.adjusting = 0
+        self.measured = 0
+        self.share_before = 0.0
+        self.share_after = 0.0
+        self.emptied = 0
+        self.re_engaged = 0
+        self.resolved_events: list[int] = []
+        self.resolved_hours: list[float] = []
+        self._open: dict[str, tuple[int, datetime]] = {}
+
+    def wants_lists(self, event: Event, profile: UserProfile | None, streak_length: int) -> bool:
+        """Whether to rank before and after this event: it may adjust (while sampling)."""
+        if self.measured >= self.sample:
+            return False
+        if isinstance(event, NotRelevant):
+            return event.reason != "seen_it"
+        streak = len(profile.streak) if profile is not None else 0
+        return isinstance(event, Skip | Dwell) and streak >= streak_length - 1
+
+    def observe(
+        self,
+        event: Event,
+        adjustments: tuple[Adjustment, ...],
+        before: list[RankedItem] | None,
+        after: list[RankedItem] | None,
+    ) -> None:
+        """Count one applied event."""
+        user = event.user_id
+        pending = self._open.get(user)
+        liked = isinstance(event, Click | Rating) and (
+            not isinstance(event, Rating) or event.value >= 4
+        )
+        if pending is not None:
+            seen, since = pending
+            seen += 1
+            if liked:
+                del self._open[user]
+                self.re_engaged += int(seen <= self.within)
+                self.resolved_events.append(seen)
+                self.resolved_hours.append((event.timestamp - since).total_seconds() / 3600)
+            else:
+                self._open[user] = (seen, since)
+        rules = {a.rule for a in adjustments}
+        if isinstance(event, NotRelevant) or "skip_streak" in rules:
+            self.dissatisfactions += 1
+            self._open.setdefault(user, (0, event.timestamp))
+        if "not_relevant" in rules or "skip_streak" in rules:
+            self.adjusting += 1
+        if before is not None and after is not None:
+            categories = {a.subject for a in adjustments if a.key.startswith("category:")}
+            if categories and before:
+
+                def share(items: list[RankedItem]) -> float:
+                    return sum(i.category in categories for i in items) / len(items)
+
+                self.measured += 1
+                self.share_before += share(before)
+                self.share_after += share(after) if after else 0.0
+                self.emptied += int(share(before) > 0 and (not after or share(after) == 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures, JSON-ready."""
+
+        def median(values: list[float] | list[int]) -> float | None:
+            return float(statistics.median(values)) if values else None
+
+        measured = self.measured or 1
+        return {
+            "dissatisfactions": self.dissatisfactions,
+            "adjusting_events": self.adjusting,
+            "lists_measured": self.measured,
+            "penalised_category_share_before": round(self.share_before / measured, 4),
+            "penalised_category_share_after": round(self.share_after / measured, 4),
+            "penalised_category_removed_entirely": self.emptied,
+            f"re_engagement_within_{self.within}_events": (
+                round(self.re_engaged / self.dissatisfactions, 4) if self.dissatisfactions else None
+            ),
+            "median_events_to_resolution": median(self.resolved_events),
+            "median_hours_to_resolution": median(self.resolved_hours),
+            "unresolved": len(self._open),
+        }
 
 
 class _PositivePairs:

@@ -166,6 +166,59 @@ def _diversify(
     return chosen + spill[: k - len(chosen)]
 
 
+def _active_penalties(
+    profile: UserProfile, now_t: float, deescalation: DeescalationParams | None
+) -> dict[str, float]:
+    """The user's penalties that still count at ``now_t``."""
+    active: dict[str, float] = {}
+    if deescalation is not None:
+        for key in profile.penalties:
+            if (value := penalty_at(profile.penalties, key, now_t, deescalation)) > 0:
+                active[key] = value
+    return active
+
+
+def _apply_penalties(
+    rows: list[Row], active: dict[str, float], k: int
+) -> tuple[list[Row], dict[str, int]]:
+    """Rows re-scored by the penalties, and the cap on each penalised category.
+
+    A penalised category may fill at most ``floor(n x (1 - penalty))`` of the list, never
+    none, ``n`` being how many of the first ``k`` rows it held; every item a penalty
+    covers has its score lowered.
+    """
+    if not active:
+        return rows, {}
+    caps: dict[str, int] = {}
+    shown = rows[:k]
+    for key, value in active.items():
+        kind, name = key.split(":", 1)
+        n = sum(1 for row in shown if row[2].category == name) if kind == "category" else 0
+        if n:
+            caps[name] = max(1, math.floor(n * (1.0 - value)))
+    rescored = [
+        (_penalised(score, _penalty_of(state, active)), i, state) for score, i, state in rows
+    ]
+    return sorted(rescored, key=lambda r: (-r[0], r[1])), caps
+
+
+def _keep_one_of_each(exploit: list[Row], rows: list[Row], caps: dict[str, int]) -> list[Row]:
+    """Never a ban: a penalised category the list held keeps its best item in the list.
+
+    Its lowered scores can leave a penalised category out altogether; its best candidate
+    then takes the place of the list's lowest-scored item of another category.
+    """
+    kept = list(exploit)
+    for category in sorted(caps):
+        if any(row[2].category == category for row in kept):
+            continue
+        best = next((row for row in rows if row[2].category == category), None)
+        others = [n for n, row in enumerate(kept) if (row[2].category or "") not in caps]
+        if best is not None and others:
+            kept[others[-1]] = best
+    return sorted(kept, key=lambda r: (-r[0], r[1]))
+
+
 def _penalised(score: float, penalty: float) -> float:
     """A score down-weighted by a de-escalation penalty in [0, 1)."""
     return score * (1.0 - penalty) if score > 0 else score * (1.0 + penalty)
@@ -468,11 +521,7 @@ def rank_items(
         params.cold_start_items
     )
     cap = params.category_cap or (params.cold_start_category_cap if cold else None)
-    active: dict[str, float] = {}
-    if deescalation is not None:
-        for key in profile.penalties:
-            if (value := penalty_at(profile.penalties, key, now_t, deescalation)) > 0:
-                active[key] = value
+    active = _active_penalties(profile, now_t, deescalation)
     wanted = params.k * 4 if cap or active else params.k
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
@@ -495,20 +544,7 @@ def rank_items(
             s, i, state = rows[n]
             rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
         rows.sort(key=order)
-    caps: dict[str, int] = {}
-    if active:
-        # fewer items of a penalised category than the list would have held: at most
-        # floor(n x (1 - penalty)), never none; and lower scores for everything covered
-        shown = rows[: params.k]
-        for key, value in active.items():
-            kind, name = key.split(":", 1)
-            n = sum(1 for row in shown if row[2].category == name) if kind == "category" else 0
-            if n:
-                caps[name] = max(1, math.floor(n * (1.0 - value)))
-        rows = sorted(
-            ((_penalised(score, _penalty_of(state, active)), i, state) for score, i, state in rows),
-            key=order,
-        )
+    rows, caps = _apply_penalties(rows, active, params.k)
     ranked = rows[:wanted]
     n_explore = exploration_slots(profile, params)
     exploit = _diversify(ranked, params.k - n_explore, cap, caps)
@@ -522,6 +558,8 @@ def rank_items(
         taken = chosen | explored_ids
         extra = [r for r in _diversify(ranked, params.k, cap, caps) if r[1] not in taken]
         exploit += extra[: params.k - len(exploit) - len(explored)]
+    if caps:
+        exploit = _keep_one_of_each(exploit, rows, caps)
     return [
         RankedItem(
             item_id=item_id,
