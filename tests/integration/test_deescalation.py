@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.settings import Settings
 from schemas.catalog import ItemRecord
-from schemas.events import Click, Event, NotRelevant
+from schemas.events import Click, Context, Event, NotRelevant, Preference, Skip
 from schemas.snapshot import Snapshot
 from tests.integration.harness import Harness
 
@@ -84,3 +84,59 @@ def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
     assert {r["key"] for r in records} == {"category:thriller", "creator:studio-0"}
     assert all(r["basis"] == ["nr"] and r["rule"] == "not_relevant" for r in records)
     assert all(r["expires_at"] and r["after"] == 0.75 for r in records)
+
+
+def test_a_skip_streak_and_a_pause_take_effect_on_the_next_snapshot(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    harness = Harness(kafka_settings, tmp_path)
+    harness.send_items(_items())
+    minute = iter(range(1000))
+
+    def at() -> datetime:
+        return T0 + timedelta(minutes=next(minute))
+
+    likes: list[Event] = [
+        Click(type="click", event_id=f"c{n}", user_id="eli", item_id=f"i{n:02d}", timestamp=at())
+        for n in (0, 4, 8, 12, 16, 20)
+    ]
+    session = Context(session_id="evening")
+    skips: list[Event] = [
+        Skip(
+            type="skip",
+            event_id=f"s{n}",
+            user_id="eli",
+            item_id=f"i{n:02d}",
+            timestamp=at(),
+            context=session,
+        )
+        for n in (24, 28, 32)
+    ]
+    pause = Preference(type="preference", event_id="p1", user_id="eli", action="pause_category",
+                       category="thriller", timestamp=at())  # fmt: skip
+    worker = harness.worker()
+    worker.start()
+    try:
+        harness.wait_until_worker_sees_catalog()
+        harness.send_events(likes)
+        before = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "c20")
+        harness.send_events(skips)
+        streak = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "s32")
+        harness.send_events([pause])
+        paused = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "p1")
+        audit = harness.read("audit", lambda records: len(records) >= 2)
+    finally:
+        worker.stop()
+
+    assert _thrillers(before["eli"]) >= 6, worker.log_tail()
+    gentler = streak["eli"]
+    assert 1 <= _thrillers(gentler) < _thrillers(before["eli"])
+    assert gentler.notice is not None
+    assert gentler.notice.heard == "You skipped several recommendations in a row"
+    assert _thrillers(paused["eli"]) == 0
+    assert paused["eli"].notice is not None and "until you resume" in paused["eli"].notice.change
+    records = [json.loads(r.value or b"{}") for r in audit]
+    assert [(r["rule"], r["basis"]) for r in records] == [
+        ("skip_streak", ["s24", "s28", "s32"]),
+        ("paused", ["p1"]),
+    ]
