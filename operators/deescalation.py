@@ -60,6 +60,14 @@ class DeescalationParams:
     max_penalty: float = 0.9
     #: a like in a penalised category or by a penalised creator keeps this share of it
     relax_factor: float = 0.5
+    #: dissatisfaction on one surface (``context.surface``) counts this much elsewhere
+    global_share: float = 0.5
+    #: items whose embedding is at least ``neighbour_similarity`` (cosine) close to a
+    #: disliked item get up to ``neighbour_step`` of penalty, decaying like the others;
+    #: the last ``max_disliked`` disliked items count
+    neighbour_step: float = 0.5
+    neighbour_similarity: float = 0.5
+    max_disliked: int = 10
     #: below this a penalty no longer counts (it has relaxed; tags expire then)
     floor: float = 0.1
     #: penalties kept per user (the strongest); also the most pauses a user keeps
@@ -86,7 +94,7 @@ class Adjustment:
     @property
     def subject(self) -> str:
         """What the penalty is about: the category or creator name."""
-        return self.key.split(":", 1)[1]
+        return self.key.split("@", 1)[0].split(":", 1)[1]
 
     def to_record(self, user_id: str, event_id: str) -> dict[str, object]:
         """The JSON-ready audit record."""
@@ -203,6 +211,7 @@ def react(
     session: str | None,
     kind: str,
     target: float,
+    surface: str | None = None,
     category: str | None,
     creator: str | None,
     reason: str | None,
@@ -218,6 +227,8 @@ def react(
         event_id: the event's id (the basis of any change).
         when: the event's time.
         session: the event's ``context.session_id``.
+        surface: the event's ``context.surface``: the penalty is full there and
+            ``global_share`` of it elsewhere.
         kind: ``not_relevant`` (explicit), ``frustration`` (a skip or a short dwell),
             or anything else (neutral).
         target: the signal's target.
@@ -244,9 +255,18 @@ def react(
                     if reason == "too_many_of_these"
                     else (params.explicit_step)
                 )
-                current, adjustment = _change(current, key, step, when, "not_relevant",
-                                              (event_id,), reason, params)  # fmt: skip
-                adjustments.append(adjustment)
+                for scoped, scoped_step in _scoped(key, step, surface, params):
+                    current, adjustment = _change(
+                        current,
+                        scoped,
+                        scoped_step,
+                        when,
+                        "not_relevant",
+                        (event_id,),
+                        reason,
+                        params,
+                    )
+                    adjustments.append(adjustment)
     elif kind == "frustration":
         if session != streak_session:
             streak, streak_session = (), session
@@ -254,19 +274,56 @@ def react(
         if len(streak) >= params.streak_length:
             basis = tuple(e for e, _ in streak)
             for name in sorted({c for _, c in streak if c}):
-                current, adjustment = _change(current, f"category:{name}", params.streak_step,
-                                              when, "skip_streak", basis, None, params)  # fmt: skip
-                adjustments.append(adjustment)
+                for scoped, step in _scoped(f"category:{name}", params.streak_step, surface,
+                                            params):  # fmt: skip
+                    current, adjustment = _change(current, scoped, step, when, "skip_streak",
+                                                  basis, None, params)  # fmt: skip
+                    adjustments.append(adjustment)
             streak = ()
     elif liked:
         streak = ()
         t = when.timestamp()
-        for key in keys:
+        covered = [k for k in sorted(current) if k.split("@", 1)[0] in keys]
+        for key in covered:
             if penalty_at(current, key, t, params) > 0:
                 current, adjustment = _change(current, key, None, when, "contradicted",
                                               (event_id,), None, params)  # fmt: skip
                 adjustments.append(adjustment)
     return Reaction(current, streak, streak_session, tuple(adjustments))
+
+
+def _scoped(
+    key: str, step: float, surface: str | None, params: DeescalationParams
+) -> list[tuple[str, float]]:
+    """The penalty keys one step goes to: everywhere, or mostly where it happened."""
+    if surface is None:
+        return [(key, step)]
+    return [(key, step * params.global_share), (f"{key}@surface:{surface}", step)]
+
+
+def active_penalties(
+    penalties: Mapping[str, Penalty], t: float, surface: str | None, params: DeescalationParams
+) -> dict[str, float]:
+    """The penalties that count at ``t`` on ``surface``, by ``category:``/``creator:`` key.
+
+    A penalty scoped to this surface counts where it is stronger than the global one;
+    penalties scoped to other surfaces do not count here.
+    """
+    active: dict[str, float] = {}
+    for key in penalties:
+        base, _, scope = key.partition("@surface:")
+        if scope and scope != surface:
+            continue
+        value = penalty_at(penalties, key, t, params)
+        if value > active.get(base, 0.0):
+            active[base] = value
+    return active
+
+
+def neighbour_weight(disliked_t: float, t: float, params: DeescalationParams) -> float:
+    """How much a dislike at ``disliked_t`` still weighs on its neighbours at ``t``."""
+    weight = params.neighbour_step * math.pow(2.0, -max(0.0, t - disliked_t) / params.half_life_s)
+    return weight if weight >= params.floor else 0.0
 
 
 def tags_at(
@@ -316,8 +373,10 @@ def describe(adjustments: tuple[Adjustment, ...], title: str, now: datetime) -> 
 
 
 def _what(key: str) -> str:
-    kind, name = key.split(":", 1)
-    return name if kind == "category" else f"items by {name}"
+    base, _, surface = key.partition("@surface:")
+    kind, name = base.split(":", 1)
+    what = name if kind == "category" else f"items by {name}"
+    return f"{what} on {surface}" if surface else what
 
 
 def _span(delta: object) -> str:

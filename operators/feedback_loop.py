@@ -254,20 +254,26 @@ def _deescalate(
         profile.penalties, profile.streak, profile.streak_session,
         event_id=event.event_id, when=event.timestamp,
         session=event.context.session_id if event.context else None,
+        surface=event.context.surface if event.context else None,
         kind=kind, target=signal.target,
         category=record.category if record else None,
         creator=record.creator if record else None,
         reason=event.reason if isinstance(event, NotRelevant) else None,
         params=config.deescalation, liked=signal.target >= POSITIVE_TARGET,
     )  # fmt: skip
+    disliked = profile.disliked
+    if kind == "not_relevant" and getattr(event, "reason", None) != "seen_it":
+        entry = (signal.item_id, event.timestamp.timestamp())
+        disliked = (*disliked, entry)[-config.deescalation.max_disliked :]
     if (
         reaction.penalties == profile.penalties
         and reaction.streak == profile.streak
-        and (reaction.streak_session == profile.streak_session)
+        and reaction.streak_session == profile.streak_session
+        and disliked == profile.disliked
     ):
         return profile, reaction.adjustments
     updated = replace(profile, penalties=reaction.penalties, streak=reaction.streak,
-                      streak_session=reaction.streak_session)  # fmt: skip
+                      streak_session=reaction.streak_session, disliked=disliked)  # fmt: skip
     return updated, reaction.adjustments
 
 
@@ -294,8 +300,9 @@ def process_event(
     if duplicate:
         return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
+    surface = event.context.surface if event.context else None
     items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model,
-                       config.deescalation)  # fmt: skip
+                       config.deescalation, surface)  # fmt: skip
     prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
     if prompt is not None:
         session = event.context.session_id if event.context else None

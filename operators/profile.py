@@ -69,6 +69,8 @@ class UserProfile:
     explanations_off: bool = False
     #: recent prompts: (event time in seconds, session id or "")
     prompted: tuple[tuple[float, str], ...] = ()
+    #: the latest items marked not relevant, with when (their neighbours are penalised)
+    disliked: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -118,6 +120,7 @@ class UserProfile:
                 "prompts_off": self.prompts_off,
                 "explanations_off": self.explanations_off,
                 "prompted": self.prompted,
+                "disliked": self.disliked,
             },
             separators=(",", ":"),
         ).encode()
@@ -147,6 +150,7 @@ class UserProfile:
             prompts_off=bool(raw.get("prompts_off", False)),
             explanations_off=bool(raw.get("explanations_off", False)),
             prompted=tuple((float(t), str(s)) for t, s in raw.get("prompted", ())),
+            disliked=tuple((str(i), float(t)) for i, t in raw.get("disliked", ())),
         )
 
 

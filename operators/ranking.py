@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.catalog import Catalog, ItemState
-from operators.deescalation import DeescalationParams, penalty_at
+from operators.deescalation import DeescalationParams, active_penalties, neighbour_weight
 from operators.embedding import Vector, unit
 from operators.model import RankingModel
 from operators.profile import UserProfile
@@ -166,20 +166,34 @@ def _diversify(
     return chosen + spill[: k - len(chosen)]
 
 
-def _active_penalties(
-    profile: UserProfile, now_t: float, deescalation: DeescalationParams | None
-) -> dict[str, float]:
-    """The user's penalties that still count at ``now_t``."""
-    active: dict[str, float] = {}
-    if deescalation is not None:
-        for key in profile.penalties:
-            if (value := penalty_at(profile.penalties, key, now_t, deescalation)) > 0:
-                active[key] = value
-    return active
+def _near_dislikes(
+    ids: list[str], profile: UserProfile, catalog: Catalog, now_t: float,
+    params: DeescalationParams | None,
+) -> dict[str, float]:  # fmt: skip
+    """Penalties for items close, in embedding space, to what the user marked not relevant.
+
+    ``neighbour_step`` x how close past ``neighbour_similarity`` (0 there, full at cosine
+    1), decaying with the dislike's age like every penalty.
+    """
+    near: dict[str, float] = {}
+    if params is None or not profile.disliked or not ids:
+        return near
+    floor = params.neighbour_similarity
+    for item_id, disliked_t in profile.disliked:
+        weight = neighbour_weight(disliked_t, now_t, params)
+        vector = catalog.unit(item_id)
+        if weight <= 0 or vector is None:
+            continue
+        similarities = catalog.similarities(ids, vector).tolist()
+        for candidate, similarity in zip(ids, similarities, strict=True):
+            if similarity > floor:
+                value = weight * (similarity - floor) / (1.0 - floor)
+                near[candidate] = max(near.get(candidate, 0.0), value)
+    return near
 
 
 def _apply_penalties(
-    rows: list[Row], active: dict[str, float], k: int
+    rows: list[Row], active: dict[str, float], k: int, near: dict[str, float]
 ) -> tuple[list[Row], dict[str, int]]:
     """Rows re-scored by the penalties, and the cap on each penalised category.
 
@@ -187,7 +201,7 @@ def _apply_penalties(
     none, ``n`` being how many of the first ``k`` rows it held; every item a penalty
     covers has its score lowered.
     """
-    if not active:
+    if not active and not near:
         return rows, {}
     caps: dict[str, int] = {}
     shown = rows[:k]
@@ -197,7 +211,8 @@ def _apply_penalties(
         if n:
             caps[name] = max(1, math.floor(n * (1.0 - value)))
     rescored = [
-        (_penalised(score, _penalty_of(state, active)), i, state) for score, i, state in rows
+        (_penalised(score, max(_penalty_of(state, active), near.get(i, 0.0))), i, state)
+        for score, i, state in rows
     ]
     return sorted(rescored, key=lambda r: (-r[0], r[1])), caps
 
@@ -492,6 +507,7 @@ def rank_items(
     params: RankingParams,
     model: RankingModel | None = None,
     deescalation: DeescalationParams | None = None,
+    surface: str | None = None,
 ) -> list[RankedItem]:
     """The user's top ``k`` items with scores and reasons.
 
@@ -505,6 +521,8 @@ def rank_items(
             with weight ``model_weight``.
         deescalation: the rules the profile's penalties decay by (without them the
             penalties are ignored).
+        surface: where the list will be shown (``context.surface``), for penalties
+            scoped to a surface.
 
     """
     found = candidate_features(profile, catalog, now_t, params)
@@ -521,7 +539,11 @@ def rank_items(
         params.cold_start_items
     )
     cap = params.category_cap or (params.cold_start_category_cap if cold else None)
-    active = _active_penalties(profile, now_t, deescalation)
+    active = (
+        active_penalties(profile.penalties, now_t, surface, deescalation)
+        if deescalation is not None and profile.penalties
+        else {}
+    )
     wanted = params.k * 4 if cap or active else params.k
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
@@ -544,7 +566,8 @@ def rank_items(
             s, i, state = rows[n]
             rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
         rows.sort(key=order)
-    rows, caps = _apply_penalties(rows, active, params.k)
+    near = _near_dislikes([r[1] for r in rows], profile, catalog, now_t, deescalation)
+    rows, caps = _apply_penalties(rows, active, params.k, near)
     ranked = rows[:wanted]
     n_explore = exploration_slots(profile, params)
     exploit = _diversify(ranked, params.k - n_explore, cap, caps)
