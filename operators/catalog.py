@@ -299,7 +299,10 @@ class Catalog:
     :meth:`put` only marks an item, and the next :meth:`similar` or :meth:`neighbours`
     re-indexes, in one batch, the marked items whose embedding turned by more than
     ``reindex_below`` (a cosine) since it was indexed. Scores use the exact embeddings;
-    the index only finds candidates, so a slightly stale vector there costs nothing.
+    the index only finds candidates, so a slightly stale vector there can only change
+    which candidates are found. What the graph holds depends on when it was synced and
+    on its own history (hnswlib's random levels, a file loaded after a restart), so two
+    workers, or a worker and the replay, can find slightly different candidates.
 
     Args:
         embedding: the embedding space (the default one when omitted).

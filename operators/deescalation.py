@@ -56,6 +56,8 @@ class DeescalationParams:
     streak_step: float = 0.4
     #: skips or short dwells in a row, within one session, that make a streak
     streak_length: int = 3
+    #: a skip this long (seconds) after the previous one starts a new streak
+    streak_gap_s: float = 1800.0
     #: no penalty ever goes above this: a category is never removed by feedback alone
     max_penalty: float = 0.9
     #: a like in a penalised category or by a penalised creator keeps this share of it
@@ -70,8 +72,10 @@ class DeescalationParams:
     max_disliked: int = 10
     #: below this a penalty no longer counts (it has relaxed; tags expire then)
     floor: float = 0.1
-    #: penalties kept per user (the strongest); also the most pauses a user keeps
+    #: penalties kept per user (the strongest)
     max_penalties: int = 32
+    #: pauses kept per user; past it the oldest pause lapses (and is audited as resumed)
+    max_pauses: int = 256
     #: prompts: at most this many per session and per day (event time), this far apart
     prompts_per_session: int = 1
     prompts_per_day: int = 3
@@ -94,7 +98,7 @@ class Adjustment:
     @property
     def subject(self) -> str:
         """What the penalty is about: the category or creator name."""
-        return self.key.split("@", 1)[0].split(":", 1)[1]
+        return base_key(self.key).split(":", 1)[1]
 
     def to_record(self, user_id: str, event_id: str) -> dict[str, object]:
         """The JSON-ready audit record."""
@@ -171,8 +175,19 @@ def relax(
 
 # -- detection: which events change which penalties ------------------------------------
 
-#: A streak entry: the event id and the category of the item skipped (or "" when unknown).
-StreakEntry = tuple[str, str]
+#: A streak entry: the event id, the category of the item skipped ("" when unknown) and
+#: the event time in seconds.
+StreakEntry = tuple[str, str, float]
+
+
+def streak_at(streak: tuple[StreakEntry, ...]) -> float | None:
+    """When the streak's latest skip happened (``None`` for no streak)."""
+    return streak[-1][2] if streak else None
+
+
+def base_key(key: str) -> str:
+    """The ``category:<name>`` / ``creator:<name>`` part of a possibly scoped key."""
+    return key.partition("@surface:")[0]
 
 
 @dataclass(frozen=True)
@@ -245,11 +260,13 @@ def react(
                         f"creator:{creator}" if creator else None) if k]  # fmt: skip
     if kind == "not_relevant":
         streak, streak_session = (), session
-        if reason != "seen_it":  # already seen elsewhere: says nothing about the taste
+        # seen_it: seen elsewhere, says nothing about the taste; wrong_language: about the
+        # item's language, which the catalog does not record (its embedding neighbours
+        # still sink, see DeescalationParams.neighbour_step)
+        if reason not in ("seen_it", "wrong_language"):
             for key in keys:
-                if key.startswith("creator:") and reason in ("too_many_of_these",
-                                                             "wrong_language"):  # fmt: skip
-                    continue  # about the amount of a category or a language, not the creator
+                if key.startswith("creator:") and reason == "too_many_of_these":
+                    continue  # about the amount of a category, not the creator
                 step = (
                     params.too_many_step
                     if reason == "too_many_of_these"
@@ -268,12 +285,15 @@ def react(
                     )
                     adjustments.append(adjustment)
     elif kind == "frustration":
-        if session != streak_session:
+        last = streak_at(streak)
+        if session != streak_session or (
+            last is not None and when.timestamp() - last > params.streak_gap_s
+        ):
             streak, streak_session = (), session
-        streak = (*streak, (event_id, category or ""))
+        streak = (*streak, (event_id, category or "", when.timestamp()))
         if len(streak) >= params.streak_length:
-            basis = tuple(e for e, _ in streak)
-            for name in sorted({c for _, c in streak if c}):
+            basis = tuple(e for e, _, _ in streak)
+            for name in sorted({c for _, c, _ in streak if c}):
                 for scoped, step in _scoped(f"category:{name}", params.streak_step, surface,
                                             params):  # fmt: skip
                     current, adjustment = _change(current, scoped, step, when, "skip_streak",
@@ -283,7 +303,7 @@ def react(
     elif liked:
         streak = ()
         t = when.timestamp()
-        covered = [k for k in sorted(current) if k.split("@", 1)[0] in keys]
+        covered = [k for k in sorted(current) if base_key(k) in keys]
         for key in covered:
             if penalty_at(current, key, t, params) > 0:
                 current, adjustment = _change(current, key, None, when, "contradicted",
@@ -296,7 +316,7 @@ def _scoped(
     key: str, step: float, surface: str | None, params: DeescalationParams
 ) -> list[tuple[str, float]]:
     """The penalty keys one step goes to: everywhere, or mostly where it happened."""
-    if surface is None:
+    if not surface:
         return [(key, step)]
     return [(key, step * params.global_share), (f"{key}@surface:{surface}", step)]
 
@@ -428,15 +448,26 @@ def steer(
     current, pauses = dict(penalties), list(paused)
     adjustments: list[Adjustment] = []
     t = when.timestamp()
+    scoped = [k for k in current if base_key(k) == key] if key is not None else []
     if action.startswith("pause_") and key is not None and key not in pauses:
-        before = penalty_at(current, key, t, params)
-        current.pop(key, None)
-        pauses = [*pauses, key][-params.max_penalties :]
+        before = max((penalty_at(current, k, t, params) for k in scoped), default=0.0)
+        for k in scoped:  # the pause supersedes every penalty on it, on every surface
+            del current[k]
+        pauses = [*pauses, key]
         adjustments.append(Adjustment(key, "paused", before, 1.0, when, None, (event_id,)))
+        for lapsed in pauses[: -params.max_pauses]:
+            adjustments.append(Adjustment(lapsed, "resumed", 1.0, 0.0, when, None, (event_id,),
+                                          "too_many_pauses"))  # fmt: skip
+        pauses = pauses[-params.max_pauses :]
     elif action.startswith("resume_") and key is not None:
-        before = 1.0 if key in pauses else penalty_at(current, key, t, params)
+        before = (
+            1.0
+            if key in pauses
+            else max((penalty_at(current, k, t, params) for k in scoped), default=0.0)
+        )
         pauses = [k for k in pauses if k != key]
-        current.pop(key, None)
+        for k in scoped:
+            del current[k]
         if before > 0:
             adjustments.append(Adjustment(key, "resumed", before, 0.0, when, None, (event_id,)))
     elif action == "something_different":

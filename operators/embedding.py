@@ -16,9 +16,9 @@ of its name, so every worker and every replay derives the same code without stor
   items they gave signals to, weighted by each signal's target and weight: likes pull it
   towards an item, skips and "not relevant" push it away.
 
-The item side is a sum, so it does not depend on the order the item's owner receives
-feedback in: every worker, and the offline replay, reach the same vectors. Values are
-rounded to 6 decimals, which keeps the state compact (and sums of them nearly exact).
+The item side is a sum, so it hardly depends on the order the item's owner receives
+feedback in: every worker, and the offline replay, reach the same vectors up to the
+rounding of each step to 6 decimals (which keeps the state compact).
 
 Example:
     >>> params = EmbeddingParams(dim=8)
@@ -76,7 +76,7 @@ class EmbeddingParams:
     seed: int = 0
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=65_536)  # 64-d codes: about 40 MB when full
 def _code(kind: str, name: str, dim: int, seed: int) -> Vector:
     digest = hashlib.blake2b(f"{seed}\x1f{kind}\x1f{name}".encode(), digest_size=8).digest()
     rng = np.random.default_rng(int.from_bytes(digest, "little"))

@@ -677,7 +677,9 @@ class DeescalationTally:
             else:
                 self._open[user] = (seen, since)
         rules = {a.rule for a in adjustments}
-        if isinstance(event, NotRelevant) or "skip_streak" in rules:
+        if (isinstance(event, NotRelevant) and event.reason != "seen_it") or (
+            "skip_streak" in rules
+        ):
             self.dissatisfactions += 1
             self._open.setdefault(user, (0, event.timestamp))
         if "not_relevant" in rules or "skip_streak" in rules:

@@ -350,7 +350,7 @@ def _prompt(
         title = _title_of(catalog, liked)
         choices.append(PromptChoice(label=f"More like {title}", action="more_like", item_id=liked))
     choices.append(PromptChoice(label="Something different", action="something_different"))
-    top = catalog.get(items[0].item_id)
+    top = catalog.get(items[0].item_id) if items else None
     record = top.record if top is not None else None
     if record is not None and f"category:{record.category}" not in profile.paused:
         choices.append(PromptChoice(label=f"Pause {record.category} for now",

@@ -57,8 +57,8 @@ class UserProfile:
     #: de-escalation: penalty per ``category:<name>`` / ``creator:<name>``, as
     #: (value, event time in seconds); see operators.deescalation
     penalties: dict[str, tuple[float, float]] = field(default_factory=dict)
-    #: the current frustration streak: (event id, category) of consecutive skips
-    streak: tuple[tuple[str, str], ...] = ()
+    #: the current frustration streak: (event id, category, time) of consecutive skips
+    streak: tuple[tuple[str, str, float], ...] = ()
     streak_session: str | None = None
     #: tags for product teams and UIs, each with its expiry (ISO 8601)
     tags: dict[str, str] = field(default_factory=dict)
@@ -143,7 +143,7 @@ class UserProfile:
             vector=tuple(raw.get("vector", ())),
             consumed=Bloom.from_bytes(base64.b64decode(consumed)) if consumed else None,
             penalties={k: (float(v), float(t)) for k, (v, t) in raw.get("penalties", {}).items()},
-            streak=tuple((str(e), str(c)) for e, c in raw.get("streak", ())),
+            streak=tuple((str(e), str(c), float(t)) for e, c, t in raw.get("streak", ())),
             streak_session=raw.get("streak_session"),
             tags=dict(raw.get("tags", {})),
             paused=tuple(raw.get("paused", ())),

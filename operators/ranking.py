@@ -41,6 +41,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -309,16 +310,16 @@ def _gather(
         state = catalog.get(item_id)
         if state is not None and item_id not in excluded:
             covisit[item_id] = raw / (state.positives + 1) ** alpha
+    kept: Iterable[str] = covisit
     if len(covisit) > params.covisit_candidates:  # the rest would not make the list
         # ties go to the lowest id: neighbour maps fill in arrival order, which differs
         # between workers and the replay
         best = heapq.nsmallest(params.covisit_candidates, ((-v, i) for i, v in covisit.items()))
-        kept = {i: -v for v, i in best}
-        # an included item keeps its co-visitation, wherever it ranked
-        kept.update((i, covisit[i]) for i in include if i in covisit)
-        covisit = kept
-    for item_id in covisit:
+        kept = [i for _, i in best]
+    for item_id in kept:
         states[item_id] = catalog.get(item_id)  # type: ignore[assignment]
+    # a candidate from another source keeps its co-visitation even past the cut, so the
+    # features never depend on which sources brought an item in (or on ``include``)
     top_covisit = max(covisit.values(), default=0.0)
     popular = catalog.top(params.trending_candidates, half_life)
     liked = sorted(
@@ -430,12 +431,14 @@ def _drop_consumed(scores: dict[str, float], profile: UserProfile, n: int) -> No
 
 
 def _explore(
-    found: Candidates, scores: dict[str, float], chosen: set[str], params: RankingParams, n: int
-) -> list[Row]:
+    found: Candidates, scores: dict[str, float], chosen: set[str], params: RankingParams, n: int,
+    profile: UserProfile, penalised: Callable[[str, ItemState], bool],
+) -> list[Row]:  # fmt: skip
     """The ``n`` most promising long-tail or fresh candidates not already ``chosen``.
 
     Promise = the heuristic score plus an optimism bonus that shrinks with the feedback
-    the item already has (``explore_bonus / sqrt(1 + feedback events)``).
+    the item already has (``explore_bonus / sqrt(1 + feedback events)``). Never an item
+    the user consumed (the consumed-set filter) or pushed back on (``penalised``).
     """
     if n <= 0:
         return []
@@ -445,9 +448,18 @@ def _explore(
         if item_id in chosen or (item_id in popular and item_id not in fresh):
             continue
         state = states[item_id]
+        if penalised(item_id, state):
+            continue
         bonus = params.explore_bonus / math.sqrt(1.0 + state.feedback_events)
         rows.append((score + bonus, item_id, state))
-    return heapq.nsmallest(n, rows, key=lambda r: (-r[0], r[1]))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    picked: list[Row] = []
+    for row in rows:  # the filter is slower than a set: check the best ones only
+        if not profile.has_consumed(row[1]):
+            picked.append(row)
+            if len(picked) == n:
+                break
+    return picked
 
 
 def _reasons(
@@ -566,7 +578,7 @@ def rank_items(
             s, i, state = rows[n]
             rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
         rows.sort(key=order)
-    near = _near_dislikes([r[1] for r in rows], profile, catalog, now_t, deescalation)
+    near = _near_dislikes(list(scores), profile, catalog, now_t, deescalation)
     rows, caps = _apply_penalties(rows, active, params.k, near)
     ranked = rows[:wanted]
     n_explore = exploration_slots(profile, params)
@@ -574,7 +586,10 @@ def rank_items(
     chosen = {row[1] for row in exploit}
     if caps:  # exploration does not bring a penalised category back
         chosen |= {i for i, state in found.states.items() if (state.category or "") in caps}
-    explored = _explore(found, scores, chosen, params, n_explore)
+    explored = _explore(
+        found, scores, chosen, params, n_explore, profile,
+        lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0,
+    )  # fmt: skip
     # too few exploration candidates: the best of the rest fill the list
     explored_ids = {row[1] for row in explored}
     if len(exploit) + len(explored) < params.k:

@@ -276,8 +276,10 @@ class Recloop:
     async def _checkpoint_timer(self) -> None:
         """Save what changed since the last save: the model and the item index.
 
-        The state is copied on the event loop (so no event is half in it) and written,
-        fsynced and renamed in a thread, so the disk does not hold up the events.
+        The model is copied on the event loop (so no event is half in it) and written,
+        fsynced and renamed in a thread; the index is saved in a thread under its own
+        lock. The disk never holds up the events, only a query that needs the index
+        while it is being saved.
         """
         loop = asyncio.get_running_loop()
         if self.model.updates != self._checkpointed_updates:
@@ -286,11 +288,12 @@ class Recloop:
                 None, write_atomic, self.model_path, lambda out: out.write(data)
             )
             self._checkpointed_updates = updates
+        self.catalog.sync_index()  # on the loop, where the catalog changes
         if self.catalog.index_changes != self._saved_index_changes:
-            changes, image = self.catalog.index_changes, self.catalog.index.snapshot()
-            await loop.run_in_executor(
-                None, write_atomic, self.index_path, lambda out: out.write(image)
-            )
+            # the whole save (graph image, checksum, fsync, rename) in a thread: the
+            # index's own lock gives it a consistent cut; a query meanwhile waits for it
+            changes = self.catalog.index_changes
+            await loop.run_in_executor(None, self.catalog.index.save, self.index_path)
             self._saved_index_changes = changes
 
     # -- the events agent ---------------------------------------------------------------

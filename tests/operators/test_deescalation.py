@@ -166,7 +166,7 @@ def test_skips_in_different_sessions_or_broken_by_a_like_make_no_streak() -> Non
     last = user.send(Dwell, "i36", dwell_ms=1_000, context=Context(session_id="s2"))  # too short
 
     assert last.adjustments == ()
-    assert last.profile.streak == (("e10", "thriller"), ("e11", "thriller"))
+    assert [(e, c) for e, c, _ in last.profile.streak] == [("e10", "thriller"), ("e11", "thriller")]
 
 
 def test_liking_a_penalised_category_relaxes_instead_of_oscillating() -> None:
@@ -423,3 +423,57 @@ def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
     # the comedy that looks like the disliked thriller sinks; a plain comedy does not
     assert with_near["i45"] < without["i45"]
     assert with_near["i01"] == without["i01"]
+
+
+def test_skips_far_apart_make_no_streak_and_wrong_language_spares_the_category() -> None:
+    user, _ = _thriller_fan()
+    user.send(Skip, "i24")
+    user.send(Skip, "i28", minutes=PARAMS.streak_gap_s / 60 + 1)  # too long after
+    last = user.send(Skip, "i32")
+    assert last.adjustments == () and len(last.profile.streak) == 2
+
+    language = user.send(NotRelevant, "i36", reason="wrong_language")
+    assert language.adjustments == ()
+    assert [i for i, _ in language.profile.disliked][-1] == "i36"  # its neighbours still sink
+
+
+def test_pause_and_resume_cover_every_surface_and_pauses_stay_bounded() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24", context=Context(surface="home"))
+    assert user.profile is not None and len(user.profile.penalties) == 4
+
+    _prefer(user, "pause_category", category="thriller")
+    assert not any(k.startswith("category:thriller") for k in user.profile.penalties)
+    resumed = _prefer(user, "resume_category", category="thriller")
+    assert resumed.profile.paused == ()
+
+    from operators.deescalation import steer
+
+    small = replace(PARAMS, max_pauses=2)
+    pauses: tuple[str, ...] = ()
+    lapsed = []
+    for n in range(3):
+        steering = steer({}, pauses, action="pause_category", key=f"category:c{n}",
+                         event_id=f"p{n}", when=T0, favourites=(), params=small)  # fmt: skip
+        pauses = steering.paused
+        lapsed += [a for a in steering.adjustments if a.reason == "too_many_pauses"]
+    assert pauses == ("category:c1", "category:c2")
+    assert [a.key for a in lapsed] == ["category:c0"]
+
+
+def test_a_not_relevant_that_empties_a_tiny_catalog_does_not_break_the_prompt() -> None:
+    catalog = Catalog()
+    for n in range(2):
+        record = ItemRecord(item_id=f"t{n}", category="thriller", created_at=T0)
+        catalog.put(ItemState(record.item_id, record=record))
+    user = User(catalog)
+    user.send(Click, "t0")
+    _prefer(user, "prompts_on")
+    user.send(Click, "t0")
+
+    step = user.send(NotRelevant, "t1")
+
+    assert step.snapshot is not None and step.snapshot.items == []
+    prompt = step.snapshot.prompt  # nothing left to pause: the other choices stay
+    assert prompt is not None
+    assert [c.action for c in prompt.choices] == ["more_like", "something_different"]

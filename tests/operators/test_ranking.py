@@ -396,3 +396,43 @@ def test_neighbours_of_a_recent_like_explain_themselves(catalog: Catalog) -> Non
     assert len(ranked) == only_neighbours.neighbour_candidates
     title = catalog.get("item-00004").record.title  # type: ignore[union-attr]
     assert all(f"because you liked {title}" in item.reasons for item in ranked)
+
+
+def test_exploration_never_brings_back_what_was_consumed_long_ago(catalog: Catalog) -> None:
+    for n in range(20):
+        _boost(catalog, f"item-{n:05d}", times=30 - n)
+    taste = catalog.unit("item-00035")
+    assert taste is not None
+    bloom = Bloom.empty(2000)
+    for n in range(20, 60):
+        if n != 41:
+            bloom = bloom.add(f"item-{n:05d}")  # the whole tail but one, long ago
+    for n in range(1500):
+        bloom = bloom.add(f"elsewhere-{n}")
+    profile = replace(UserProfile.new("u"), vector=tuple(taste.tolist()), consumed=bloom)
+    params = replace(DEFAULTS, trending_candidates=20, fresh_candidates=0, similarity_weight=0.0)
+
+    ranked = rank_items(profile, catalog, NOW, params)
+
+    tail = [i.item_id for i in ranked if int(i.item_id.split("-")[1]) >= 20]
+    assert tail in ([], ["item-00041"])
+
+
+def test_features_do_not_depend_on_what_was_asked_before(catalog: Catalog) -> None:
+    from operators.ranking import candidate_features
+
+    for n in range(0, 60, 2):
+        state = catalog.get(f"item-{n:05d}")
+        assert state is not None
+        catalog.put(state.with_covisits([f"item-{m:05d}" for m in range(1, 60, 2)], 1.0, 200))
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00000", "item-00002"))
+    params = replace(PARAMS, covisit_candidates=3)
+
+    warm = candidate_features(profile, catalog, NOW, params)
+    included = candidate_features(profile, catalog, NOW, params, include=("item-00059",))
+    catalog.remember(None, None)  # forget: compute from scratch
+    cold = candidate_features(profile, catalog, NOW, params, include=("item-00059",))
+
+    assert included.features["item-00059"] == cold.features["item-00059"]
+    assert included.features["item-00059"]["covisit"] > 0
+    assert warm.features.keys() <= cold.features.keys()
