@@ -38,6 +38,31 @@ CATEGORIES = (
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def striped_catalog(
+    n_items: int,
+    categories: tuple[str, ...] = ("thriller", "comedy", "drama", "documentary"),
+    creators: int = 8,
+    created_at: datetime = EPOCH - timedelta(days=400),
+    width: int = 2,
+) -> list[ItemRecord]:
+    """A plain catalog in stripes: item ``n`` has category ``n mod len(categories)``.
+
+    Its id is ``i`` + ``n`` zero-padded to ``width``, its creator ``studio-(n mod
+    creators)``. The de-escalation tests and benchmark use it: a user who likes every fourth item
+    likes one category, whose items are easy to count in a list.
+    """
+    return [
+        ItemRecord(
+            item_id=f"i{n:0{width}d}",
+            category=categories[n % len(categories)],
+            title=f"{categories[n % len(categories)]} {n}",
+            creator=f"studio-{n % creators}",
+            created_at=created_at,
+        )
+        for n in range(n_items)
+    ]
+
+
 @dataclass(frozen=True)
 class SyntheticUser:
     """A user and the hidden taste (a probability per category) that drives their events."""

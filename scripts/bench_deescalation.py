@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from operators.synthetic import striped_catalog
 from pipeline.broker import resolve_bootstrap
 from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import load_settings
@@ -44,16 +45,7 @@ LIKES = (0, 4, 8, 12, 16, 20)
 
 
 def _items() -> list[ItemRecord]:
-    return [
-        ItemRecord(
-            item_id=f"i{n:03d}",
-            category=CATEGORIES[n % 4],
-            title=f"title {n}",
-            creator=f"studio-{n % 8}",
-            created_at=T0 - timedelta(days=400),
-        )
-        for n in range(200)
-    ]
+    return striped_catalog(200, created_at=T0 - timedelta(days=400), width=3)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from operators.synthetic import striped_catalog
 from pipeline.settings import Settings
 from schemas.catalog import ItemRecord
 from schemas.events import Click, Context, Event, NotRelevant, Preference, Skip
@@ -20,16 +21,7 @@ CATEGORIES = ("thriller", "comedy", "drama", "documentary")
 
 
 def _items() -> list[ItemRecord]:
-    return [
-        ItemRecord(
-            item_id=f"i{n:02d}",
-            category=CATEGORIES[n % 4],
-            title=f"title {n}",
-            creator=f"studio-{n % 8}",
-            created_at=T0 - timedelta(days=400),
-        )
-        for n in range(80)
-    ]
+    return striped_catalog(80, created_at=T0 - timedelta(days=400))
 
 
 def _thrillers(snapshot: Snapshot) -> int:

@@ -18,6 +18,7 @@ from operators.deescalation import (
 )
 from operators.feedback_loop import LoopConfig, Step, process_event
 from operators.profile import UserProfile
+from operators.synthetic import striped_catalog
 from schemas.catalog import ItemRecord
 from schemas.events import Click, Context, Dwell, Event, NotRelevant, Preference, Skip
 
@@ -28,12 +29,7 @@ CATEGORIES = ("thriller", "comedy", "drama", "documentary")
 
 def _catalog() -> Catalog:
     catalog = Catalog()
-    for n in range(80):
-        category = CATEGORIES[n % 4]
-        record = ItemRecord(
-            item_id=f"i{n:02d}", category=category, title=f"{category} {n}",
-            creator=f"studio-{n % 8}", created_at=T0 - timedelta(days=400),
-        )  # fmt: skip
+    for record in striped_catalog(80, created_at=T0 - timedelta(days=400)):
         catalog.put(ItemState(record.item_id, record=record))
     return catalog
 
