@@ -584,8 +584,7 @@ def rank_items(
     n_explore = exploration_slots(profile, params)
     exploit = _diversify(ranked, params.k - n_explore, cap, caps)
     chosen = {row[1] for row in exploit}
-    if caps:  # exploration does not bring a penalised category back
-        chosen |= {i for i, state in found.states.items() if (state.category or "") in caps}
+    # exploration brings back nothing a penalty covers (a capped category included)
     explored = _explore(
         found, scores, chosen, params, n_explore, profile,
         lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0,
