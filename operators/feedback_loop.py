@@ -350,8 +350,10 @@ def _prompt(
         title = _title_of(catalog, liked)
         choices.append(PromptChoice(label=f"More like {title}", action="more_like", item_id=liked))
     choices.append(PromptChoice(label="Something different", action="something_different"))
-    top = catalog.get(items[0].item_id) if items else None
-    record = top.record if top is not None else None
+    # the category to offer pausing: the one of the item that missed, else the list's top
+    item_id = getattr(event, "item_id", None) or (items[0].item_id if items else None)
+    about = catalog.get(item_id) if item_id else None
+    record = about.record if about is not None else None
     if record is not None and f"category:{record.category}" not in profile.paused:
         choices.append(PromptChoice(label=f"Pause {record.category} for now",
                                     action="pause_category", category=record.category))  # fmt: skip

@@ -123,6 +123,11 @@ def _drive(
                 f"{snapshot.user_id} v{snapshot.version:<3} after {event.type:<12} {item}: "
                 f"top-5 [{_describe(snapshot)}]"
             )
+            if snapshot.notice is not None:  # de-escalation: what was heard, what changed
+                print(f"    notice: {snapshot.notice.heard}; {snapshot.notice.change}")
+            if snapshot.prompt is not None:
+                choices = " | ".join(c.label for c in snapshot.prompt.choices)
+                print(f"    prompt: {snapshot.prompt.question} [{choices}]")
     missing = [
         uid
         for uid in streams

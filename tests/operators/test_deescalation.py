@@ -318,6 +318,9 @@ def test_a_prompt_follows_an_adjustment_within_its_limits() -> None:
     assert [c.action for c in prompt.choices] == ["more_like", "something_different",
                                                   "pause_category"]  # fmt: skip
     assert prompt.choices[0].item_id == "i20" and prompt.choices[0].label == "More like thriller 20"
+    # the category offered for a pause is the one that missed
+    assert prompt.choices[2].category == "thriller"
+    assert prompt.choices[2].label == "Pause thriller for now"
     assert again.snapshot is not None and again.snapshot.prompt is None
     assert other.snapshot is not None and other.snapshot.prompt is not None
     assert len(other.profile.prompted) == 2
@@ -470,6 +473,9 @@ def test_a_not_relevant_that_empties_a_tiny_catalog_does_not_break_the_prompt() 
     step = user.send(NotRelevant, "t1")
 
     assert step.snapshot is not None and step.snapshot.items == []
-    prompt = step.snapshot.prompt  # nothing left to pause: the other choices stay
+    prompt = step.snapshot.prompt  # an empty list, and still every choice
     assert prompt is not None
-    assert [c.action for c in prompt.choices] == ["more_like", "something_different"]
+    assert [c.action for c in prompt.choices] == [
+        "more_like", "something_different", "pause_category",
+    ]  # fmt: skip
+    assert prompt.choices[2].category == "thriller"
