@@ -354,6 +354,12 @@ class Catalog:
         """The item's state, or ``None`` when unknown."""
         return self._items.get(item_id)
 
+    def title(self, item_id: str) -> str:
+        """The item's title for people to read; its id when it has none."""
+        state = self._items.get(item_id)
+        record = state.record if state is not None else None
+        return record.title if record is not None and record.title else item_id
+
     def _affected(self, *states: ItemState | None) -> list[_TopOrder]:
         orders = list(self._orders_of.get(None, ()))
         for category in {s.category for s in states if s is not None}:

@@ -347,7 +347,7 @@ def _prompt(
     choices: list[PromptChoice] = []
     liked = next((i for i in reversed(profile.recent_positives) if catalog.get(i)), None)
     if liked is not None:
-        title = _title_of(catalog, liked)
+        title = catalog.title(liked)
         choices.append(PromptChoice(label=f"More like {title}", action="more_like", item_id=liked))
     choices.append(PromptChoice(label="Something different", action="something_different"))
     # the category to offer pausing: the one of the item that missed, else the list's top
@@ -361,19 +361,13 @@ def _prompt(
                   choices=choices)  # fmt: skip
 
 
-def _title_of(catalog: Catalog, item_id: str) -> str:
-    state = catalog.get(item_id)
-    return state.record.title if state and state.record and state.record.title else item_id
-
-
 def _notice(
     adjustments: tuple[Adjustment, ...], event: Event, catalog: Catalog, profile: UserProfile
 ) -> Notice:
     """What the next snapshot tells the user about the change this event made."""
     item_id = getattr(event, "item_id", None)
-    state = catalog.get(item_id) if item_id else None
-    title = state.record.title if state and state.record and state.record.title else item_id
-    heard, change = describe(adjustments, str(title), event.timestamp)
+    title = catalog.title(item_id) if item_id else "it"
+    heard, change = describe(adjustments, title, event.timestamp)
     relaxed = all(a.rule == "contradicted" for a in adjustments)
     expiries = [a.expires_at for a in adjustments if a.expires_at is not None]
     return Notice(

@@ -130,12 +130,6 @@ def _because(item_id: str, sources: list[tuple[ItemState, float]]) -> str | None
     return best
 
 
-def _title(catalog: Catalog, item_id: str) -> str:
-    state = catalog.get(item_id)
-    record = state.record if state is not None else None
-    return record.title if record is not None and record.title else item_id
-
-
 Row = tuple[float, str, ItemState]
 
 
@@ -470,7 +464,7 @@ def _reasons(
     reasons: list[str] = []
     because = _because(item_id, found.sources) or _most_similar_like(item_id, profile, catalog)
     if because is not None:
-        reasons.append(f"because you liked {_title(catalog, because)}")
+        reasons.append(f"because you liked {catalog.title(because)}")
     if profile.affinity.get(category or "", 0.0) > 0:
         reasons.append(f"because you like {category}")
     if found.features[item_id]["trend"] >= 0.5:

@@ -131,6 +131,17 @@ class Harness:
                 return
         raise AssertionError("the worker never ranked a full list: is the catalog reaching it?")
 
+    def send_and_wait(self, events: list[Event], timeout_s: float = 60.0) -> Snapshot:
+        """Send ``events`` and return the snapshot the last of them produced."""
+        self.send_events(events)
+        last = events[-1]
+        latest = self.snapshots(
+            lambda s: last.user_id in s and s[last.user_id].source_event_id == last.event_id,
+            timeout_s,
+        )
+        assert last.user_id in latest, f"no snapshot for {last.event_id}"
+        return latest[last.user_id]
+
     def snapshots(
         self, until: Callable[[dict[str, Snapshot]], bool], timeout_s: float = 60.0
     ) -> dict[str, Snapshot]:

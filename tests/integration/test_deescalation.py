@@ -55,15 +55,12 @@ def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
     worker.start()
     try:
         harness.wait_until_worker_sees_catalog()
-        harness.send_events(likes)
-        before = harness.snapshots(lambda s: "dana" in s and s["dana"].source_event_id == "c20")
-        harness.send_events([dislike])
-        after = harness.snapshots(lambda s: "dana" in s and s["dana"].source_event_id == "nr")
+        shown_before = harness.send_and_wait(likes)
+        shown_after = harness.send_and_wait([dislike])
         audit = harness.read("audit", lambda records: len(records) >= 2)
     finally:
         worker.stop()
 
-    shown_before, shown_after = before["dana"], after["dana"]
     assert _thrillers(shown_before) >= 6, worker.log_tail()
     assert 1 <= _thrillers(shown_after) <= 0.3 * _thrillers(shown_before)
     assert "i24" not in [item.item_id for item in shown_after.items]
@@ -110,23 +107,19 @@ def test_a_skip_streak_and_a_pause_take_effect_on_the_next_snapshot(
     worker.start()
     try:
         harness.wait_until_worker_sees_catalog()
-        harness.send_events(likes)
-        before = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "c20")
-        harness.send_events(skips)
-        streak = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "s32")
-        harness.send_events([pause])
-        paused = harness.snapshots(lambda s: "eli" in s and s["eli"].source_event_id == "p1")
+        before = harness.send_and_wait(likes)
+        gentler = harness.send_and_wait(skips)
+        paused = harness.send_and_wait([pause])
         audit = harness.read("audit", lambda records: len(records) >= 2)
     finally:
         worker.stop()
 
-    assert _thrillers(before["eli"]) >= 6, worker.log_tail()
-    gentler = streak["eli"]
-    assert 1 <= _thrillers(gentler) < _thrillers(before["eli"])
+    assert _thrillers(before) >= 6, worker.log_tail()
+    assert 1 <= _thrillers(gentler) < _thrillers(before)
     assert gentler.notice is not None
     assert gentler.notice.heard == "You skipped several recommendations in a row"
-    assert _thrillers(paused["eli"]) == 0
-    assert paused["eli"].notice is not None and "until you resume" in paused["eli"].notice.change
+    assert _thrillers(paused) == 0
+    assert paused.notice is not None and "until you resume" in paused.notice.change
     records = [json.loads(r.value or b"{}") for r in audit]
     assert [(r["rule"], r["basis"]) for r in records] == [
         ("skip_streak", ["s24", "s28", "s32"]),
