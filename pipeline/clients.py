@@ -8,27 +8,21 @@ so a key lands in the same partition whichever client wrote it; and idempotence 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.catalog import item_to_json, parse_item
 from schemas.events import event_to_json, parse_event
-from schemas.snapshot import Snapshot, parse_snapshot
+from schemas.snapshot import Snapshot
 
 Kind = Literal["events", "items"]
+log = logging.getLogger(__name__)
 
 
 def producer_config(bootstrap_servers: str) -> dict[str, object]:
@@ -120,38 +114,23 @@ def tail_snapshots(
     user_id: str | None = None,
     idle_timeout_s: float | None = None,
 ) -> Iterator[Snapshot]:
-    """Yield snapshots as they arrive (optionally for one user) until idle for too long."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id or "recloop-consume",
-            "enable.auto.commit": group_id is not None,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-        }
-    )
+    """Yield snapshots as they arrive (optionally for one user) until idle for too long.
 
-    def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-        if group_id is None:
-            for tp in partitions:
-                tp.offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
-            c.assign(partitions)
+    A record that is not a valid snapshot is logged as a warning (where it is and why)
+    and passed over, so one bad record does not stop a tail.
+    """
+    from pipeline.sdk import SnapshotConsumer  # the SDK builds on this module
 
-    consumer.subscribe([topic], on_assign=on_assign)
-    last = time.monotonic()
-    try:
-        while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
-            message = consumer.poll(0.2)
-            if message is None or message.error() is not None:
-                continue
-            value = message.value()
-            if value is None:
-                continue
-            last = time.monotonic()
-            if user_id is not None and message.key() != user_id.encode():
-                continue
-            yield parse_snapshot(value)
-    finally:
-        consumer.close()
+    with SnapshotConsumer(
+        bootstrap_servers=bootstrap_servers,
+        topic=topic,
+        group_id=group_id,
+        start="earliest" if from_beginning else "latest",
+        on_error=lambda exc: log.warning("skipped a record: %s", exc),
+    ) as consumer:
+        for snapshot in consumer.snapshots(idle_timeout_s):
+            if user_id is None or snapshot.user_id == user_id:
+                yield snapshot
 
 
 def snapshot_line(snapshot: Snapshot) -> str:

@@ -41,6 +41,12 @@ LOG4J_VERSION = "2.24.3"
 #: Kafka logs through SLF4J 2; a transitive 1.7 API would silence it, so pin the API.
 SLF4J_VERSION = "2.0.17"
 READY_MARKER = "Kafka Server started"
+#: Kafka's command-line tools (``bin/kafka-<name>.sh``) and their main classes in these jars.
+TOOLS = {
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+}
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -234,6 +240,36 @@ class EmbeddedKafka:
             "-cp",
             f"{self.jar_dir}/*",
             main,
+            *args,
+        ]
+
+    def console_command(self, tool: str, *args: str) -> list[str]:
+        """The command line running one of Kafka's tools from the cached jars.
+
+        The same as ``bin/kafka-<tool>.sh`` of a Kafka download; logs go to stderr at WARN
+        (not to the broker's log). Fetches the jars first if they are missing.
+
+        Args:
+            tool: a name in :data:`TOOLS`, e.g. ``"console-producer"``.
+            args: the tool's own arguments, e.g. ``"--bootstrap-server", "127.0.0.1:9092"``.
+
+        Raises:
+            ValueError: ``tool`` is not one of :data:`TOOLS`.
+
+        """
+        if tool not in TOOLS:
+            raise ValueError(f"unknown Kafka tool {tool!r}; known: {', '.join(sorted(TOOLS))}")
+        jars = self.ensure_jars()
+        return [
+            "java",
+            "-Xmx128m",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            "-Dlog4j2.level=WARN",
+            "-cp",
+            f"{jars}/*",
+            TOOLS[tool],
             *args,
         ]
 
