@@ -32,10 +32,13 @@ from datetime import UTC, datetime
 __all__ = [
     "Adjustment",
     "DeescalationParams",
+    "daypart",
     "deepen",
+    "part_of_day",
     "penalty_at",
     "relax",
     "relaxes_at",
+    "split_key",
 ]
 
 #: (penalty, event time in seconds when it had that value)
@@ -62,8 +65,13 @@ class DeescalationParams:
     max_penalty: float = 0.9
     #: a like in a penalised category or by a penalised creator keeps this share of it
     relax_factor: float = 0.5
-    #: dissatisfaction on one surface (``context.surface``) counts this much elsewhere
+    #: dissatisfaction on one surface (``context.surface``), or in one part of the day
+    #: when ``time_of_day`` is on, counts this much elsewhere
     global_share: float = 0.5
+    #: condition penalties on the part of the day of the event (night, morning,
+    #: afternoon, evening) in the UTC offset its timestamp carries: turn it on when the
+    #: producers send their users' local time (UTC timestamps give UTC parts of the day)
+    time_of_day: bool = False
     #: items whose embedding is at least ``neighbour_similarity`` (cosine) close to a
     #: disliked item get up to ``neighbour_step`` of penalty, decaying like the others;
     #: the last ``max_disliked`` disliked items count
@@ -185,9 +193,37 @@ def streak_at(streak: tuple[StreakEntry, ...]) -> float | None:
     return streak[-1][2] if streak else None
 
 
+#: the parts of the day by the hour they start at
+DAYPARTS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
+
+
+def daypart(when: datetime) -> str:
+    """The part of the day at ``when``, in ``when``'s own UTC offset.
+
+    A sender that writes local time with its offset (``2026-11-23T21:05:00+01:00``)
+    gets its users' evenings; UTC timestamps give UTC parts of the day.
+    """
+    return [name for start, name in DAYPARTS if when.hour >= start][-1]
+
+
+def part_of_day(when: datetime, params: DeescalationParams) -> str | None:
+    """The part of the day penalties are scoped to at ``when`` (``None`` when that is off)."""
+    return daypart(when) if params.time_of_day else None
+
+
+def split_key(key: str) -> tuple[str, str | None, str | None]:
+    """A penalty key's base (``category:<name>``, ``creator:<name>``), surface and daypart.
+
+    Scoped keys read ``<base>@surface:<surface>@daypart:<daypart>``, either part optional.
+    """
+    rest, _, part = key.partition("@daypart:")
+    base, _, surface = rest.partition("@surface:")
+    return base, surface or None, part or None
+
+
 def base_key(key: str) -> str:
     """The ``category:<name>`` / ``creator:<name>`` part of a possibly scoped key."""
-    return key.partition("@surface:")[0]
+    return split_key(key)[0]
 
 
 @dataclass(frozen=True)
@@ -227,6 +263,7 @@ def react(
     kind: str,
     target: float,
     surface: str | None = None,
+    part: str | None = None,
     category: str | None,
     creator: str | None,
     reason: str | None,
@@ -244,6 +281,8 @@ def react(
         session: the event's ``context.session_id``.
         surface: the event's ``context.surface``: the penalty is full there and
             ``global_share`` of it elsewhere.
+        part: the event's part of the day (see :func:`daypart`), or ``None``: like
+            ``surface``, the penalty is full then and ``global_share`` of it otherwise.
         kind: ``not_relevant`` (explicit), ``frustration`` (a skip or a short dwell),
             or anything else (neutral).
         target: the signal's target.
@@ -272,7 +311,7 @@ def react(
                     if reason == "too_many_of_these"
                     else (params.explicit_step)
                 )
-                for scoped, scoped_step in _scoped(key, step, surface, params):
+                for scoped, scoped_step in _scoped(key, step, surface, part, params):
                     current, adjustment = _change(
                         current,
                         scoped,
@@ -295,7 +334,7 @@ def react(
             basis = tuple(e for e, _, _ in streak)
             for name in sorted({c for _, c, _ in streak if c}):
                 for scoped, step in _scoped(f"category:{name}", params.streak_step, surface,
-                                            params):  # fmt: skip
+                                            part, params):  # fmt: skip
                     current, adjustment = _change(current, scoped, step, when, "skip_streak",
                                                   basis, None, params)  # fmt: skip
                     adjustments.append(adjustment)
@@ -313,26 +352,31 @@ def react(
 
 
 def _scoped(
-    key: str, step: float, surface: str | None, params: DeescalationParams
+    key: str, step: float, surface: str | None, part: str | None, params: DeescalationParams
 ) -> list[tuple[str, float]]:
-    """The penalty keys one step goes to: everywhere, or mostly where it happened."""
-    if not surface:
+    """The penalty keys one step goes to: everywhere, or mostly where and when it happened."""
+    scope = (f"@surface:{surface}" if surface else "") + (f"@daypart:{part}" if part else "")
+    if not scope:
         return [(key, step)]
-    return [(key, step * params.global_share), (f"{key}@surface:{surface}", step)]
+    return [(key, step * params.global_share), (f"{key}{scope}", step)]
 
 
 def active_penalties(
-    penalties: Mapping[str, Penalty], t: float, surface: str | None, params: DeescalationParams
+    penalties: Mapping[str, Penalty],
+    t: float,
+    surface: str | None,
+    params: DeescalationParams,
+    part: str | None = None,
 ) -> dict[str, float]:
-    """The penalties that count at ``t`` on ``surface``, by ``category:``/``creator:`` key.
+    """The penalties that count at ``t`` on ``surface`` in ``part`` of the day, by base key.
 
-    A penalty scoped to this surface counts where it is stronger than the global one;
-    penalties scoped to other surfaces do not count here.
+    A penalty scoped to this surface and part of the day (or to one of them) counts where
+    it is stronger than the global one; penalties scoped elsewhere do not count here.
     """
     active: dict[str, float] = {}
     for key in penalties:
-        base, _, scope = key.partition("@surface:")
-        if scope and scope != surface:
+        base, on, during = split_key(key)
+        if (on and on != surface) or (during and during != part):
             continue
         value = penalty_at(penalties, key, t, params)
         if value > active.get(base, 0.0):
@@ -393,10 +437,14 @@ def describe(adjustments: tuple[Adjustment, ...], title: str, now: datetime) -> 
 
 
 def _what(key: str) -> str:
-    base, _, surface = key.partition("@surface:")
+    base, surface, part = split_key(key)
     kind, name = base.split(":", 1)
     what = name if kind == "category" else f"items by {name}"
-    return f"{what} on {surface}" if surface else what
+    if surface:
+        what = f"{what} on {surface}"
+    if part:
+        what = f"{what} at night" if part == "night" else f"{what} in the {part}"
+    return what
 
 
 def _span(delta: object) -> str:

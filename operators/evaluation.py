@@ -64,7 +64,7 @@ import numpy as np
 from river import optim, reco
 
 from operators.catalog import ItemState, apply_feedback
-from operators.deescalation import Adjustment
+from operators.deescalation import Adjustment, part_of_day
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
 from operators.model import RankingModel
@@ -552,9 +552,12 @@ class LoopRecommender:
         self.duplicates = 0
         self.deescalation = DeescalationTally()
 
-    def _list(self, profile: UserProfile, when: datetime) -> list[RankedItem]:
+    def _list(self, profile: UserProfile, event: Event) -> list[RankedItem]:
+        """The list the worker would publish for ``profile`` in answer to ``event``."""
+        rules, when = self.config.deescalation, event.timestamp
+        surface = event.context.surface if event.context else None
         return rank_items(profile, self.catalog, when.timestamp(), self.config.ranking,
-                          self.model, self.config.deescalation)  # fmt: skip
+                          self.model, rules, surface, part_of_day(when, rules))  # fmt: skip
 
     def learn(self, event: Event) -> None:
         """Apply one event as the worker would."""
@@ -563,9 +566,7 @@ class LoopRecommender:
             event, previous, self.config.deescalation.streak_length
         )
         before = (
-            self._list(previous or UserProfile.new(event.user_id), event.timestamp)
-            if (measure)
-            else None
+            self._list(previous or UserProfile.new(event.user_id), event) if (measure) else None
         )
         if self.snapshots:
             step = process_event(
@@ -584,7 +585,7 @@ class LoopRecommender:
             self.duplicates += 1
             return
         self.profiles[event.user_id] = profile
-        after = self._list(profile, event.timestamp) if before is not None and adjustments else None
+        after = self._list(profile, event) if before is not None and adjustments else None
         self.deescalation.observe(event, adjustments, before, after)
         for record in feedback:
             state = self.catalog.get(record.item_id) or ItemState(item_id=record.item_id)
@@ -615,8 +616,9 @@ class LoopRecommender:
         profile = self.profiles.get(user_id) or UserProfile.new(user_id)
         widened = k + len(exclude - profile.excluded())
         params = replace(self.config.ranking, k=widened)
+        rules = self.config.deescalation
         ranked = rank_items(profile, self.catalog, now.timestamp(), params, self.model,
-                            self.config.deescalation)  # fmt: skip
+                            rules, None, part_of_day(now, rules))  # fmt: skip
         return [r.item_id for r in ranked if r.item_id not in exclude][:k]
 
 

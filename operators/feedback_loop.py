@@ -29,6 +29,7 @@ from operators.deescalation import (
     DeescalationParams,
     describe,
     may_prompt,
+    part_of_day,
     react,
     steer,
     tags_at,
@@ -255,6 +256,7 @@ def _deescalate(
         event_id=event.event_id, when=event.timestamp,
         session=event.context.session_id if event.context else None,
         surface=event.context.surface if event.context else None,
+        part=part_of_day(event.timestamp, config.deescalation),
         kind=kind, target=signal.target,
         category=record.category if record else None,
         creator=record.creator if record else None,
@@ -301,8 +303,9 @@ def process_event(
         return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
     surface = event.context.surface if event.context else None
+    part = part_of_day(event.timestamp, config.deescalation)
     items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model,
-                       config.deescalation, surface)  # fmt: skip
+                       config.deescalation, surface, part)  # fmt: skip
     prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
     if prompt is not None:
         session = event.context.session_id if event.context else None

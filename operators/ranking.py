@@ -41,8 +41,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -246,6 +246,10 @@ class Candidates:
     popular: frozenset[str] = frozenset()
     #: candidates from the fresh-items source
     fresh: frozenset[str] = frozenset()
+    #: what turns raw co-visitation into the feature (1 / the best candidate's)
+    covisit_scale: float = 0.0
+    #: the user's unit embedding, when there is one
+    user_vector: Vector | None = None
 
 
 def user_unit(profile: UserProfile, catalog: Catalog) -> Vector | None:
@@ -269,32 +273,74 @@ def candidate_features(
     affinity for the item's category), ``log_popularity`` (log of its likes) and
     ``similarity`` (cosine of the user's and the item's embeddings). Consumed, blocked
     and withdrawn items are left out, except those in ``include`` (the model learns from
-    an item the user is about to like). The result is shared, never to be changed.
+    an item the user is about to like): they are described alike and added, without
+    changing any other candidate or scale. The result is shared, never to be changed.
 
     The catalog remembers the last result: asked again for the same user state at the
     same moment with nothing changed in between (a replay asks for a list, then learns
-    from the like that answers it), it is not computed twice. An ``include`` item the
-    last result already holds has the same features either way.
+    from the like that answers it), it is not computed twice.
     """
-    key = (profile.user_id, profile.history, profile.blocked, profile.recent_positives,
-           profile.vector, tuple(profile.affinity.items()), now_t, params)  # fmt: skip
-    cached = catalog.recall(key)
-    if isinstance(cached, Candidates) and all(i in cached.features for i in include):
-        return cached
-    found = _gather(profile, catalog, now_t, params, include)
-    catalog.remember(key, found)
-    return found
+    # ``k`` only cuts the list later: a replay asks for a longer list than the learner
+    state = (profile.user_id, profile.history, profile.blocked, profile.recent_positives,
+             profile.vector, tuple(profile.affinity.items()))  # fmt: skip
+    key = (state, now_t, replace(params, k=0))
+    found = catalog.recall(key)
+    if not isinstance(found, Candidates):
+        found = _gather(profile, catalog, now_t, params)
+        catalog.remember(key, found)
+    missing = [i for i in dict.fromkeys(include) if i not in found.features]
+    return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
+
+
+def _item_features(
+    state: ItemState, covisit: float, similarity: float, found: Candidates, now_t: float,
+    params: RankingParams, affinity: Mapping[str, float],
+) -> dict[str, float]:  # fmt: skip
+    """One candidate's features, given its raw co-visitation and its similarity."""
+    half_life = params.popularity_half_life_s
+    trend = state.popularity_at(now_t, half_life) if state.popularity else 0.0
+    return {
+        "covisit": covisit * found.covisit_scale,
+        "trend": trend * (1.0 / found.top_trend) if found.top_trend else 0.0,
+        "affinity": affinity.get(state.category or "", 0.0),
+        "log_popularity": math.log1p(state.positives),
+        "similarity": similarity,
+    }
+
+
+def _with_items(
+    found: Candidates, item_ids: list[str], profile: UserProfile, catalog: Catalog,
+    now_t: float, params: RankingParams,
+) -> Candidates:  # fmt: skip
+    """``found`` with more items described alike (the learner's liked item), unchanged.
+
+    Every other candidate keeps its features: an extra item never moves the scales.
+    """
+    states = {i: s for i in item_ids if (s := catalog.get(i)) is not None and s.available}
+    if not states:
+        return found
+    ids = list(states)
+    similarity = (
+        catalog.similarities(ids, found.user_vector).tolist()
+        if found.user_vector is not None
+        else [0.0] * len(ids)
+    )
+    affinity = {c: _squash(a) for c, a in profile.affinity.items()}
+    alpha = params.covisit_alpha
+    features = dict(found.features)
+    for item_id, sim in zip(ids, similarity, strict=True):
+        state = states[item_id]
+        raw = sum(weight * source.neighbours.get(item_id, 0.0) for source, weight in found.sources)
+        covisit = raw / (state.positives + 1) ** alpha
+        features[item_id] = _item_features(state, covisit, sim, found, now_t, params, affinity)
+    return replace(found, features=features, states={**found.states, **states})
 
 
 def _gather(
-    profile: UserProfile,
-    catalog: Catalog,
-    now_t: float,
-    params: RankingParams,
-    include: tuple[str, ...] = (),
+    profile: UserProfile, catalog: Catalog, now_t: float, params: RankingParams
 ) -> Candidates:
     """What :func:`candidate_features` computes when it has nothing to re-use."""
-    excluded = profile.excluded() - set(include)
+    excluded = profile.excluded()
     half_life = params.popularity_half_life_s
     alpha = params.covisit_alpha
     sources = _source_weights(profile, catalog, params)
@@ -313,7 +359,7 @@ def _gather(
     for item_id in kept:
         states[item_id] = catalog.get(item_id)  # type: ignore[assignment]
     # a candidate from another source keeps its co-visitation even past the cut, so the
-    # features never depend on which sources brought an item in (or on ``include``)
+    # features never depend on which sources brought an item in
     top_covisit = max(covisit.values(), default=0.0)
     popular = catalog.top(params.trending_candidates, half_life)
     liked = sorted(
@@ -333,7 +379,7 @@ def _gather(
     fresh: list[str] = []
     if params.fresh_candidates > 0:
         fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
-    for source_list in [popular, *by_category, embedded, *neighbours, fresh, include]:
+    for source_list in [popular, *by_category, embedded, *neighbours, fresh]:
         for item_id in source_list:
             if item_id not in states:
                 state = catalog.get(item_id)
@@ -342,29 +388,25 @@ def _gather(
     # the most popular item anywhere heads the global list, so it sets the scale
     head = catalog.get(popular[0]) if popular else None
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
-    covisit_scale = 1.0 / top_covisit if top_covisit else 0.0
-    trend_scale = 1.0 / top_trend if top_trend else 0.0
-    affinity = {c: _squash(a) for c, a in profile.affinity.items()}
     for item_id, state in list(states.items()):
         if item_id in excluded or not state.available:
             del states[item_id]
-    similarity: dict[str, float] = {}
-    if user_vector is not None and states:
-        ids = list(states)
-        similarity = dict(zip(ids, catalog.similarities(ids, user_vector).tolist(), strict=True))
-    features: dict[str, dict[str, float]] = {}
-    for item_id, state in states.items():
-        trend = state.popularity_at(now_t, half_life) if state.popularity else 0.0
-        features[item_id] = {
-            "covisit": covisit.get(item_id, 0.0) * covisit_scale,
-            "trend": trend * trend_scale,
-            "affinity": affinity.get(state.category or "", 0.0),
-            "log_popularity": math.log1p(state.positives),
-            "similarity": similarity.get(item_id, 0.0),
-        }
-    return Candidates(
-        features, states, sources, top_trend, popular=frozenset(popular), fresh=frozenset(fresh)
+    found = Candidates(
+        {}, states, sources, top_trend, popular=frozenset(popular), fresh=frozenset(fresh),
+        covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
+    )  # fmt: skip
+    ids = list(states)
+    similarity = (
+        catalog.similarities(ids, user_vector).tolist()
+        if user_vector is not None and ids
+        else [0.0] * len(ids)
     )
+    affinity = {c: _squash(a) for c, a in profile.affinity.items()}
+    for item_id, sim in zip(ids, similarity, strict=True):
+        found.features[item_id] = _item_features(
+            states[item_id], covisit.get(item_id, 0.0), sim, found, now_t, params, affinity
+        )
+    return found
 
 
 def heuristic_score(features: dict[str, float], params: RankingParams) -> float:
@@ -514,6 +556,7 @@ def rank_items(
     model: RankingModel | None = None,
     deescalation: DeescalationParams | None = None,
     surface: str | None = None,
+    part: str | None = None,
 ) -> list[RankedItem]:
     """The user's top ``k`` items with scores and reasons.
 
@@ -529,6 +572,8 @@ def rank_items(
             penalties are ignored).
         surface: where the list will be shown (``context.surface``), for penalties
             scoped to a surface.
+        part: the part of the day it will be shown in
+            (:func:`operators.deescalation.daypart`), for penalties scoped to one.
 
     """
     found = candidate_features(profile, catalog, now_t, params)
@@ -546,7 +591,7 @@ def rank_items(
     )
     cap = params.category_cap or (params.cold_start_category_cap if cold else None)
     active = (
-        active_penalties(profile.penalties, now_t, surface, deescalation)
+        active_penalties(profile.penalties, now_t, surface, deescalation, part)
         if deescalation is not None and profile.penalties
         else {}
     )

@@ -163,6 +163,10 @@ class DeescalationSettings(Section):
     max_penalty: float = Field(default=_D.max_penalty, ge=0, lt=1)
     relax_factor: float = Field(default=_D.relax_factor, ge=0, le=1)
     global_share: float = Field(default=_D.global_share, ge=0, le=1)
+    time_of_day: bool = Field(
+        default=_D.time_of_day,
+        description="Scope penalties to the part of the day in the events' own UTC offset.",
+    )
     neighbour_step: float = Field(default=_D.neighbour_step, ge=0, lt=1)
     neighbour_similarity: float = Field(default=_D.neighbour_similarity, ge=0, lt=1)
     max_disliked: int = Field(default=_D.max_disliked, ge=0, le=1000)

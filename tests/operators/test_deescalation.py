@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -393,6 +393,48 @@ def test_dissatisfaction_on_one_surface_counts_fully_there_and_half_elsewhere() 
     assert 1 <= thrillers(on_kids) < thrillers(at_home)
     assert step.snapshot is not None and step.snapshot.notice is not None
     assert "showing fewer thriller on kids" in step.snapshot.notice.change
+
+
+def test_parts_of_the_day_come_from_the_events_own_utc_offset() -> None:
+    from operators.deescalation import daypart, part_of_day, split_key
+
+    evening_in_paris = datetime(2026, 11, 22, 21, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert daypart(evening_in_paris) == "evening"
+    assert daypart(evening_in_paris.astimezone(UTC)) == "evening"  # 20:30 UTC
+    assert daypart(evening_in_paris.astimezone(timezone(timedelta(hours=11)))) == "morning"
+    assert [daypart(T0.replace(hour=h)) for h in (0, 5, 6, 11, 12, 17, 18, 23)] == [
+        "night", "night", "morning", "morning", "afternoon", "afternoon", "evening", "evening",
+    ]  # fmt: skip
+    assert part_of_day(T0, PARAMS) is None  # off unless asked for
+    assert part_of_day(T0, replace(PARAMS, time_of_day=True)) == "morning"
+    assert split_key("creator:a@b@surface:kids@daypart:night") == ("creator:a@b", "kids", "night")
+    assert split_key("category:x@daypart:evening") == ("category:x", None, "evening")
+
+
+def test_with_time_of_day_on_dissatisfaction_counts_fully_in_that_part_of_the_day() -> None:
+    from operators.deescalation import active_penalties
+
+    rules = replace(PARAMS, time_of_day=True)
+    user = User(_catalog(), LoopConfig(deescalation=rules))
+    for n in (0, 4, 8, 12, 16, 20):
+        user.send(Click, f"i{n:02d}")
+    step = user.send(NotRelevant, "i24", context=Context(surface="tv"))  # 10:07 UTC: morning
+
+    keys = {a.key: a.after for a in step.adjustments}
+    assert keys["category:thriller@surface:tv@daypart:morning"] == rules.explicit_step
+    assert keys["category:thriller"] == rules.explicit_step * rules.global_share
+    assert user.profile is not None
+    t, penalties = user.t.timestamp(), user.profile.penalties
+    scoped = active_penalties(penalties, t, "tv", rules, "morning")["category:thriller"]
+    evening = active_penalties(penalties, t, "tv", rules, "evening")["category:thriller"]
+    elsewhere = active_penalties(penalties, t, "phone", rules, "morning")["category:thriller"]
+    assert scoped == rules.explicit_step
+    assert evening == elsewhere == rules.explicit_step * rules.global_share
+    assert step.snapshot is not None and step.snapshot.notice is not None
+    assert "showing fewer thriller on tv in the morning" in step.snapshot.notice.change
+    # the same user's list in the evening holds more thrillers than in the morning
+    tonight = user.send(Click, "i60", minutes=10 * 60)  # 20:08 UTC, evening
+    assert _count(tonight, "thriller") > _count(step, "thriller") >= 1
 
 
 def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
