@@ -181,6 +181,16 @@ def _register_offline_commands() -> None:
 _register_offline_commands()
 
 
+def _register_replay_command() -> None:
+    # `recloop replay LOG`: backfill the events topic from an event log (docs/replay.md)
+    from pipeline.replay import replay_command
+
+    cli.add_command(replay_command)
+
+
+_register_replay_command()
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="recloop")
