@@ -45,21 +45,21 @@ class ItemState:
     neighbours: Mapping[str, float] = field(default_factory=dict)
     #: the feedback part of the item's embedding (see operators.embedding); empty: none yet
     taste: tuple[float, ...] = ()
+    #: recommendable: known to the catalog and not withdrawn (derived from ``record``)
+    available: bool = field(init=False, repr=False, compare=False)
+    #: the catalog category, when known (derived from ``record``)
+    category: str | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def available(self) -> bool:
-        """Recommendable: known to the catalog and not withdrawn."""
-        return self.record is not None and self.record.available
+    def __post_init__(self) -> None:
+        # derived once: the ranker reads both for hundreds of candidates per list
+        record = self.record
+        object.__setattr__(self, "available", record is not None and record.available)
+        object.__setattr__(self, "category", record.category if record is not None else None)
 
     @property
     def created_t(self) -> float:
         """When the item was created (seconds), 0 when unknown."""
         return self.record.created_at.timestamp() if self.record is not None else 0.0
-
-    @property
-    def category(self) -> str | None:
-        """The catalog category, when known."""
-        return self.record.category if self.record is not None else None
 
     def popularity_at(self, t: float, half_life_s: float) -> float:
         """Positive feedback, exponentially decayed to event time ``t`` (seconds)."""
@@ -353,6 +353,11 @@ class Catalog:
     def get(self, item_id: str) -> ItemState | None:
         """The item's state, or ``None`` when unknown."""
         return self._items.get(item_id)
+
+    @property
+    def states(self) -> Mapping[str, ItemState]:
+        """Every item's state by id: a live, read-only view (for hot loops; use :meth:`put`)."""
+        return self._items
 
     def title(self, item_id: str) -> str:
         """The item's title for people to read; its id when it has none."""

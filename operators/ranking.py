@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -118,6 +117,25 @@ def _covisit_scores(sources: list[tuple[ItemState, float]]) -> dict[str, float]:
         for item_id, count in source.neighbours.items():
             scores[item_id] = get(item_id, 0.0) + weight * count
     return scores
+
+
+def _strongest(scores: dict[str, float], n: int) -> list[str]:
+    """The ids of the ``n`` highest scores, strongest first; ties go to the lowest id.
+
+    Neighbour maps fill in arrival order, which differs between workers and the replay,
+    so the cut never depends on the order ``scores`` holds them in.
+    """
+    if n <= 0:
+        return []
+    if len(scores) <= n:
+        return sorted(scores, key=lambda i: (-scores[i], i))
+    ids = list(scores)
+    values = np.fromiter(scores.values(), dtype=np.float64, count=len(ids))
+    nth = np.partition(values, len(ids) - n)[len(ids) - n]  # the n-th highest
+    above = [ids[j] for j in np.flatnonzero(values > nth).tolist()]
+    tied = sorted(ids[j] for j in np.flatnonzero(values == nth).tolist())
+    kept = above + tied[: n - len(above)]
+    return sorted(kept, key=lambda i: (-scores[i], i))
 
 
 def _because(item_id: str, sources: list[tuple[ItemState, float]]) -> str | None:
@@ -292,20 +310,37 @@ def candidate_features(
     return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
 
 
-def _item_features(
-    state: ItemState, covisit: float, similarity: float, found: Candidates, now_t: float,
-    params: RankingParams, affinity: Mapping[str, float],
-) -> dict[str, float]:  # fmt: skip
-    """One candidate's features, given its raw co-visitation and its similarity."""
+def _describe(
+    states: list[ItemState], covisit: Iterable[float], similarity: Iterable[float],
+    found: Candidates, now_t: float, params: RankingParams, affinity: Mapping[str, float],
+) -> list[dict[str, float]]:  # fmt: skip
+    """Each candidate's features, given its raw co-visitation and its similarity.
+
+    The hot loop of every list: hundreds of candidates, so everything it reads is local.
+    """
     half_life = params.popularity_half_life_s
-    trend = state.popularity_at(now_t, half_life) if state.popularity else 0.0
-    return {
-        "covisit": covisit * found.covisit_scale,
-        "trend": trend * (1.0 / found.top_trend) if found.top_trend else 0.0,
-        "affinity": affinity.get(state.category or "", 0.0),
-        "log_popularity": math.log1p(state.positives),
-        "similarity": similarity,
-    }
+    covisit_scale = found.covisit_scale
+    trend_scale = 1.0 / found.top_trend if found.top_trend else 0.0
+    pow2, log1p, no_affinity = math.pow, math.log1p, affinity.get
+    described = []
+    for state, raw, sim in zip(states, covisit, similarity, strict=True):
+        popularity = state.popularity
+        # ItemState.popularity_at, inlined
+        trend = (
+            popularity * pow2(2.0, -max(0.0, now_t - state.popularity_t) / half_life)
+            if popularity
+            else 0.0
+        )
+        described.append(
+            {
+                "covisit": raw * covisit_scale,
+                "trend": trend * trend_scale,
+                "affinity": no_affinity(state.category or "", 0.0),
+                "log_popularity": log1p(state.positives),
+                "similarity": sim,
+            }
+        )
+    return described
 
 
 def _with_items(
@@ -327,12 +362,14 @@ def _with_items(
     )
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
     alpha = params.covisit_alpha
-    features = dict(found.features)
-    for item_id, sim in zip(ids, similarity, strict=True):
-        state = states[item_id]
-        raw = sum(weight * source.neighbours.get(item_id, 0.0) for source, weight in found.sources)
-        covisit = raw / (state.positives + 1) ** alpha
-        features[item_id] = _item_features(state, covisit, sim, found, now_t, params, affinity)
+    covisit = [
+        sum(weight * source.neighbours.get(i, 0.0) for source, weight in found.sources)
+        / (states[i].positives + 1) ** alpha
+        for i in ids
+    ]
+    described = _describe(list(states.values()), covisit, similarity, found, now_t, params,
+                          affinity)  # fmt: skip
+    features = {**found.features, **dict(zip(ids, described, strict=True))}
     return replace(found, features=features, states={**found.states, **states})
 
 
@@ -346,18 +383,13 @@ def _gather(
     sources = _source_weights(profile, catalog, params)
     covisit: dict[str, float] = {}
     states: dict[str, ItemState] = {}
+    items = catalog.states
     for item_id, raw in _covisit_scores(sources).items():
-        state = catalog.get(item_id)
+        state = items.get(item_id)
         if state is not None and item_id not in excluded:
             covisit[item_id] = raw / (state.positives + 1) ** alpha
-    kept: Iterable[str] = covisit
-    if len(covisit) > params.covisit_candidates:  # the rest would not make the list
-        # ties go to the lowest id: neighbour maps fill in arrival order, which differs
-        # between workers and the replay
-        best = heapq.nsmallest(params.covisit_candidates, ((-v, i) for i, v in covisit.items()))
-        kept = [i for _, i in best]
-    for item_id in kept:
-        states[item_id] = catalog.get(item_id)  # type: ignore[assignment]
+    for item_id in _strongest(covisit, params.covisit_candidates):
+        states[item_id] = items[item_id]
     # a candidate from another source keeps its co-visitation even past the cut, so the
     # features never depend on which sources brought an item in
     top_covisit = max(covisit.values(), default=0.0)
@@ -382,7 +414,7 @@ def _gather(
     for source_list in [popular, *by_category, embedded, *neighbours, fresh]:
         for item_id in source_list:
             if item_id not in states:
-                state = catalog.get(item_id)
+                state = items.get(item_id)
                 if state is not None:
                     states[item_id] = state
     # the most popular item anywhere heads the global list, so it sets the scale
@@ -402,27 +434,30 @@ def _gather(
         else [0.0] * len(ids)
     )
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
-    for item_id, sim in zip(ids, similarity, strict=True):
-        found.features[item_id] = _item_features(
-            states[item_id], covisit.get(item_id, 0.0), sim, found, now_t, params, affinity
-        )
+    raws = [covisit.get(i, 0.0) for i in ids]
+    described = _describe(list(states.values()), raws, similarity, found, now_t, params, affinity)
+    found.features.update(zip(ids, described, strict=True))
     return found
 
 
-def heuristic_score(features: dict[str, float], params: RankingParams) -> float:
-    """The hand-set blend: co-visitation + trend, affinity and similarity at their weights."""
-    return (
-        features["covisit"]
-        + params.trending_weight * features["trend"]
-        + params.affinity_weight * features["affinity"]
-        + params.similarity_weight * features["similarity"]
-    )
+def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, float]:
+    """Every candidate's hand-set blend: co-visitation + weighted trend, affinity, similarity."""
+    trending, affinity = params.trending_weight, params.affinity_weight
+    similarity = params.similarity_weight
+    return {
+        i: f["covisit"]
+        + trending * f["trend"]
+        + affinity * f["affinity"]
+        + similarity * f["similarity"]
+        for i, f in found.features.items()
+    }
 
 
 def _best(scores: dict[str, float], n: int, leave_out: str | None = None) -> list[str]:
     """The ``n`` best ids by score, best first; ties go to the lowest id."""
-    pairs = ((-score, i) for i, score in scores.items() if i != leave_out)
-    return [i for _, i in heapq.nsmallest(n, pairs)]
+    if leave_out in scores:
+        scores = {i: score for i, score in scores.items() if i != leave_out}
+    return _strongest(scores, n)
 
 
 def heuristic_head(
@@ -433,7 +468,7 @@ def heuristic_head(
     The split the online model works on: it re-ranks the head and learns from negatives
     drawn from the head and from the rest. One definition keeps both in step.
     """
-    scores = {i: heuristic_score(f, params) for i, f in found.features.items()}
+    scores = heuristic_scores(found, params)
     head = _best(scores, n, leave_out)
     chosen = set(head)
     return head, sorted(i for i in scores if i not in chosen and i != leave_out)
@@ -577,7 +612,7 @@ def rank_items(
 
     """
     found = candidate_features(profile, catalog, now_t, params)
-    scores = {i: heuristic_score(f, params) for i, f in found.features.items()}
+    scores = heuristic_scores(found, params)
     if profile.paused:  # what the user paused is never shown until resumed
         paused = set(profile.paused)
         for item_id, state in found.states.items():
