@@ -71,7 +71,17 @@ from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
 from operators.ranking import rank_items, user_unit
 from schemas.catalog import ItemRecord, parse_item
-from schemas.events import ITEM_EVENTS, Click, Dwell, Event, NotRelevant, Rating, Skip, parse_event
+from schemas.events import (
+    ITEM_EVENTS,
+    Click,
+    Dwell,
+    Event,
+    Forget,
+    NotRelevant,
+    Rating,
+    Skip,
+    parse_event,
+)
 from schemas.snapshot import RankedItem
 
 #: Category given to items the catalog does not describe.
@@ -561,6 +571,9 @@ class LoopRecommender:
 
     def learn(self, event: Event) -> None:
         """Apply one event as the worker would."""
+        if isinstance(event, Forget):  # the worker deletes the profile
+            self.profiles.pop(event.user_id, None)
+            return
         previous = self.profiles.get(event.user_id)
         measure = self.deescalation.wants_lists(
             event, previous, self.config.deescalation.streak_length

@@ -52,7 +52,7 @@ from operators.ranking import (
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
-from schemas.events import Dwell, Event, Impression, NotRelevant, Preference, Skip
+from schemas.events import Dwell, Event, Forget, Impression, NotRelevant, Preference, Skip
 from schemas.snapshot import Notice, Prompt, PromptChoice, RankedItem, Snapshot
 
 __all__ = ["ItemFeedback", "LoopConfig", "Step", "apply_event", "process_event"]
@@ -82,18 +82,21 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class Step:
-    """The outcome of one event. ``snapshot`` is ``None`` for a duplicate event."""
+    """The outcome of one event. ``snapshot`` is ``None`` for a duplicate or a forget."""
 
     profile: UserProfile
     snapshot: Snapshot | None
     feedback: tuple[ItemFeedback, ...] = ()
     #: what de-escalation changed (for the audit topic)
     adjustments: tuple[Adjustment, ...] = ()
+    #: the event was a ``forget``: the caller erases the user's state and snapshot
+    #: (``profile`` is then a new, empty one, never to be stored)
+    forgotten: bool = False
 
     @property
     def duplicate(self) -> bool:
         """The event had been applied before and changed nothing."""
-        return self.snapshot is None
+        return self.snapshot is None and not self.forgotten
 
 
 class Applied(NamedTuple):
@@ -108,7 +111,7 @@ class Applied(NamedTuple):
 def _signals(event: Event, catalog: Catalog, rules: SignalRules) -> list[Signal]:
     if isinstance(event, Impression):
         return impression_signals(event, rules)
-    if event.item_id is None:  # a preference about no item
+    if isinstance(event, Forget) or event.item_id is None:  # about no item
         return []
     state = catalog.get(event.item_id)
     expected = state.record.duration_ms if state is not None and state.record else None
@@ -182,6 +185,8 @@ def apply_event(
     given it learns from every new like (it is the one piece of state updated in place:
     the caller owns it and checkpoints it).
     """
+    if isinstance(event, Forget):  # nothing of the old profile survives, not even its ids
+        return Applied(UserProfile.new(event.user_id), (), False)
     current = profile if profile is not None else UserProfile.new(event.user_id)
     if current.has_seen(event.event_id):
         return Applied(current, (), True)
@@ -298,6 +303,8 @@ def process_event(
         model: the online ranking model, learning from likes and scoring candidates.
 
     """
+    if isinstance(event, Forget):
+        return Step(profile=UserProfile.new(event.user_id), snapshot=None, forgotten=True)
     updated, feedback, duplicate, adjustments = apply_event(event, profile, catalog, config, model)
     if duplicate:
         return Step(profile=updated, snapshot=None)

@@ -177,15 +177,24 @@ class Preference(EventBase):
         return self
 
 
+class Forget(EventBase):
+    """Erase the user: their profile, embedding and snapshot (a right-to-erasure request).
+
+    Events of the user that arrive later start a new, empty profile.
+    """
+
+    type: Literal["forget"]
+
+
 Event = Annotated[
-    Click | Skip | Dwell | NotRelevant | Rating | Impression | Preference,
+    Click | Skip | Dwell | NotRelevant | Rating | Impression | Preference | Forget,
     Field(discriminator="type"),
 ]
 ItemEvent = Click | Skip | Dwell | NotRelevant | Rating
 #: For ``isinstance``: the events about exactly one item.
 ITEM_EVENTS: tuple[type[ItemEventBase], ...] = (Click, Skip, Dwell, NotRelevant, Rating)
 EVENT_TYPES: tuple[str, ...] = (
-    "click", "skip", "dwell", "not_relevant", "rating", "impression", "preference",
+    "click", "skip", "dwell", "not_relevant", "rating", "impression", "preference", "forget",
 )  # fmt: skip
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

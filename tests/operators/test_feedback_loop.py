@@ -378,3 +378,41 @@ def test_a_disliked_item_leaves_the_recent_likes(
 
     assert steps[0].profile.recent_positives == ("item-00001",)
     assert steps[1].profile.recent_positives == ()
+
+
+def test_forget_erases_the_profile_and_later_events_start_afresh(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    from operators.feedback_loop import apply_event
+    from schemas.events import Forget
+
+    steps = _run([_click("e1", "item-00000"), _click("e2", "item-00001")], catalog, config,
+                 generated_at)  # fmt: skip
+    remembered = steps[-1].profile
+    forget = Forget(type="forget", event_id="f1", user_id="u1", timestamp=T0)
+
+    step = process_event(forget, remembered, catalog, config, generated_at)
+
+    assert step.forgotten and not step.duplicate and step.snapshot is None
+    assert step.profile == UserProfile.new("u1")
+    assert (step.feedback, step.adjustments) == ((), ())
+    assert apply_event(forget, remembered, catalog, config).profile == UserProfile.new("u1")
+    # the forgotten events' ids went with the profile: e1 again counts as new
+    again = process_event(_click("e1", "item-00000"), step.profile, catalog, config, generated_at)
+    assert _snapshot(again).version == 1 and again.profile.events_applied == 1
+    assert again.profile.history == ("item-00000",)
+
+
+def test_the_replay_drops_a_forgotten_users_profile(catalog: Catalog) -> None:
+    from operators.evaluation import LoopRecommender
+    from schemas.events import Forget
+
+    recommender = LoopRecommender(
+        [state.record for state in catalog if state.record is not None], snapshots=False
+    )
+    recommender.learn(_click("e1", "item-00000"))
+    assert "u1" in recommender.profiles
+
+    recommender.learn(Forget(type="forget", event_id="f1", user_id="u1", timestamp=T0))
+
+    assert "u1" not in recommender.profiles

@@ -44,6 +44,7 @@ EVENT_DOCS: dict[str, dict[str, Any]] = {
         "prompt_id": "p-1",
         "context": {"session_id": "s-1"},
     },
+    "forget": {"event_id": "e-4", "user_id": "user-1", "timestamp": TIMESTAMP, "type": "forget"},
 }
 
 

@@ -15,6 +15,7 @@ from schemas.events import (
     Click,
     Dwell,
     Event,
+    Forget,
     Impression,
     NotRelevant,
     Preference,
@@ -32,6 +33,7 @@ MODELS: dict[str, type] = {
     "rating": Rating,
     "impression": Impression,
     "preference": Preference,
+    "forget": Forget,
 }
 
 
