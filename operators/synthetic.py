@@ -160,3 +160,99 @@ class SyntheticWorld:
             item_ids=item_ids,
             timestamp=EPOCH + timedelta(minutes=n),
         )
+
+
+@dataclass(frozen=True)
+class LongTailCatalog:
+    """A catalog shaped like real ones, with a hidden quality per item.
+
+    Categories differ in size (a few large, several small), each creator works mostly in
+    one category and a few creators make most of the items, and the hidden ``quality``
+    (in ``[0, 1]``, skewed right: most items are middling, a few excellent) is what a
+    simulated user's liking is scaled by, so a long tail of popularity emerges from it.
+
+    Example:
+        >>> catalog = LongTailCatalog.generate(seed=1, n_items=40, n_categories=4)
+        >>> len(catalog.items), len(catalog.quality), catalog.categories[0]
+        (40, 40, 'drama')
+
+    """
+
+    seed: int
+    items: tuple[ItemRecord, ...]
+    quality: tuple[float, ...]
+    categories: tuple[str, ...]
+    creators: tuple[str, ...]
+
+    @classmethod
+    def generate(
+        cls,
+        seed: int,
+        n_items: int = 400,
+        n_categories: int = 8,
+        n_creators: int | None = None,
+        created_before: datetime = EPOCH,
+    ) -> LongTailCatalog:
+        """Build a catalog from a seed.
+
+        Args:
+            seed: the generator's seed; the same seed gives the same catalog.
+            n_items: how many items (at least ``n_categories``).
+            n_categories: how many of :data:`CATEGORIES` to use (1 to 12).
+            n_creators: how many creators (default: one per 8 items, at least one per
+                category).
+            created_before: items were created in the two years before this (a few in
+                its last three weeks: fresh items).
+
+        Raises:
+            ValueError: the sizes cannot make a catalog.
+
+        """
+        if not 1 <= n_categories <= len(CATEGORIES):
+            raise ValueError(f"n_categories must be 1 to {len(CATEGORIES)}, not {n_categories}")
+        if n_items < n_categories:
+            raise ValueError(f"n_items ({n_items}) must be at least n_categories ({n_categories})")
+        creators_count = n_creators if n_creators is not None else max(n_categories, n_items // 8)
+        if creators_count < n_categories:
+            raise ValueError(f"n_creators must be at least n_categories ({n_categories})")
+        rng = np.random.default_rng([seed, 0x10C7])
+        categories = CATEGORIES[:n_categories]
+        # category sizes fall off with rank (Zipf-like, exponent 0.6), at least one item each
+        shares = 1.0 / np.arange(1, n_categories + 1) ** 0.6
+        counts = np.maximum(1, np.floor(shares / shares.sum() * n_items)).astype(int)
+        for n in range(n_items - int(counts.sum())):
+            counts[n % n_categories] += 1
+        while counts.sum() > n_items:  # the minimum of one each overshot a tiny catalog
+            counts[int(np.argmax(counts))] -= 1
+        of_item = rng.permutation(np.repeat(np.arange(n_categories), counts))
+        creators = tuple(f"creator-{c:03d}" for c in range(creators_count))
+        # creator c works in category c mod n_categories; within a category a few are prolific
+        by_category = [list(range(c, creators_count, n_categories)) for c in range(n_categories)]
+        quality = np.round(rng.beta(2.0, 5.0, n_items), 4)
+        durations = (300_000.0, 1_500_000.0, 2_700_000.0, 6_000_000.0)
+        items = []
+        for i in range(n_items):
+            category = categories[int(of_item[i])]
+            pool = by_category[int(of_item[i])]
+            weights = 1.0 / np.arange(1, len(pool) + 1)
+            creator = creators[pool[int(rng.choice(len(pool), p=weights / weights.sum()))]]
+            fresh = rng.random() < 0.05
+            age_days = rng.uniform(0, 20) if fresh else rng.uniform(20, 730)
+            items.append(
+                ItemRecord(
+                    item_id=f"item-{i:05d}",
+                    category=category,
+                    creator=creator,
+                    title=f"{category.title()} {i}",
+                    created_at=created_before - timedelta(days=float(age_days)),
+                    duration_ms=float(durations[int(rng.integers(0, len(durations)))]),
+                    tags=[category],
+                )
+            )
+        return cls(
+            seed=seed,
+            items=tuple(items),
+            quality=tuple(float(q) for q in quality),
+            categories=categories,
+            creators=creators,
+        )

@@ -159,15 +159,74 @@ def schemas_export(directory: Path) -> None:
 
 
 @cli.command()
-@click.option("--users", type=int, default=4, show_default=True)
-@click.option("--events", "events_per_user", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--users", type=int, default=None, help="Simulated users [default: 32; short: 16].")
+@click.option("--rounds", type=int, default=None, help="Lists each user acts on [25; short: 16].")
+@click.option("--items", type=int, default=None, help="Catalog size [400; short: 200].")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seeds catalog and users.")
+@click.option(
+    "--drift-at",
+    type=float,
+    default=None,
+    help="Share of the rounds after which some users' tastes drift [0.6; short: 0.5].",
+)
+@click.option("--no-drift", is_flag=True, help="Keep every user's taste.")
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="Events per second, all users together [60]; 0: as fast as the worker answers.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Time budget of the run in seconds [160]; users stop early enough to keep it.",
+)
+@click.option("--short", is_flag=True, help="A CI-sized run (about half a minute).")
+@click.option("--keep-topics", is_flag=True, help="Leave the run's topics on the broker.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the report goes [var/demo/<run>].",
+)
 @click.pass_context
-def demo(ctx: click.Context, users: int, events_per_user: int, seed: int) -> None:
-    """Start the broker and a worker, stream synthetic events, print snapshots as they change."""
-    from pipeline.demo import run_demo
+def demo(
+    ctx: click.Context,
+    users: int | None,
+    rounds: int | None,
+    items: int | None,
+    seed: int,
+    drift_at: float | None,
+    no_drift: bool,
+    rate: float | None,
+    duration: float | None,
+    short: bool,
+    keep_topics: bool,
+    out_dir: Path | None,
+) -> None:
+    """The closed loop: a worker, simulated users acting on its snapshots, a report."""
+    from dataclasses import replace
 
-    sys.exit(run_demo(_resolved(ctx), users=users, events_per_user=events_per_user, seed=seed))
+    from pipeline.demo import SHORT, DemoOptions, options_with, run_demo
+
+    options = options_with(
+        SHORT if short else DemoOptions(),
+        users=users, rounds=rounds, items=items, seed=seed, drift_at=drift_at, out_dir=out_dir,
+        duration_s=duration,
+    )  # fmt: skip
+    if no_drift:
+        options = replace(options, drift_at=None)
+    if rate is not None:
+        options = replace(options, rate=rate or None)
+    if keep_topics:
+        options = replace(options, keep_topics=True)
+    try:
+        options.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(run_demo(_resolved(ctx), options))
 
 
 def _register_offline_commands() -> None:
