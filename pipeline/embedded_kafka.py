@@ -171,14 +171,22 @@ class EmbeddedKafka:
         cache_dir: where jars, broker data and logs live (never inside the repository).
         version: the Apache Kafka version to fetch.
         heap: the JVM heap, e.g. ``"512m"``.
+        jar_dir: the jars of another broker's cache to reuse (a second broker, e.g. the
+            fault suite's own, then needs no Maven run); ``cache_dir``'s own by default.
 
     """
 
-    def __init__(self, cache_dir: Path, version: str = KAFKA_VERSION, heap: str = "512m") -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        version: str = KAFKA_VERSION,
+        heap: str = "512m",
+        jar_dir: Path | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.version = version
         self.heap = heap
-        self.jar_dir = cache_dir / "kafka" / version / "jars"
+        self.jar_dir = jar_dir if jar_dir is not None else cache_dir / "kafka" / version / "jars"
         self.home = cache_dir / "broker"
         self.state_file = self.home / "broker.json"
         # The JVM this object started, kept so that stop() can reap it (no zombie, and no

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -25,13 +26,22 @@ class WorkerProcess:
         settings: resolved settings (``kafka.bootstrap_servers`` set).
         config_path: where to write the child's settings file.
         log_path: where the child's output goes.
+        extra_env: variables added to the child's environment, e.g. Faust's own
+            ``BROKER_SESSION_TIMEOUT`` for a fault test that wants a quick rebalance.
 
     """
 
-    def __init__(self, settings: Settings, config_path: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path,
+        log_path: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -39,6 +49,7 @@ class WorkerProcess:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
+        env.update(self.extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -67,11 +78,20 @@ class WorkerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL (or ``sig``), as a crash would, and reap the child."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.send_signal(sig)
             self.proc.wait()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the child to exit by itself; its exit code, or ``None`` if still running."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the child's output, for error messages."""

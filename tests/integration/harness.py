@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import Settings
@@ -23,6 +24,85 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    partition: int = -1
+    offset: int = -1
+
+
+class TopicTail:
+    """One topic read from the beginning and kept, each record read once.
+
+    ``Harness.read`` starts over on every call; a fault test that watches tens of
+    thousands of records grow keeps one tail and asks it again and again.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.records: list[Record] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"tail-{topic}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+
+    def poll(self, timeout_s: float = 0.2) -> list[Record]:
+        """Read what arrived since the last call (waiting at most ``timeout_s``)."""
+        fresh: list[Record] = []
+        for message in self._consumer.consume(2000, timeout=timeout_s):
+            if message.error() is not None:
+                continue
+            headers = {k: v or b"" for k, v in (message.headers() or [])}
+            fresh.append(
+                Record(
+                    message.key(),
+                    message.value(),
+                    headers,
+                    message.partition() or 0,
+                    message.offset() or 0,
+                )
+            )
+        self.records.extend(fresh)
+        return fresh
+
+    def read_until(self, until: Callable[[list[Record]], bool], timeout_s: float = 60.0) -> bool:
+        """Poll until ``until(new records)`` holds (it sees each record once) or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if until(self.poll()):
+                return True
+        return False
+
+    def read_to_end(self, timeout_s: float = 60.0) -> list[Record]:
+        """Everything up to the end offsets as they are now; raises if it cannot get there."""
+        ends = {}
+        for p in range(self.partitions):
+            tp = TopicPartition(self.topic, p)
+            ends[p] = int(self._consumer.get_watermark_offsets(tp, timeout=10)[1])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = self._consumer.position(
+                [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            )
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+                return self.records
+            self.poll()
+        raise AssertionError(f"{self.topic}: could not read up to {ends} in {timeout_s:.0f}s")
+
+    def close(self) -> None:
+        """Leave the topic."""
+        self._consumer.close()
+
+    def __enter__(self) -> TopicTail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class Harness:
@@ -39,10 +119,67 @@ class Harness:
     def topic(self, name: str) -> str:
         return self.settings.kafka.topic(name)
 
-    def worker(self, name: str = "worker", settings: Settings | None = None) -> WorkerProcess:
+    def worker(
+        self,
+        name: str = "worker",
+        settings: Settings | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         return WorkerProcess(
-            settings or self.settings, self.workdir / f"{name}.yaml", self.workdir / f"{name}.log"
+            settings or self.settings,
+            self.workdir / f"{name}.yaml",
+            self.workdir / f"{name}.log",
+            extra_env=extra_env,
         )
+
+    def tail(self, name: str, full_name: bool = False) -> TopicTail:
+        """A :class:`TopicTail` of one of this test's topics (or of any topic by full name)."""
+        topic = name if full_name else self.topic(name)
+        return TopicTail(self.bootstrap, topic, self.settings.kafka.partitions)
+
+    def send_raw_located(
+        self, messages: Iterable[tuple[bytes | None, bytes | None]]
+    ) -> list[tuple[int, int]]:
+        """Send raw messages in order; returns where each landed, as (partition, offset)."""
+        where: list[tuple[int, int] | None] = []
+
+        def delivered(index: int) -> Callable[[object, object], None]:
+            def record(err: object, message: object) -> None:
+                assert err is None, err
+                where[index] = (message.partition(), message.offset())  # type: ignore[attr-defined]
+
+            return record
+
+        for index, (key, value) in enumerate(messages):
+            where.append(None)
+            self.producer.produce(
+                self.topic("events"), key=key, value=value, on_delivery=delivered(index)
+            )
+            self.producer.poll(0)
+        self.flush()
+        assert None not in where
+        return [w for w in where if w is not None]
+
+    def group_members(self, group: str, name: str = "events") -> list[set[int]]:
+        """The partitions of one of this test's topics each live member of ``group`` owns."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topic = self.topic(name)
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        return [
+            {tp.partition for tp in member.assignment.topic_partitions if tp.topic == topic}
+            for member in description.members
+        ]
+
+    def committed(self, group: str, name: str = "events") -> dict[int, int]:
+        """The offsets ``group`` committed on one of this test's topics (-1: none yet)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        try:
+            parts = [
+                TopicPartition(self.topic(name), p) for p in range(self.settings.kafka.partitions)
+            ]
+            return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+        finally:
+            consumer.close()
 
     def send_items(self, items: Iterable[ItemRecord]) -> int:
         count = 0
@@ -127,7 +264,8 @@ class Harness:
                 ),
                 timeout_s=10,
             )
-            if len(latest["__warmup__"].items) >= k:
+            warm = latest.get("__warmup__")  # none yet: a busy worker, ask again
+            if warm is not None and len(warm.items) >= k:
                 return
         raise AssertionError("the worker never ranked a full list: is the catalog reaching it?")
 
