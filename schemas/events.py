@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -74,8 +75,25 @@ class EventBase(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: Id
     user_id: Id
-    timestamp: AwareDatetime = Field(description="Event time, ISO 8601 with a UTC offset.")
+    # lax only so a string reaches the check below; the check itself is stricter
+    timestamp: AwareDatetime = Field(
+        description="Event time, ISO 8601 with a UTC offset.", strict=False
+    )
     context: Context | None = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp_is_iso_8601(cls, value: object) -> object:
+        # pydantic also reads 1767225600 or "1767225600" as Unix time; the contract (and
+        # its JSON Schema's date-time format) asks for ISO 8601, so no seconds-or-
+        # milliseconds guess ever reaches the event clock
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("timestamp must be an ISO 8601 string with a UTC offset")
+        if value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+            raise ValueError("timestamp must be ISO 8601 with a UTC offset, not a Unix time")
+        return value
 
 
 class ItemEventBase(EventBase):

@@ -118,13 +118,13 @@ def test_a_timestamp_with_any_utc_offset_is_the_same_instant(
         ),
         pytest.param(
             {"timestamp": "yesterday"},
-            "datetime_parsing",
+            "datetime_from_date_parsing",
             ("click", "timestamp"),
             id="unparseable-timestamp",
         ),
         pytest.param(
             {"timestamp": 1_795_000_000},
-            "datetime_type",
+            "value_error",
             ("click", "timestamp"),
             id="epoch-number-timestamp",
         ),
