@@ -310,8 +310,11 @@ def process_event(
         return Step(profile=updated, snapshot=None)
     updated = next_snapshot_version(updated)
     surface = event.context.surface if event.context else None
-    part = part_of_day(event.timestamp, config.deescalation)
-    items = rank_items(updated, catalog, event.timestamp.timestamp(), config.ranking, model,
+    # a late event changes the list the user sees now: rank at the user's newest time
+    last = updated.last_event_at
+    now = datetime.fromisoformat(last) if last is not None else event.timestamp
+    part = part_of_day(now, config.deescalation)
+    items = rank_items(updated, catalog, now.timestamp(), config.ranking, model,
                        config.deescalation, surface, part)  # fmt: skip
     prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
     if prompt is not None:

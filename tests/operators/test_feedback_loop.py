@@ -416,3 +416,28 @@ def test_the_replay_drops_a_forgotten_users_profile(catalog: Catalog) -> None:
     recommender.learn(Forget(type="forget", event_id="f1", user_id="u1", timestamp=T0))
 
     assert "u1" not in recommender.profiles
+
+
+def test_a_late_event_is_ranked_at_the_users_newest_time(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    from dataclasses import replace
+
+    from operators.ranking import rank_items
+
+    # popularity that reads differently on the late event's day and on the user's newest
+    for n, (likes, day) in enumerate([(10.0, -60), (1.0, 29), (3.0, 10)]):
+        state = catalog.get(f"item-0001{n}")
+        assert state is not None
+        t = (T0 + timedelta(days=day)).timestamp()
+        catalog.put(replace(state, popularity=likes, popularity_t=t, positives=int(likes)))
+    steps = _run([_click("e1", "item-00000", T0 + timedelta(days=30))], catalog, config,
+                 generated_at)  # fmt: skip
+    late = process_event(_click("e2", "item-00001", T0), steps[-1].profile, catalog, config,
+                         generated_at)  # fmt: skip
+
+    now = (T0 + timedelta(days=30)).timestamp()
+    expected = rank_items(late.profile, catalog, now, config.ranking, None, config.deescalation)
+    assert _snapshot(late).event_time == T0  # the snapshot still names the event it answers
+    assert [i.item_id for i in _snapshot(late).items] == [i.item_id for i in expected]
+    assert [i.score for i in _snapshot(late).items] == [i.score for i in expected]
