@@ -9,6 +9,11 @@ Two agents, both thin (decode, call operators, write state, emit):
 * ``items``: owns item state, partitioned by item id; folds in catalog records and
   feedback and republishes the item's state on the compacted item-state topic, which
   every worker follows into its in-memory catalog (see :mod:`pipeline.catalog_follower`).
+
+The events agent also keeps each user's latest snapshot in the ``snapshots`` table (for
+``GET /users/{id}/recommendations``, :mod:`pipeline.web`) and counts every event in the
+live metrics (:mod:`operators.live_metrics`), which a timer publishes to the metrics
+topic and ``GET /metrics`` exports (:mod:`pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -29,18 +34,22 @@ from pydantic import ValidationError
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
 from operators.deescalation import DeescalationParams
 from operators.embedding import EmbeddingParams
-from operators.feedback_loop import LoopConfig, process_event
+from operators.feedback_loop import LoopConfig, Step, process_event
 from operators.files import write_atomic
 from operators.index import IndexLoadError, IndexParams, ItemIndex
+from operators.live_metrics import LiveMetrics, LiveMetricsParams
 from operators.model import RankingModel
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
 from pipeline.catalog_follower import CatalogFollower
+from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.settings import Section, Settings
 from pipeline.topics import topic_specs
+from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
+from schemas.events import Event
 from schemas.snapshot import snapshot_to_json
 
 log = logging.getLogger(__name__)
@@ -140,6 +149,8 @@ class WorkerStats:
     dead_lettered: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     item_updates: int = 0
+    forgotten: int = 0
+    republished: int = 0
 
 
 class Recloop:
@@ -220,6 +231,72 @@ class Recloop:
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
         )
+        self._init_serving()
+
+    # -- serving and live metrics (pipeline/web.py, pipeline/metrics.py) -----------------
+    def _init_serving(self) -> None:
+        """The latest snapshot per user, the live metrics, their timer and the HTTP API."""
+        settings = self.settings
+        #: whether the events agent has its catalog (set once the follower caught up)
+        self.ready = False
+        # the latest snapshot per user (surface, list, JSON: pipeline.web.encode_latest),
+        # changelogged like the users table, so the owner of a user can always serve it
+        self.snapshots = self.app.Table(
+            "snapshots", key_type=str, value_type=bytes, partitions=settings.kafka.partitions
+        )
+        m = settings.metrics
+        self.live_metrics = LiveMetrics(
+            LiveMetricsParams(
+                cold_start_events=m.cold_start_events, window_s=m.window_s,
+                window_lists=m.window_lists, reengage_within=m.reengage_within,
+                max_users=m.max_users, signals=self.config.signals,
+            )
+        )  # fmt: skip
+        self.exporter = MetricsExporter(self)
+        self._last_metrics: dict[str, Any] | None = None
+        self._metrics_failed = False
+        self.app.timer(m.interval_s, name="metrics")(self._metrics_timer)
+        self.http: HttpApi | None = None
+        if settings.worker.web_enabled:
+            self.http = HttpApi(self)
+            self.http.register(self.app)
+
+    def consumer_lag(self) -> int | None:
+        """Messages of the events topic this worker has not read yet (``None``: unknown)."""
+        return consumer_lag(self.app, self.topic_names["events"])
+
+    async def _metrics_timer(self) -> None:
+        """Publish this worker's figures to the metrics topic (keyed by worker id)."""
+        record = metrics_record(self, self._last_metrics)
+        await self.emitter.send(
+            self.topic_names["metrics"], worker_id(self).encode(), encode_record(record)
+        )
+        self._last_metrics = record
+
+    def _observe(
+        self,
+        event: Event,
+        step: Step,
+        before: UserProfile | None,
+        previous: bytes | None,
+        emitted_at: datetime,
+        produced_at: float | None,
+    ) -> None:
+        """Count one applied event in the live metrics; a failure there never stops events."""
+        assert step.snapshot is not None
+        try:
+            shown = decode_latest(previous)[1] if previous else None
+            now = emitted_at.timestamp()
+            self.live_metrics.observe(
+                event, before=before, after=step.profile, shown=shown, snapshot=step.snapshot,
+                adjustments=step.adjustments, catalog=self.follower.catalog, now=now,
+                latency_s=now - produced_at if produced_at is not None else None,
+            )  # fmt: skip
+        except Exception:
+            self.exporter.metrics_errors.inc()
+            if not self._metrics_failed:  # once: the counter tells how often
+                self._metrics_failed = True
+                log.exception("live metrics failed on event %s", event.event_id)
 
     def _raw_topic(self, name: str) -> Any:
         return self.app.topic(
@@ -308,6 +385,7 @@ class Recloop:
         catalog = self.follower.catalog
         catalog.prune_index()  # a saved index may hold items removed since
         catalog.sync_index()  # one batch for everything the follower brought in
+        self.ready = True
         # a line the demo and the tests wait for; logging levels must not hide it
         print(
             f"recloop: events agent ready ({len(catalog)} items, {len(catalog.index)} indexed)",
@@ -324,12 +402,23 @@ class Recloop:
                 event.message.topic,
                 event.message.partition,
                 event.message.offset,
+                produced_at=event.message.timestamp,
             )
 
     async def handle_event(
-        self, key: bytes | None, raw: bytes | None, topic: str, partition: int, offset: int
+        self,
+        key: bytes | None,
+        raw: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        produced_at: float | None = None,
     ) -> None:
-        """Process one message of the events topic (the body of the ``events`` agent)."""
+        """Process one message of the events topic (the body of the ``events`` agent).
+
+        ``produced_at`` is the message's Kafka timestamp (seconds), the start of the
+        event-to-snapshot latency the live metrics measure.
+        """
         await self._ensure_catalog()
         try:
             event = decode_event(raw, key=key, now=self.clock(), limits=self.limits)
@@ -341,14 +430,24 @@ class Recloop:
         step = process_event(
             event, profile, self.follower.catalog, self.config, self.clock(), self.model
         )
+        if step.forgotten:
+            await self._forget(event.user_id, event.event_id, event.timestamp)
+            return
         if step.snapshot is None:
             self.stats.duplicates += 1
+            if stored is not None and step.profile.recent_event_ids[-1:] == (event.event_id,):
+                await self._republish(event.user_id, stored)
             return
-        self.users[event.user_id] = step.profile.snapshot()
         user_key = event.user_id.encode()
-        await self.emitter.send(
-            self.topic_names["snapshots"], user_key, snapshot_to_json(step.snapshot)
-        )
+        snapshot_json = snapshot_to_json(step.snapshot)
+        previous = self.snapshots.get(event.user_id)
+        surface = event.context.surface if event.context else None
+        # both tables before anything is sent, with no await between: a crash leaves the
+        # profile and its snapshot both written or both not (see _republish)
+        self.users[event.user_id] = step.profile.snapshot()
+        self.snapshots[event.user_id] = encode_latest(surface, step.snapshot, snapshot_json)
+        await self.emitter.send(self.topic_names["snapshots"], user_key, snapshot_json)
+        emitted_at = self.clock()
         for feedback in step.feedback:
             await self.emitter.send(
                 self.topic_names["item-feedback"], feedback.item_id.encode(), feedback.to_json()
@@ -361,6 +460,44 @@ class Recloop:
                 json.dumps(record, separators=(",", ":")).encode(),
             )
         self.stats.processed += 1
+        self._observe(event, step, profile, previous, emitted_at, produced_at)
+
+    async def _republish(self, user_id: str, stored: bytes) -> None:
+        """Send again what the user's latest event produced: a crash may have lost it.
+
+        After a crash the events since the last commit come back. The user's state may
+        already hold the latest of them (the tables are written before the outputs leave),
+        so it is a duplicate, yet its snapshot and changelog record may never have been
+        sent. Re-sending the stored snapshot, byte for byte, and re-writing the profile
+        (its changelog record) makes those outputs at-least-once. Snapshots of earlier
+        events were superseded by this one anyway; their item feedback is not re-sent.
+        """
+        self.users[user_id] = stored
+        latest = self.snapshots.get(user_id)
+        if latest is not None:
+            _, _, snapshot_json = decode_latest(latest)
+            await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)
+            self.stats.republished += 1
+
+    async def _forget(self, user_id: str, event_id: str, event_time: datetime) -> None:
+        """Erase a user's profile, embedding and snapshot; audit the erasure.
+
+        Profile and latest snapshot leave their tables (tombstones on the changelogs), a
+        tombstone replaces the user's snapshot on the compacted snapshots topic. Item
+        statistics and the ranking model keep only what they aggregate over users.
+        """
+        for table in (self.users, self.snapshots):
+            if user_id in table:
+                del table[user_id]
+        user_key = user_id.encode()
+        await self.emitter.send(self.topic_names["snapshots"], user_key, None)
+        record = {"user_id": user_id, "event_id": event_id, "event_time": event_time.isoformat(),
+                  "rule": "forgotten", "reason": None, "basis": [event_id], "key": "user",
+                  "before": None, "after": None, "expires_at": None}  # fmt: skip
+        await self.emitter.send(
+            self.topic_names["audit"], user_key, json.dumps(record, separators=(",", ":")).encode()
+        )
+        self.stats.forgotten += 1
 
     async def _dead_letter(
         self,

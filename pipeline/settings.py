@@ -178,6 +178,56 @@ class DeescalationSettings(Section):
     prompt_gap_s: float = Field(default=_D.prompt_gap_s, ge=0)
 
 
+class HttpSettings(Section):
+    """The HTTP API each worker serves when ``worker.web_enabled`` (``pipeline/web.py``)."""
+
+    token: str | None = Field(
+        default=None,
+        repr=False,
+        min_length=16,
+        description="Bearer token for POST /events; unset disables posting (403).",
+    )
+    protect_reads: bool = Field(
+        default=False, description="Require the token on the GET endpoints too (not /healthz)."
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, ge=256, le=64 * 1024 * 1024)
+    max_batch: int = Field(default=500, ge=1, le=100_000, description="Events per POST.")
+    max_k: int = Field(default=100, ge=1, le=10_000, description="Largest k a GET accepts.")
+    forward_timeout_s: float = Field(
+        default=5.0, gt=0, description="A request routed to the owning worker gives up then."
+    )
+    health_timeout_s: float = Field(
+        default=2.0, gt=0, description="How long /healthz waits for the broker's metadata."
+    )
+    max_healthy_lag: int | None = Field(
+        default=None, ge=0, description="Consumer lag above which /healthz answers 503."
+    )
+
+
+class MetricsSettings(Section):
+    """Live metrics computed in the stream (``operators/live_metrics.py``)."""
+
+    interval_s: float = Field(
+        default=10.0, gt=0, description="How often each worker publishes to the metrics topic."
+    )
+    window_s: float = Field(
+        default=3600.0, gt=0, description="Wall-clock window of catalog coverage."
+    )
+    window_lists: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="Recent lists and latencies the rolling figures are computed over.",
+    )  # fmt: skip
+    cold_start_events: int = Field(
+        default=5, ge=1, description="Users with fewer applied events count as cold-start."
+    )
+    reengage_within: int = Field(
+        default=10, ge=1, description="A like within this many events re-engages a user."
+    )
+    max_users: int = Field(
+        default=100_000, ge=1, description="Users whose re-engagement is tracked per worker."
+    )
+
+
 class Settings(Section):
     """Everything recloop can be told, in one object passed down from the entry point."""
 
@@ -187,6 +237,8 @@ class Settings(Section):
     ranking: RankingSettings = RankingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     deescalation: DeescalationSettings = DeescalationSettings()
+    http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
     cache_dir: Annotated[Path | None, Field(strict=False)] = Field(
         default=None, description="Kafka jars and embedded broker data; default ~/.cache/recloop."
     )

@@ -12,6 +12,8 @@ topic (after prefix)    key        what it carries
 ``dead-letters``        as given   invalid events, original bytes, reason headers
 ``audit``               user id    every de-escalation adjustment (basis, change,
                                    expiry)
+``metrics``             worker id  each worker's live metrics, every
+                                   ``metrics.interval_s`` (JSON, docs/metrics.md)
 ======================  =========  ===========================================
 """
 
@@ -46,6 +48,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(kafka.topic("snapshots"), COMPACTED),
         TopicSpec(kafka.topic("dead-letters"), plain),
         TopicSpec(kafka.topic("audit"), plain),
+        TopicSpec(kafka.topic("metrics"), plain),
     ]
 
 
