@@ -96,6 +96,22 @@ def produce(ctx: click.Context, source: TextIO, kind: str) -> None:
 
 
 @cli.command()
+@click.argument("user_ids", metavar="USER...", nargs=-1, required=True)
+@click.pass_context
+def forget(ctx: click.Context, user_ids: tuple[str, ...]) -> None:
+    """Erase users: a forget event each; the worker deletes profile and snapshot."""
+    from pipeline.sdk import DeliveryError, EventProducer
+
+    settings = _resolved(ctx)
+    try:
+        with EventProducer(settings) as producer:
+            sent = [producer.forget(user_id) for user_id in user_ids]
+    except (ValueError, DeliveryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"forget": [d.record.event_id for d in sent], "users": list(user_ids)}))
+
+
+@cli.command()
 @click.option("--user", "user_id", default=None, help="Only this user's snapshots.")
 @click.option("--from-beginning/--from-now", default=True, help="Start offset.")
 @click.option("--group", "group_id", default=None, help="Consumer group (none: no commits).")

@@ -44,6 +44,7 @@ from schemas.events import (
     Click,
     Context,
     Dwell,
+    Forget,
     Impression,
     NotRelevant,
     NotRelevantReason,
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 #: Any one event model (a constrained variable: ``send(Click(...))`` returns ``Delivery[Click]``).
-E = TypeVar("E", Click, Skip, Dwell, NotRelevant, Rating, Impression, Preference)
+E = TypeVar("E", Click, Skip, Dwell, NotRelevant, Rating, Impression, Preference, Forget)
 
 #: Where a :class:`SnapshotConsumer` starts: the earliest or latest offset when its group
 #: has no committed offset, or explicit offsets by partition (these override commits).
@@ -347,6 +348,10 @@ class EventProducer:
             creator=creator,
             prompt_id=prompt_id,
         )
+
+    def forget(self, user_id: str, **options: Unpack[EventOptions]) -> Delivery[Forget]:
+        """Send a ``forget``: the worker erases the user's profile and snapshot."""
+        return self._send_new(Forget, options, user_id=user_id)
 
     # -- sending ------------------------------------------------------------------------
     def send(self, event: E, *, on_delivery: DeliveryCallback | None = None) -> Delivery[E]:

@@ -97,10 +97,25 @@ async def test_a_duplicate_event_is_applied_once(
 ) -> None:
     async with recloop.events_agent.test_context() as agent:
         await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
+        await agent.put(_event("next", "u2", "click", "item-00002"), key=b"u2")
         await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
-    assert len(emitter.to("snapshots")) == 1
-    assert UserProfile.restore(recloop.users["u2"]).events_applied == 1
+    assert len(emitter.to("snapshots")) == 2  # the older duplicate sends nothing
+    assert UserProfile.restore(recloop.users["u2"]).events_applied == 2
     assert recloop.stats.duplicates == 1
+
+
+async def test_a_duplicate_of_the_latest_event_sends_its_snapshot_again(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    # after a crash the latest event can come back with its state written but its
+    # snapshot never sent: the stored snapshot goes out again, byte for byte
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
+        await agent.put(_event("same", "u2", "click", "item-00001"), key=b"u2")
+    first, again = emitter.to("snapshots")
+    assert first == again
+    assert UserProfile.restore(recloop.users["u2"]).events_applied == 1
+    assert (recloop.stats.duplicates, recloop.stats.republished) == (1, 1)
 
 
 async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
