@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import Settings
@@ -17,6 +20,31 @@ from pipeline.worker_process import WorkerProcess
 from schemas.catalog import ItemRecord, item_to_json
 from schemas.events import Event, event_to_json
 from schemas.snapshot import Snapshot, parse_snapshot
+
+#: one Prometheus sample: (name, sorted labels) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a worker's web server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a Prometheus text page."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape_metrics(port: int) -> Samples:
+    """``GET /metrics`` of the worker serving on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        return parse_metrics(answer.read().decode())
 
 
 @dataclass(frozen=True)

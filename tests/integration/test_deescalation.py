@@ -13,7 +13,7 @@ from pipeline.settings import Settings
 from schemas.catalog import ItemRecord
 from schemas.events import Click, Context, Event, NotRelevant, Preference, Skip
 from schemas.snapshot import Snapshot
-from tests.integration.harness import Harness
+from tests.integration.harness import Harness, free_port, scrape_metrics
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -31,7 +31,11 @@ def _thrillers(snapshot: Snapshot) -> int:
 def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    harness = Harness(kafka_settings, tmp_path)
+    port = free_port()  # the live figures are read from the worker's /metrics
+    worker_settings = kafka_settings.worker.model_copy(
+        update={"web_enabled": True, "web_port": port}
+    )
+    harness = Harness(kafka_settings.model_copy(update={"worker": worker_settings}), tmp_path)
     harness.send_items(_items())
     likes: list[Event] = [
         Click(
@@ -58,6 +62,7 @@ def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
         shown_before = harness.send_and_wait(likes)
         shown_after = harness.send_and_wait([dislike])
         audit = harness.read("audit", lambda records: len(records) >= 2)
+        figures = scrape_metrics(port)
     finally:
         worker.stop()
 
@@ -73,6 +78,16 @@ def test_a_not_relevant_is_heard_adjusted_explained_and_audited(
     assert {r["key"] for r in records} == {"category:thriller", "creator:studio-0"}
     assert all(r["basis"] == ["nr"] and r["rule"] == "not_relevant" for r in records)
     assert all(r["expires_at"] and r["after"] == 0.75 for r in records)
+    # the live pipeline reports the same moment: one dissatisfaction, the share of the
+    # disliked category in the list before and after it, and the adjusted snapshot's latency
+    rule = (("rule", "not_relevant"),)
+    assert figures[("recloop_dissatisfactions_total", ())] == 1
+    before = figures[("recloop_deescalation_share_before", rule)]
+    after = figures[("recloop_deescalation_share_after", rule)]
+    assert before == _thrillers(shown_before) / len(shown_before.items)
+    assert after == _thrillers(shown_after) / len(shown_after.items)
+    assert 0 < after <= 0.3 * before
+    assert figures[("recloop_deescalation_snapshot_seconds_count", ())] == 1
 
 
 def test_a_skip_streak_and_a_pause_take_effect_on_the_next_snapshot(

@@ -10,46 +10,27 @@ by reason.
 from __future__ import annotations
 
 import json
-import socket
 import time
-import urllib.request
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from operators.synthetic import EPOCH, SyntheticWorld
 from pipeline.settings import Settings
 from schemas.events import Click, event_to_json
 from tests.hostile_corpus import CASES, USER, Hostile
-from tests.integration.harness import Harness, Record
+from tests.integration.harness import Harness, Record, free_port, scrape_metrics
 
 pytestmark = pytest.mark.integration
 VALID_USER = "u-valid"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
-        text = answer.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_every_hostile_message_is_dead_lettered_and_the_worker_carries_on(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker_settings = kafka_settings.worker.model_copy(
         update={"web_enabled": True, "web_port": port}
     )
@@ -80,7 +61,7 @@ def test_every_hostile_message_is_dead_lettered_and_the_worker_carries_on(
             time.sleep(1)  # a valid event wrongly dead-lettered would arrive by now
             letters.poll(1)
             dead = list(letters.records)
-        counted = _metrics(port)
+        counted = scrape_metrics(port)
         assert worker.running, worker.log_tail()
     finally:
         worker.stop()

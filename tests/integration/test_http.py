@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,13 +20,12 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import murmur2
-from prometheus_client.parser import text_string_to_metric_families
 
 from operators.synthetic import SyntheticWorld
 from pipeline.settings import Settings
 from pipeline.worker_process import WorkerProcess
 from schemas.snapshot import Snapshot, parse_snapshot
-from tests.integration.harness import Harness
+from tests.integration.harness import Harness, Samples, free_port, parse_metrics
 
 pytestmark = pytest.mark.integration
 TOKEN = "integration-token-0123456789"
@@ -43,12 +41,6 @@ class Answer:
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def call(
@@ -119,14 +111,10 @@ def snapshot_of(port: int, user: str, event_id: str, timeout_s: float = 60.0) ->
         raise AssertionError(f"{exc}; last answer: {seen}") from None
 
 
-def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def metrics(port: int) -> Samples:
     answer = call(port, "/metrics")
     assert answer.status == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(answer.body.decode())
-        for s in family.samples
-    }
+    return parse_metrics(answer.body.decode())
 
 
 def web_settings(settings: Settings, port: int, state: Path) -> Settings:
