@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,15 +25,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _bench import (
+    bootstrap_of,
+    broker_label,
+    isolated_settings,
+    percentile,
+    send_catalog,
+    start_worker,
+    wait_for_catalog,
+)
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from operators.synthetic import striped_catalog
-from pipeline.broker import resolve_bootstrap
-from pipeline.clients import producer_config, wait_for_records
-from pipeline.settings import load_settings
-from pipeline.topics import create_topics
-from pipeline.worker_process import WorkerProcess
-from schemas.catalog import ItemRecord, item_to_json
+from schemas.catalog import ItemRecord
 from schemas.events import Click, Event, NotRelevant, event_to_json
 from schemas.snapshot import Snapshot, parse_snapshot
 
@@ -46,11 +49,6 @@ LIKES = (0, 4, 8, 12, 16, 20)
 
 def _items() -> list[ItemRecord]:
     return striped_catalog(200, created_at=T0 - timedelta(days=400), width=3)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def _thrillers(snapshot: Snapshot) -> int:
@@ -80,32 +78,17 @@ class Timer:
 
 def run(users: int, seed: int) -> dict[str, Any]:
     """The whole benchmark; the figures as a dict."""
-    settings = resolve_bootstrap(load_settings(None, os.environ))
-    bootstrap = settings.kafka.bootstrap_servers
-    assert bootstrap is not None
     run_id = f"bench-deesc-{int(time.time())}-{seed}"
-    kafka = settings.kafka.model_copy(update={"topic_prefix": f"{run_id}.", "partitions": 2})
     workdir = Path(tempfile.mkdtemp(prefix="recloop-bench-"))
-    worker_settings = settings.model_copy(update={
-        "kafka": kafka,
-        "worker": settings.worker.model_copy(update={"state_dir": workdir / "state",
-                                                     "app_id": run_id}),
-    })  # fmt: skip
-    create_topics(kafka, bootstrap)
+    settings = isolated_settings(run_id, workdir, partitions=2)
+    bootstrap, kafka = bootstrap_of(settings), settings.kafka
     items = _items()
-    producer = Producer(producer_config(bootstrap))
-    for item in items:
-        producer.produce(kafka.topic("items"), key=item.item_id.encode(), value=item_to_json(item))
-    producer.flush(30)
-    worker = WorkerProcess(worker_settings, workdir / "worker.yaml", workdir / "worker.log")
-    worker.start()
+    producer = send_catalog(settings, items)
+    worker = start_worker(settings, workdir, timeout_s=120)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": run_id,
                          "enable.auto.commit": False, "fetch.wait.max.ms": 5})  # fmt: skip
     try:
-        if not worker.wait_for_log("events agent ready", timeout_s=120):
-            raise RuntimeError("worker not ready:\n" + worker.log_tail())
-        if not wait_for_records(bootstrap, kafka.topic("item-state"), 2, len(items)):
-            raise RuntimeError("catalog did not reach item-state:\n" + worker.log_tail())
+        wait_for_catalog(settings, len(items), worker)
         consumer.assign(
             [TopicPartition(kafka.topic("snapshots"), p, OFFSET_BEGINNING) for p in (0, 1)]
         )
@@ -141,13 +124,11 @@ def run(users: int, seed: int) -> dict[str, Any]:
         consumer.close()
         worker.stop()
     drops = [1 - a / b for b, a, _ in before_after if b]
-    p95 = _percentile(dislikes, 0.95)
+    p95 = percentile(dislikes, 0.95)
     return {
         "benchmark": "deescalation",
         "users": users,
-        "broker": "embedded"
-        if not os.environ.get("RECLOOP__KAFKA__BOOTSTRAP_SERVERS")
-        else "given",
+        "broker": broker_label(),
         "not_relevant_to_snapshot_ms": {
             "p50": round(statistics.median(dislikes), 1),
             "p95": round(p95, 1),
@@ -156,7 +137,7 @@ def run(users: int, seed: int) -> dict[str, Any]:
         },
         "reference_click_to_snapshot_ms": {
             "p50": round(statistics.median(clicks), 1),
-            "p95": round(_percentile(clicks, 0.95), 1),
+            "p95": round(percentile(clicks, 0.95), 1),
             "n": len(clicks),
         },
         "target_p95_ms": TARGET_P95_MS,
