@@ -9,6 +9,8 @@ GET      ``/users/{user_id}/recommendations``  the user's latest snapshot (``k``
 GET      ``/items/{item_id}/similar``          nearest items in embedding space (hnswlib)
 POST     ``/events``                           validate and produce one event or a batch
 GET      ``/healthz``                          broker, agents, readiness, consumer lag
+GET      ``/ping``                             ``{"ok": true}``, no work (a reference for
+                                               latency: ``scripts/bench_serving.py``)
 GET      ``/metrics``                          Prometheus text format
 GET      ``/openapi.json``                     this API's OpenAPI 3.1 description
 =======  ====================================  ===========================================
@@ -250,6 +252,17 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
+        "/ping",
+        "ping",
+        "Ping",
+        '`{"ok": true}` and nothing else: no state, no broker, no auth. The cost of the '
+        "web server itself, which `scripts/bench_serving.py` measures beside the "
+        "recommendations.",
+        {200: Answer("Always.", "Pong")},
+        tags=("operations",),
+    ),
+    Operation(
+        "get",
         "/metrics",
         "metrics",
         "Metrics",
@@ -351,6 +364,11 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+    }
+    schemas["Pong"] = {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"const": True}},
     }
     schemas["Health"] = {
         "type": "object",
@@ -891,6 +909,10 @@ class HttpApi:
         except KafkaException as exc:
             return False, f"no metadata from the broker: {exc}"
         return True, f"{len(metadata.brokers)} broker(s) answered"
+
+    async def ping(self, request: web.Request) -> web.StreamResponse:
+        """``{"ok": true}``: the web server's own cost, for comparison."""
+        return web.Response(body=b'{"ok":true}', content_type=JSON_TYPE)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         """Every metric in the Prometheus text format."""

@@ -461,6 +461,17 @@ async def test_the_metrics_timer_publishes_figures_and_the_ctr_since_the_last_re
     assert second["since_previous"]["processed"] == 2
 
 
+async def test_ping_answers_ok_with_no_work_even_before_the_worker_is_ready(
+    worker: Worker,
+) -> None:
+    assert (await worker.client.get("/items/item-00001/similar")).status == 503  # not ready
+    response = await worker.client.get("/ping")
+    assert response.status == 200
+    assert await response.json() == {"ok": True}
+    assert response.headers[SERVED_BY_HEADER] == "http://127.0.0.1:6066"
+    assert worker.emitter.to("snapshots") == []  # no state touched, nothing published
+
+
 async def test_the_served_routes_are_the_described_ones(worker: Worker) -> None:
     served = {
         (route.method.lower(), route.resource.canonical)
