@@ -563,8 +563,12 @@ class LoopRecommender:
         self.deescalation = DeescalationTally()
 
     def _list(self, profile: UserProfile, event: Event) -> list[RankedItem]:
-        """The list the worker would publish for ``profile`` in answer to ``event``."""
-        rules, when = self.config.deescalation, event.timestamp
+        """The list the worker would publish for ``profile`` in answer to ``event``.
+
+        Ranked, as the worker ranks, at the user's newest event time (a late event's).
+        """
+        rules, last = self.config.deescalation, profile.last_event_at
+        when = max(event.timestamp, datetime.fromisoformat(last)) if last else event.timestamp
         surface = event.context.surface if event.context else None
         return rank_items(profile, self.catalog, when.timestamp(), self.config.ranking,
                           self.model, rules, surface, part_of_day(when, rules))  # fmt: skip

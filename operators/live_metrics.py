@@ -248,6 +248,10 @@ class LiveMetrics:
         self.latency = Histogram(window=window)
         self.deescalation_latency = Histogram(window=window)
 
+    def forget(self, user_id: str) -> None:
+        """Drop what is kept about one user (a ``forget``): their open dissatisfaction."""
+        self.open.pop(user_id, None)
+
     # -- the hot path ---------------------------------------------------------------------
 
     def observe(

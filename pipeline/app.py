@@ -195,6 +195,9 @@ class Recloop:
             datadir=str(settings.worker.state_dir),
             autodiscover=False,
             web_enabled=settings.worker.web_enabled,
+            # Faust's own /table/ and /router/ views would serve every profile with no
+            # token; the API in pipeline/web.py routes and authorises by itself
+            web_tables_enabled=False,
             web_port=settings.worker.web_port,
             web_host=settings.worker.web_host,
             topic_partitions=kafka.partitions,
@@ -475,6 +478,7 @@ class Recloop:
         self.users[user_id] = stored
         latest = self.snapshots.get(user_id)
         if latest is not None:
+            self.snapshots[user_id] = latest  # its changelog record may be lost too
             _, _, snapshot_json = decode_latest(latest)
             await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)
             self.stats.republished += 1
@@ -489,6 +493,7 @@ class Recloop:
         for table in (self.users, self.snapshots):
             if user_id in table:
                 del table[user_id]
+        self.live_metrics.forget(user_id)
         user_key = user_id.encode()
         await self.emitter.send(self.topic_names["snapshots"], user_key, None)
         record = {"user_id": user_id, "event_id": event_id, "event_time": event_time.isoformat(),

@@ -124,6 +124,25 @@ STOP_RESERVE_S = 15.0
 DRAIN_S = 5.0
 
 
+def _connect(
+    worker: WorkerProcess, settings: Settings, sim: Simulation
+) -> tuple[Producer, Consumer]:
+    """Publish the catalog and open the snapshot consumer; a failure stops the worker."""
+    kafka, bootstrap = settings.kafka, settings.kafka.bootstrap_servers
+    assert bootstrap is not None
+    try:  # until the loop's own try owns the worker, a failure must not orphan it
+        producer = Producer(producer_config(bootstrap))
+        for item in sim.catalog.items:
+            producer.produce(
+                kafka.topic("items"), key=item.item_id.encode(), value=item_to_json(item)
+            )
+        producer.flush(30)
+        return producer, _snapshot_consumer(settings)
+    except BaseException:
+        worker.stop()
+        raise
+
+
 def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None) -> int:
     """Run the closed-loop demo and write its report; returns the exit code (0: complete).
 
@@ -157,11 +176,7 @@ def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None
     create_topics(kafka, bootstrap)
     worker = WorkerProcess(worker_settings, base / "worker.yaml", base / "worker.log")
     worker.start()
-    producer = Producer(producer_config(bootstrap))
-    for item in sim.catalog.items:
-        producer.produce(kafka.topic("items"), key=item.item_id.encode(), value=item_to_json(item))
-    producer.flush(30)
-    consumer = _snapshot_consumer(worker_settings)
+    producer, consumer = _connect(worker, worker_settings, sim)
     loop = _Loop(sim, options, producer, consumer, kafka.topic("events"), clock)
     loop.alive = lambda: worker.running
     if options.duration_s is not None:

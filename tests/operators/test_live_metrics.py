@@ -385,3 +385,14 @@ def test_snapshot_and_restore_round_trip_and_carry_on_alike(catalog: Catalog) ->
     step(click, profile("u", 2), ["a"], ["b"], now=5.0)
     assert restored.figures(10.0, 4) == metrics.figures(10.0, 4)
     assert restored.figures(10.0, 4)["deescalation"]["reengaged"] == 1
+
+
+def test_forget_drops_what_is_kept_about_the_user() -> None:
+    metrics = LiveMetrics(LiveMetricsParams())
+    metrics.open["u1"] = (2, 0.0)
+    metrics.open["u2"] = (1, 0.0)
+
+    metrics.forget("u1")
+    metrics.forget("nobody")
+
+    assert list(metrics.open) == ["u2"]

@@ -461,6 +461,15 @@ async def test_the_metrics_timer_publishes_figures_and_the_ctr_since_the_last_re
     assert second["since_previous"]["processed"] == 2
 
 
+async def test_faust_table_views_are_not_served(worker: Worker, world: SyntheticWorld) -> None:
+    # Faust's own /table/ views would hand out whole profiles with no token
+    await _feed(worker, _event("e1", "u1", "click", world.items[0].item_id))
+    for path in ("/table/users/u1/", "/table/snapshots/u1/", "/table/"):
+        response = await worker.client.get(path)
+        assert response.status == 404, path
+        assert b"history" not in await response.read()
+
+
 async def test_ping_answers_ok_with_no_work_even_before_the_worker_is_ready(
     worker: Worker,
 ) -> None:
