@@ -339,6 +339,37 @@ def process_event(
     return Step(profile=updated, snapshot=snapshot, feedback=feedback, adjustments=adjustments)
 
 
+def current_snapshot(
+    profile: UserProfile,
+    catalog: Catalog,
+    config: LoopConfig,
+    generated_at: datetime,
+    model: RankingModel | None = None,
+) -> Snapshot:
+    """The snapshot of the user's latest applied event, ranked anew from their profile.
+
+    For when the one that event produced was lost (a crash between writing the profile
+    and its snapshot): the same version and source event, the list ranked from the same
+    state at the user's newest time; a notice or prompt it carried is not rebuilt.
+    """
+    last = profile.last_event_at
+    now = datetime.fromisoformat(last) if last is not None else generated_at
+    rules = config.deescalation
+    items = rank_items(profile, catalog, now.timestamp(), config.ranking, model, rules, None,
+                       part_of_day(now, rules))  # fmt: skip
+    if profile.explanations_off:
+        items = [item.model_copy(update={"reasons": []}) for item in items]
+    return Snapshot(
+        user_id=profile.user_id,
+        version=profile.snapshot_version,
+        generated_at=generated_at,
+        event_time=now,
+        source_event_id=profile.recent_event_ids[-1],
+        model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
+        items=items,
+    )
+
+
 def _prompt(
     event: Event, profile: UserProfile, items: list[RankedItem], adjusted: bool,
     catalog: Catalog, params: DeescalationParams,

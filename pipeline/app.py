@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
 from operators.deescalation import DeescalationParams
 from operators.embedding import EmbeddingParams
-from operators.feedback_loop import LoopConfig, Step, process_event
+from operators.feedback_loop import LoopConfig, Step, current_snapshot, process_event
 from operators.files import write_atomic
 from operators.index import IndexLoadError, IndexParams, ItemIndex
 from operators.live_metrics import LiveMetrics, LiveMetricsParams
@@ -50,7 +50,7 @@ from pipeline.topics import topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
 from schemas.events import Event
-from schemas.snapshot import snapshot_to_json
+from schemas.snapshot import parse_snapshot, snapshot_to_json
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ class Recloop:
         if step.snapshot is None:
             self.stats.duplicates += 1
             if stored is not None and step.profile.recent_event_ids[-1:] == (event.event_id,):
-                await self._republish(event.user_id, stored)
+                await self._republish(step.profile, stored)
             return
         user_key = event.user_id.encode()
         snapshot_json = snapshot_to_json(step.snapshot)
@@ -465,23 +465,33 @@ class Recloop:
         self.stats.processed += 1
         self._observe(event, step, profile, previous, emitted_at, produced_at)
 
-    async def _republish(self, user_id: str, stored: bytes) -> None:
+    async def _republish(self, profile: UserProfile, stored: bytes) -> None:
         """Send again what the user's latest event produced: a crash may have lost it.
 
         After a crash the events since the last commit come back. The user's state may
         already hold the latest of them (the tables are written before the outputs leave),
         so it is a duplicate, yet its snapshot and changelog record may never have been
         sent. Re-sending the stored snapshot, byte for byte, and re-writing the profile
-        (its changelog record) makes those outputs at-least-once. Snapshots of earlier
-        events were superseded by this one anyway; their item feedback is not re-sent.
+        (its changelog record) makes those outputs at-least-once. When the stored snapshot
+        is not that event's (the crash, a full disk say, came between the two table
+        writes), it is ranked anew from the profile. Snapshots of earlier events were
+        superseded by this one anyway; their item feedback is not re-sent.
         """
+        user_id = profile.user_id
         self.users[user_id] = stored
         latest = self.snapshots.get(user_id)
-        if latest is not None:
-            self.snapshots[user_id] = latest  # its changelog record may be lost too
-            _, _, snapshot_json = decode_latest(latest)
-            await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)
-            self.stats.republished += 1
+        snapshot_json = decode_latest(latest)[2] if latest is not None else None
+        if snapshot_json is None or parse_snapshot(snapshot_json).version != (
+            profile.snapshot_version
+        ):
+            snapshot = current_snapshot(
+                profile, self.follower.catalog, self.config, self.clock(), self.model
+            )
+            snapshot_json = snapshot_to_json(snapshot)
+            latest = encode_latest(None, snapshot, snapshot_json)
+        self.snapshots[user_id] = latest  # its changelog record may be lost too
+        await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)
+        self.stats.republished += 1
 
     async def _forget(self, user_id: str, event_id: str, event_time: datetime) -> None:
         """Erase a user's profile, embedding and snapshot; audit the erasure.

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from operators.catalog import Catalog, ItemState
 from pipeline.clients import end_offset
@@ -88,7 +88,10 @@ class CatalogFollower:
         """
         seen: list[int] = []
         while (left := deadline - time.monotonic()) > 0:
-            topic = consumer.list_topics(self.topic, timeout=left).topics.get(self.topic)
+            try:
+                topic = consumer.list_topics(self.topic, timeout=left).topics.get(self.topic)
+            except KafkaException:  # no metadata in time (a broker just started): retry
+                topic = None
             if topic is not None and topic.error is None:
                 seen = sorted(topic.partitions)
                 if len(seen) >= self.partitions:

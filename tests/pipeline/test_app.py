@@ -144,3 +144,25 @@ async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     letters = emitter.to("dead-letters")
     assert [d.value for d in letters] == [b'{"item_id": "x"}']
     assert letters[0].headers["recloop.dlq.reason"] == b"schema_violation"
+
+
+async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    # a full disk can stop the worker between writing the profile and its snapshot
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u2", "click", "item-00001"), key=b"u2")
+        await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2")
+        del recloop.snapshots.data["u2"]  # the table as the crash left it
+        await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2")
+    _, second, again = (parse_snapshot(s.value or b"") for s in emitter.to("snapshots"))
+    assert (
+        (again.version, again.source_event_id)
+        == (2, "e2")
+        == (
+            second.version,
+            second.source_event_id,
+        )
+    )
+    assert [i.item_id for i in again.items] == [i.item_id for i in second.items]
+    assert recloop.snapshots["u2"] is not None and recloop.stats.republished == 1
