@@ -55,7 +55,7 @@ from operators.signals import Signal, SignalRules, impression_signals, signal_of
 from schemas.events import Dwell, Event, Forget, Impression, NotRelevant, Preference, Skip
 from schemas.snapshot import Notice, Prompt, PromptChoice, RankedItem, Snapshot
 
-__all__ = ["ItemFeedback", "LoopConfig", "Step", "apply_event", "process_event"]
+__all__ = ["ItemFeedback", "LoopConfig", "Step", "answer", "apply_event", "process_event"]
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,39 @@ def process_event(
     updated, feedback, duplicate, adjustments = apply_event(event, profile, catalog, config, model)
     if duplicate:
         return Step(profile=updated, snapshot=None)
-    updated = next_snapshot_version(updated)
+    profile, snapshot = answer(event, next_snapshot_version(updated), adjustments, catalog,
+                               config, generated_at, model)  # fmt: skip
+    return Step(profile=profile, snapshot=snapshot, feedback=feedback, adjustments=adjustments)
+
+
+def answer(
+    event: Event,
+    profile: UserProfile,
+    adjustments: tuple[Adjustment, ...],
+    catalog: Catalog,
+    config: LoopConfig,
+    generated_at: datetime,
+    model: RankingModel | None = None,
+) -> tuple[UserProfile, Snapshot]:
+    """The snapshot that answers ``event``: the user's list ranked anew, notice and prompt.
+
+    The ranking half of :func:`process_event`, for a profile that already holds the event
+    and counts its version (:func:`~operators.profile.next_snapshot_version`). A worker
+    that coalesces a burst of one user's events applies each with :func:`apply_event` and
+    answers only the last: its snapshot is the one :func:`process_event` would have
+    produced for it. Returns the profile (a prompt is remembered in it) and the snapshot.
+
+    Args:
+        event: the event answered (the newest applied).
+        profile: the user's state after it.
+        adjustments: what de-escalation changed on this event (for the notice and prompt).
+        catalog: every item this worker knows.
+        config: rules, bounds and ranking weights.
+        generated_at: wall-clock time for the snapshot (from the injected clock).
+        model: the online ranking model.
+
+    """
+    updated = profile
     surface = event.context.surface if event.context else None
     # a late event changes the list the user sees now: rank at the user's newest time
     last = updated.last_event_at
@@ -336,7 +368,7 @@ def process_event(
         notice=notice,
         prompt=prompt,
     )
-    return Step(profile=updated, snapshot=snapshot, feedback=feedback, adjustments=adjustments)
+    return updated, snapshot
 
 
 def current_snapshot(

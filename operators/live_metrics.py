@@ -266,6 +266,7 @@ class LiveMetrics:
         catalog: Catalog,
         now: float,
         latency_s: float | None,
+        new_list: bool = True,
     ) -> None:
         """Count one applied event and the snapshot it produced.
 
@@ -279,6 +280,8 @@ class LiveMetrics:
             catalog: the worker's items (categories, lengths, embeddings, size).
             now: wall-clock seconds (the worker's injected clock).
             latency_s: event message timestamp to snapshot emit, when known.
+            new_list: whether ``snapshot`` is counted as a list shown (a burst of one
+                user's events coalesced into one snapshot counts it once, with the last).
 
         """
         applied = before.events_applied if before is not None else 0
@@ -298,7 +301,8 @@ class LiveMetrics:
                 self.serendipitous_clicks += int(category is not None and category not in known)
         elif isinstance(event, Dwell | Rating) and event.item_id in listed:
             self.conversions[cohort] += int(self._converts(event, catalog))
-        self._observe_list(snapshot, after, catalog, now)
+        if new_list:
+            self._observe_list(snapshot, after, catalog, now)
         if isinstance(event, ITEM_EVENTS) and catalog.get(event.item_id) is not None:
             self.item_events[event.item_id] = self.item_events.get(event.item_id, 0) + 1
             self.all_item_events += 1

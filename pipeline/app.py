@@ -22,24 +22,28 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import faust
+import faust.streams
 from pydantic import ValidationError
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
-from operators.deescalation import DeescalationParams
+from operators.deescalation import Adjustment, DeescalationParams
 from operators.embedding import EmbeddingParams
-from operators.feedback_loop import LoopConfig, Step, current_snapshot, process_event
+from operators.feedback_loop import Applied, LoopConfig, answer, apply_event, current_snapshot
 from operators.files import write_atomic
 from operators.index import IndexLoadError, IndexParams, ItemIndex
 from operators.live_metrics import LiveMetrics, LiveMetricsParams
 from operators.model import RankingModel
-from operators.profile import ProfileLimits, UserProfile
+from operators.profile import ProfileLimits, UserProfile, next_snapshot_version
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
@@ -49,8 +53,8 @@ from pipeline.settings import Section, Settings
 from pipeline.topics import topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
-from schemas.events import Event
-from schemas.snapshot import parse_snapshot, snapshot_to_json
+from schemas.events import Event, Forget
+from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,19 @@ Headers = Sequence[tuple[str, bytes]]
 def utc_now() -> datetime:
     """The default wall clock."""
     return datetime.now(UTC)
+
+
+def exit_at_once(exc: BaseException) -> None:
+    """Stop the worker process now, with the reason, without Faust's orderly shutdown.
+
+    The orderly shutdown acknowledges and commits events nobody processed. Exiting at
+    once is a crash like ``kill -9``, which the fault suite proves loses nothing: the
+    events since the last commit come back and are applied once.
+    """
+    log.critical("cannot process events, stopping at once", exc_info=exc)
+    print(f"recloop: stopping: cannot process events: {exc}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
 
 
 class Emitter(Protocol):
@@ -151,6 +168,58 @@ class WorkerStats:
     item_updates: int = 0
     forgotten: int = 0
     republished: int = 0
+    #: events whose snapshot was superseded by a later one of the same batch
+    coalesced: int = 0
+
+
+@contextmanager
+def _processing(source: Any) -> Iterator[None]:
+    """Make ``source`` (a Faust event) the one in hand while its table writes are made.
+
+    Faust sends a table write to the changelog partition, and stores it in the RocksDB
+    partition, of the event being processed (``faust.current_event()``). The stream sets
+    that event as it yields it; a batch is processed after the stream has moved on, so
+    each write names its own event here (a pipeline test pins the partitions).
+    """
+    token = faust.streams._current_event.set(weakref.ref(source))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+_Step = tuple[Event, UserProfile | None, UserProfile, tuple[Adjustment, ...], float | None]
+
+
+@dataclass
+class _Pending:
+    """One user's events of a batch, applied to their profile but not answered yet."""
+
+    #: the profile before them (``None``: a new user)
+    before: UserProfile | None
+    #: the user's latest snapshot before them (``encode_latest``), as the live metrics need
+    previous: bytes | None
+    #: the profile after the newest, its snapshot version counted
+    profile: UserProfile | None = None
+    #: the newest event and its Faust event (whose partition the table writes go to)
+    event: Event | None = None
+    source: Any = None
+    #: each event with the profile before and after it, its adjustments and Kafka time
+    steps: list[_Step] = field(default_factory=list)
+    feedback: list[ItemFeedback] = field(default_factory=list)
+    audits: list[tuple[str, Adjustment]] = field(default_factory=list)
+    #: what de-escalation changed on the newest event (then it is answered at once)
+    adjustments: tuple[Adjustment, ...] = ()
+
+    def add(self, source: Any, event: Event, profile: UserProfile, applied: Applied,
+            produced_at: float | None) -> None:  # fmt: skip
+        """Count one more applied event; ``profile`` is the user's state after it."""
+        before = self.profile if self.steps else self.before
+        self.steps.append((event, before, profile, applied.adjustments, produced_at))
+        self.source, self.event, self.profile = source, event, profile
+        self.feedback.extend(applied.feedback)
+        self.audits.extend((event.event_id, a) for a in applied.adjustments)
+        self.adjustments = applied.adjustments
 
 
 class Recloop:
@@ -165,12 +234,15 @@ class Recloop:
         clock: Clock,
         emitter: Emitter | None = None,
         catalog_source: CatalogSource | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         bootstrap = settings.kafka.bootstrap_servers
         if bootstrap is None:
             raise ValueError("resolve bootstrap_servers (or start the embedded broker) first")
         self.settings = settings
         self.clock = clock
+        #: what a failure to process a batch (a full disk, say) does: stop at once
+        self.on_fatal = on_fatal or exit_at_once
         self.config = loop_config(settings)
         self.limits = ValidationLimits(
             max_event_bytes=settings.limits.max_event_bytes,
@@ -279,21 +351,28 @@ class Recloop:
     def _observe(
         self,
         event: Event,
-        step: Step,
         before: UserProfile | None,
+        after: UserProfile,
+        adjustments: tuple[Adjustment, ...],
         previous: bytes | None,
+        snapshot: Snapshot,
         emitted_at: datetime,
         produced_at: float | None,
+        new_list: bool = True,
     ) -> None:
-        """Count one applied event in the live metrics; a failure there never stops events."""
-        assert step.snapshot is not None
+        """Count one applied event in the live metrics; a failure there never stops events.
+
+        ``snapshot`` answers it (with the user's later events of the batch, when they were
+        coalesced: then only the last one counts a ``new_list``).
+        """
         try:
             shown = decode_latest(previous)[1] if previous else None
             now = emitted_at.timestamp()
             self.live_metrics.observe(
-                event, before=before, after=step.profile, shown=shown, snapshot=step.snapshot,
-                adjustments=step.adjustments, catalog=self.follower.catalog, now=now,
+                event, before=before, after=after, shown=shown, snapshot=snapshot,
+                adjustments=adjustments, catalog=self.follower.catalog, now=now,
                 latency_s=now - produced_at if produced_at is not None else None,
+                new_list=new_list,
             )  # fmt: skip
         except Exception:
             self.exporter.metrics_errors.inc()
@@ -398,72 +477,130 @@ class Recloop:
 
     async def _events_agent(self, stream: Any) -> None:
         await self._ensure_catalog()
-        async for event in stream.events():
-            await self.handle_event(
-                event.message.key,
-                event.value,
-                event.message.topic,
-                event.message.partition,
-                event.message.offset,
-                produced_at=event.message.timestamp,
-            )
+        await self._in_batches(stream, self.handle_events)
 
-    async def handle_event(
-        self,
-        key: bytes | None,
-        raw: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        produced_at: float | None = None,
+    async def _in_batches(
+        self, stream: Any, handle: Callable[[Sequence[Any]], Awaitable[None]]
     ) -> None:
-        """Process one message of the events topic (the body of the ``events`` agent).
+        """Feed an agent's stream to ``handle`` in batches; acknowledge only what it did.
 
-        ``produced_at`` is the message's Kafka timestamp (seconds), the start of the
-        event-to-snapshot latency the live metrics measure.
+        Faust acknowledges an event once its agent moves past it, even when the agent
+        failed on it, and commits past a single unacknowledged event at the head of a
+        partition: both lose events. So acks are manual, on a stream that never acks by
+        itself (``noack``), made only after ``handle`` succeeded for the whole batch; when
+        it fails, :attr:`on_fatal` stops the process at once, before anything else can be
+        acknowledged or committed: what was not committed comes back on restart and is
+        applied once (docs/guarantees.md).
+        """
+        worker = self.settings.worker
+        manual = stream.noack()
+        async for batch in manual.noack_take(worker.batch_max, worker.batch_window_ms / 1000):
+            try:
+                await handle(batch)
+            except Exception as exc:
+                self.on_fatal(exc)
+                raise  # never acknowledge what failed
+            for event in batch:
+                await manual.ack(event)
+
+    async def handle_events(self, batch: Sequence[Any]) -> None:
+        """Process a batch of the events topic's messages (the body of the ``events`` agent).
+
+        Each event is validated and folded into its user's profile in order. A user's
+        list is ranked once, after their last event of the batch (a burst coalesces into
+        one snapshot, whose version still counts every event), except after an event
+        that de-escalation reacted to: its snapshot, notice and prompt go out at once.
+        Each message's Kafka timestamp starts the event-to-snapshot latency the live
+        metrics measure.
         """
         await self._ensure_catalog()
+        pending: dict[str, _Pending] = {}
+        for message_event in batch:
+            message = message_event.message
+            await self._fold(message_event, message, pending)
+        for user_id in list(pending):
+            await self._answer(pending.pop(user_id))
+
+    async def _fold(self, source: Any, message: Any, pending: dict[str, _Pending]) -> None:
+        """Apply one message's event to its user's pending state (or dead-letter it)."""
+        key, raw = message.key, source.value
         try:
             event = decode_event(raw, key=key, now=self.clock(), limits=self.limits)
         except InvalidEvent as exc:
-            await self._dead_letter(key, raw, exc, topic, partition, offset)
+            await self._dead_letter(key, raw, exc, message.topic, message.partition,
+                                    message.offset)  # fmt: skip
             return
-        stored = self.users.get(event.user_id)
-        profile = UserProfile.restore(stored) if stored is not None else None
-        step = process_event(
-            event, profile, self.follower.catalog, self.config, self.clock(), self.model
-        )
-        if step.forgotten:
-            await self._forget(event.user_id, event.event_id, event.timestamp)
+        user_id = event.user_id
+        waiting = pending.get(user_id)
+        if isinstance(event, Forget):
+            if waiting is not None:  # what came before still goes out, then is erased
+                await self._answer(pending.pop(user_id))
+            with _processing(source):
+                await self._forget(user_id, event.event_id, event.timestamp)
             return
-        if step.snapshot is None:
+        if waiting is None:
+            with _processing(source):  # a table read looks in the event's partition
+                stored, previous = self.users.get(user_id), self.snapshots.get(user_id)
+            profile = UserProfile.restore(stored) if stored is not None else None
+        else:
+            stored, profile = None, waiting.profile
+        applied = apply_event(event, profile, self.follower.catalog, self.config, self.model)
+        if applied.duplicate:
             self.stats.duplicates += 1
-            if stored is not None and step.profile.recent_event_ids[-1:] == (event.event_id,):
-                await self._republish(step.profile, stored)
+            if (
+                waiting is None
+                and stored is not None
+                and applied.profile.recent_event_ids[-1:] == (event.event_id,)
+            ):
+                with _processing(source):
+                    await self._republish(applied.profile, stored)
             return
-        user_key = event.user_id.encode()
-        snapshot_json = snapshot_to_json(step.snapshot)
-        previous = self.snapshots.get(event.user_id)
+        if waiting is None:
+            waiting = pending[user_id] = _Pending(profile, previous)
+        waiting.add(source, event, next_snapshot_version(applied.profile), applied,
+                    message.timestamp)  # fmt: skip
+        if applied.adjustments:  # de-escalation answers at once, with its notice
+            await self._answer(pending.pop(user_id))
+
+    async def _answer(self, waiting: _Pending) -> None:
+        """Rank the user's list after their pending events; write the tables; publish.
+
+        Both tables are written before anything is sent, with no await between: a crash
+        leaves the profile and its snapshot both written or both not (see _republish).
+        """
+        event = waiting.event
+        assert event is not None and waiting.profile is not None
+        profile, snapshot = answer(
+            event, waiting.profile, waiting.adjustments, self.follower.catalog, self.config,
+            self.clock(), self.model,
+        )  # fmt: skip
+        user_id = event.user_id
+        user_key = user_id.encode()
+        snapshot_json = snapshot_to_json(snapshot)
         surface = event.context.surface if event.context else None
-        # both tables before anything is sent, with no await between: a crash leaves the
-        # profile and its snapshot both written or both not (see _republish)
-        self.users[event.user_id] = step.profile.snapshot()
-        self.snapshots[event.user_id] = encode_latest(surface, step.snapshot, snapshot_json)
+        with _processing(waiting.source):
+            self.users[user_id] = profile.snapshot()
+            self.snapshots[user_id] = encode_latest(surface, snapshot, snapshot_json)
         await self.emitter.send(self.topic_names["snapshots"], user_key, snapshot_json)
         emitted_at = self.clock()
-        for feedback in step.feedback:
+        for feedback in waiting.feedback:
             await self.emitter.send(
                 self.topic_names["item-feedback"], feedback.item_id.encode(), feedback.to_json()
             )
-        for adjustment in step.adjustments:
-            record = adjustment.to_record(event.user_id, event.event_id)
+        for audited, adjustment in waiting.audits:
+            record = adjustment.to_record(user_id, audited)
             await self.emitter.send(
                 self.topic_names["audit"],
                 user_key,
                 json.dumps(record, separators=(",", ":")).encode(),
             )
-        self.stats.processed += 1
-        self._observe(event, step, profile, previous, emitted_at, produced_at)
+        self.stats.processed += len(waiting.steps)
+        self.stats.coalesced += len(waiting.steps) - 1
+        for n, (applied_event, before, after, adjustments, produced_at) in enumerate(waiting.steps):
+            last = n == len(waiting.steps) - 1
+            self._observe(applied_event, before, profile if last else after, adjustments,
+                          waiting.previous, snapshot, emitted_at, produced_at,
+                          new_list=last)  # fmt: skip
 
     async def _republish(self, profile: UserProfile, stored: bytes) -> None:
         """Send again what the user's latest event produced: a crash may have lost it.
@@ -541,15 +678,19 @@ class Recloop:
     # Two agents, one per input, share the items table. Each read-modify-write below has
     # no await inside it, so on the event loop they never interleave for one item.
     async def _catalog_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await self.handle_catalog_record(
-                message.key, event.value, message.topic, message.partition, message.offset
-            )
+        await self._in_batches(stream, self.handle_catalog_records)
+
+    async def handle_catalog_records(self, batch: Sequence[Any]) -> None:
+        """Fold a batch of catalog records, one at a time and in order."""
+        for source in batch:
+            message = source.message
+            with _processing(source):
+                await self.handle_catalog_record(
+                    message.key, source.value, message.topic, message.partition, message.offset
+                )
 
     async def _item_feedback_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            await self.handle_item_feedback(event.message.key, event.value)
+        await self._in_batches(stream, self.handle_item_feedback)
 
     def _item_state(self, item_id: str) -> ItemState:
         stored = self.items.get(item_id)
@@ -581,14 +722,29 @@ class Recloop:
         assert key is not None
         await self._publish_item(key, self._item_state(key.decode()).with_record(record))
 
-    async def handle_item_feedback(self, key: bytes | None, raw: bytes | None) -> None:
-        """Fold one user's signal about an item into the item's state and republish it."""
-        if key is None or raw is None:
-            log.error("item feedback without key or value; recloop never writes such records")
-            return
-        feedback = ItemFeedback.from_json(raw)
-        state = apply_feedback(self._item_state(feedback.item_id), feedback, self.config.items)
-        await self._publish_item(key, state)
+    async def handle_item_feedback(self, batch: Sequence[Any]) -> None:
+        """Fold a batch of users' signals into the items' states; republish each item once."""
+        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
+        for source in batch:
+            key, raw = source.message.key, source.value
+            if key is None or raw is None:
+                log.error("item feedback without key or value; recloop never writes such records")
+                continue
+            feedback = ItemFeedback.from_json(raw)
+            seen = folded.get(feedback.item_id)
+            if seen is not None:
+                state = seen[2]
+            else:
+                with _processing(source):
+                    state = self._item_state(feedback.item_id)
+            folded[feedback.item_id] = (
+                source,
+                key,
+                apply_feedback(state, feedback, self.config.items),
+            )
+        for source, key, state in folded.values():
+            with _processing(source):
+                await self._publish_item(key, state)
 
 
 def create_app(
@@ -596,6 +752,7 @@ def create_app(
     clock: Clock = utc_now,
     emitter: Emitter | None = None,
     catalog_source: CatalogSource | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> Recloop:
     """Build a worker's app from the settings (connects to nothing until started).
 
@@ -604,6 +761,8 @@ def create_app(
         clock: wall clock for snapshots and validation (timezone-aware).
         emitter: where agents send their output; the app's Kafka producer by default.
         catalog_source: this worker's view of every item; the item-state topic by default.
+        on_fatal: called when an agent cannot process a batch; exits the process at once
+            by default (:func:`exit_at_once`).
 
     """
-    return Recloop(settings, clock, emitter, catalog_source)
+    return Recloop(settings, clock, emitter, catalog_source, on_fatal)

@@ -66,6 +66,14 @@ class WorkerSettings(Section):
         gt=0,
         description="How often the ranking model and the item index are saved to state_dir.",
     )
+    batch_max: int = Field(
+        default=500, ge=1, le=100_000,
+        description="Most events an agent takes at once (one snapshot per user per batch).",
+    )  # fmt: skip
+    batch_window_ms: float = Field(
+        default=5.0, gt=0, le=10_000,
+        description="How long an agent waits for more events before processing what it has.",
+    )  # fmt: skip
     log_level: str = "warn"
 
 

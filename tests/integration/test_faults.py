@@ -616,12 +616,6 @@ def test_an_unwritable_state_directory_stops_the_worker_with_one_clear_error(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 7): run after the other fault tests, 1 of 20 users' last event was "
-    "neither applied nor redelivered after the disk filled (598 of 600 snapshots): Faust "
-    "appears to commit an event whose handler failed on the full disk; passes alone",
-)
 def test_a_full_disk_stops_the_worker_and_a_restart_with_space_loses_nothing(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -647,7 +641,8 @@ def test_a_full_disk_stops_the_worker_and_a_restart_with_space_loses_nothing(
                 worker.start()
                 harness.wait_until_worker_sees_catalog()
                 send_log(harness, log[:200])
-                assert watch.wait(lambda w: w.records >= 200, 120), worker.log_tail()
+                before = replay(world, log[:200], kafka_settings)
+                assert watch.wait(lambda w: w.complete(before), 120), worker.log_tail()
                 assert wait_for(lambda: model_file.exists() and index_file.exists(), 30)
                 filler = disk / "filler"
                 with pytest.raises(OSError, match="No space left"), filler.open("wb") as out:

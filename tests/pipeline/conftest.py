@@ -31,8 +31,20 @@ def emitter() -> RecordingEmitter:
     return RecordingEmitter()
 
 
+@pytest.fixture
+def batch() -> tuple[int, float]:
+    """The agents' batch size and window (ms): one event at a time unless a test says so.
+
+    A test of coalescing parametrizes it with ``(n, long window)`` and puts exactly ``n``
+    events, so the batch is the same however slow the machine.
+    """
+    return 1, 5.0
+
+
 @pytest_asyncio.fixture
-async def recloop(world: SyntheticWorld, emitter: RecordingEmitter) -> AsyncIterator[Recloop]:
+async def recloop(
+    world: SyntheticWorld, emitter: RecordingEmitter, batch: tuple[int, float]
+) -> AsyncIterator[Recloop]:
     catalog = Catalog()
     for item in world.items:
         catalog.put(ItemState(item_id=item.item_id, record=item))
@@ -42,6 +54,8 @@ async def recloop(world: SyntheticWorld, emitter: RecordingEmitter) -> AsyncIter
             "RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
             "RECLOOP__WORKER__STORE": "memory://",
             "RECLOOP__KAFKA__TOPIC_PREFIX": "p.",
+            "RECLOOP__WORKER__BATCH_MAX": str(batch[0]),
+            "RECLOOP__WORKER__BATCH_WINDOW_MS": str(batch[1]),
         },
     )
     app = create_app(

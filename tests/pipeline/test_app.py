@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import pytest
 
 from operators.catalog import ItemFeedback, ItemState
+from operators.feedback_loop import process_event
+from operators.model import RankingModel
 from operators.profile import UserProfile
 from operators.synthetic import SyntheticWorld
+from operators.validation import decode_event
 from pipeline.app import Recloop
-from schemas.snapshot import parse_snapshot
+from schemas.snapshot import parse_snapshot, snapshot_to_json
+from tests.pipeline.conftest import NOW
 from tests.pipeline.doubles import RecordingEmitter
 
 
@@ -166,3 +173,132 @@ async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
     )
     assert [i.item_id for i in again.items] == [i.item_id for i in second.items]
     assert recloop.snapshots["u2"] is not None and recloop.stats.republished == 1
+
+
+BURST = (5, 10_000.0)  # a batch of exactly five events (the window never closes first)
+
+
+@pytest.mark.parametrize("batch", [BURST])
+async def test_a_burst_of_one_users_events_coalesces_into_the_snapshot_of_the_last(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    items = [item.item_id for item in world.items]
+    burst = [
+        ("e1", "u1", "click", items[0], {}),
+        ("f1", "u2", "click", items[1], {}),
+        ("e2", "u1", "dwell", items[4], {"dwell_ms": 90000.0}),
+        ("e3", "u1", "click", items[8], {}),
+        ("f2", "u2", "skip", items[5], {}),
+    ]
+    model = RankingModel.restore(recloop.model.snapshot())  # as it was before the burst
+    async with recloop.events_agent.test_context() as agent:
+        for event_id, user, kind, item, extra in burst:
+            await agent.put(_event(event_id, user, kind, item, **extra), key=user.encode())
+
+    # what one event at a time would have published last for each user, and sent on
+    config, catalog = recloop.config, recloop.follower.catalog
+    profiles: dict[str, UserProfile] = {}
+    last: dict[str, bytes] = {}
+    feedback: list[bytes] = []
+    for event_id, user, kind, item, extra in burst:
+        raw = _event(event_id, user, kind, item, **extra)
+        event = decode_event(raw, key=user.encode(), now=NOW, limits=recloop.limits)
+        step = process_event(event, profiles.get(user), catalog, config, NOW, model)
+        assert step.snapshot is not None
+        profiles[user], last[user] = step.profile, snapshot_to_json(step.snapshot)
+        feedback += [record.to_json() for record in step.feedback]
+
+    sent = emitter.to("snapshots")
+    assert [(s.key, parse_snapshot(s.value or b"").version) for s in sent] == [
+        (b"u1", 3),
+        (b"u2", 2),
+    ]
+    assert {s.key: s.value for s in sent} == {b"u1": last["u1"], b"u2": last["u2"]}
+    assert recloop.users["u1"] == profiles["u1"].snapshot()
+    assert recloop.users["u2"] == profiles["u2"].snapshot()
+    assert sorted(f.value or b"" for f in emitter.to("item-feedback")) == sorted(feedback)
+    assert (recloop.stats.processed, recloop.stats.coalesced) == (5, 3)
+    assert recloop.live_metrics.lists == 2  # one list per snapshot, every event counted
+    assert sum(recloop.live_metrics.events_by_type.values()) == 5
+
+
+@pytest.mark.parametrize("batch", [(3, 10_000.0)])
+async def test_in_a_burst_an_event_de_escalation_reacts_to_is_answered_at_once(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    items = [item.item_id for item in world.items]
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", items[0]), key=b"u1")
+        await agent.put(_event("e2", "u1", "not_relevant", items[1]), key=b"u1")
+        await agent.put(_event("e3", "u1", "click", items[2]), key=b"u1")
+    answered = [parse_snapshot(s.value or b"") for s in emitter.to("snapshots")]
+    assert [(s.version, s.source_event_id) for s in answered] == [(2, "e2"), (3, "e3")]
+    assert answered[0].notice is not None and answered[1].notice is None
+    audited = [json.loads(a.value or b"")["event_id"] for a in emitter.to("audit")]
+    assert audited and set(audited) == {"e2"}
+
+
+@pytest.mark.parametrize("batch", [(3, 10_000.0)])
+async def test_each_table_write_of_a_batch_goes_to_its_own_events_partition(
+    recloop: Recloop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[tuple[str, object, int | None]] = []
+    for table in (recloop.users, recloop.snapshots):
+        send = table.send_changelog
+
+        def spy(partition: int | None, key: object, *args: Any, _send: Any = send,
+                _name: str = table.name, **kwargs: Any) -> Any:  # fmt: skip
+            written.append((_name, key, partition))
+            return _send(partition, key, *args, **kwargs)
+
+        monkeypatch.setattr(table, "send_changelog", spy)
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=1)
+        await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2", partition=0)
+        await agent.put(_event("e3", "u1", "click", "item-00003"), key=b"u1", partition=1)
+    assert sorted(written) == [
+        ("snapshots", "u1", 1),
+        ("snapshots", "u2", 0),
+        ("users", "u1", 1),
+        ("users", "u2", 0),
+    ]
+
+
+@pytest.mark.parametrize("batch", [(3, 10_000.0)])
+async def test_item_feedback_in_one_batch_republishes_each_item_once(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    a, b = world.items[2].item_id, world.items[3].item_id
+
+    def like(item: str, event_id: str) -> bytes:
+        return json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                           "event_time": "2026-11-01T10:00:00+00:00",
+                           "event_id": event_id}).encode()  # fmt: skip
+
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(like(a, "e1"), key=a.encode())
+        await agent.put(like(b, "e2"), key=b.encode())
+        await agent.put(like(a, "e3"), key=a.encode())
+    states = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
+    assert [(s.item_id, s.positives) for s in states] == [(a, 2), (b, 1)]
+    assert ItemState.restore(recloop.items[a]).positives == 2
+
+
+async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(
+    recloop: Recloop, emitter: RecordingEmitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fatal: list[BaseException] = []
+    recloop.on_fatal = fatal.append  # in production: exit the process at once
+    send = emitter.send
+
+    async def disk_full_for_u3(topic: str, key: bytes | None, *args: Any, **kw: Any) -> None:
+        if key == b"u3":
+            raise OSError(28, "No space left on device")
+        await send(topic, key, *args, **kw)
+
+    monkeypatch.setattr(emitter, "send", disk_full_for_u3)
+    async with recloop.events_agent.test_context() as agent:
+        fine = await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1")
+        failed = await agent.put(_event("e2", "u3", "click", "item-00002"), key=b"u3")
+    assert [str(exc) for exc in fatal] == ["[Errno 28] No space left on device"]
+    assert fine.message.acked and not failed.message.acked

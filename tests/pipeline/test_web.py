@@ -115,7 +115,8 @@ async def _stop(worker: Worker) -> None:
 
 @pytest_asyncio.fixture
 async def worker(world: SyntheticWorld) -> AsyncIterator[Worker]:
-    w = await _start(world, {"RECLOOP__HTTP__TOKEN": TOKEN})
+    # one event at a time: the figures below count one list per event
+    w = await _start(world, {"RECLOOP__HTTP__TOKEN": TOKEN, "RECLOOP__WORKER__BATCH_MAX": "1"})
     yield w
     await _stop(w)
 
