@@ -294,6 +294,9 @@ class _Loop:
         self.clock = clock
         self.board = Scoreboard(drift_round=options.drift_round)
         self.sent_at: dict[str, tuple[float, int]] = {}  # event id -> (when, the user's round)
+        #: each user's events not answered yet, in the order sent: a snapshot answers its
+        #: event and every earlier one (a burst gets one snapshot, the last event's)
+        self.unanswered: dict[str, deque[str]] = {}
         self.latencies: list[float] = []
         self.by_round: dict[int, list[float]] = {}
         self.waiting: dict[str, str] = {}  # user -> the event whose snapshot is their next list
@@ -318,6 +321,7 @@ class _Loop:
 
         user = self.sim.users.get(event.user_id)
         self.sent_at[event.event_id] = (time.monotonic(), user.rounds if user else -1)
+        self.unanswered.setdefault(event.user_id, deque()).append(event.event_id)
         self.producer.produce(
             self.topic,
             key=event.user_id.encode(),
@@ -334,16 +338,27 @@ class _Loop:
             if value is None:
                 continue
             snapshot = parse_snapshot(value)
-            sent = self.sent_at.pop(snapshot.source_event_id, None)
-            if sent is not None:
-                latency = (now - sent[0]) * 1000.0
-                self.latencies.append(latency)
-                self.by_round.setdefault(sent[1], []).append(latency)
+            self._answered(snapshot, now)
             self.snapshots += 1
             self._note(snapshot)
             received.append(snapshot)
         self.producer.poll(0)
         return received
+
+    def _answered(self, snapshot: Snapshot, now: float) -> None:
+        """Time every event the snapshot answers: its own and the user's earlier ones."""
+        queue = self.unanswered.get(snapshot.user_id)
+        if not queue or snapshot.source_event_id not in self.sent_at:
+            return  # a snapshot sent again, or of an event already answered
+        while queue:
+            event_id = queue.popleft()
+            sent = self.sent_at.pop(event_id, None)
+            if sent is not None:
+                latency = (now - sent[0]) * 1000.0
+                self.latencies.append(latency)
+                self.by_round.setdefault(sent[1], []).append(latency)
+            if event_id == snapshot.source_event_id:
+                break
 
     def _note(self, snapshot: Snapshot) -> None:
         """Count the notices and prompts the worker sent, keep a few as examples."""
@@ -383,6 +398,7 @@ class _Loop:
                         self.latencies.clear()  # the warm-up is not the figure
                         self.by_round.clear()
                         self.sent_at.clear()
+                        self.unanswered.clear()
                         self.sent = 0
                         return True
                     break

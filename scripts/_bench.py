@@ -8,6 +8,7 @@ and prints ONE JSON line; progress goes to stderr (:func:`log`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -367,10 +368,14 @@ def output_rate(
     alive: Callable[[], bool],
     idle_timeout_s: float = 60.0,
 ) -> Rate:
-    """Read one of the run's topics from the beginning until ``expected`` records arrived.
+    """Read one of the run's topics from the beginning until ``expected`` events are covered.
 
-    The rate runs from the earliest to the latest Kafka record timestamp (set by the
-    worker's producer as it sends, so the reader's own delays do not count).
+    On the snapshots topic a record covers every event of its user up to its ``version``
+    (a burst of one user's events in one batch gets one snapshot, the last one's), so
+    the events counted are the sum over users of the highest version seen; on any other
+    topic each record is one. The rate runs from the earliest to the latest Kafka record
+    timestamp (set by the worker's producer as it sends, so the reader's own delays do
+    not count).
 
     Raises:
         RuntimeError: the workers died, or nothing arrived for ``idle_timeout_s``.
@@ -384,9 +389,11 @@ def output_rate(
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(k.partitions)])
     stamps: list[int] = []
     kinds: set[str] = set()
+    versions: dict[str, int] = {}
+    covered = first_batch = 0
     last_progress = last_report = time.monotonic()
     try:
-        while len(stamps) < expected:
+        while covered < expected:
             messages = consumer.consume(1000, timeout=0.5)
             now = time.monotonic()
             for message in messages:
@@ -394,22 +401,32 @@ def output_rate(
                     kind, stamp = message.timestamp()
                     kinds.add(_TIMESTAMP_TYPES.get(kind, str(kind)))
                     stamps.append(stamp)
+                    if topic_name == "snapshots" and message.value() is not None:
+                        snapshot = json.loads(message.value())
+                        user, version = snapshot["user_id"], snapshot["version"]
+                        covered += max(0, version - versions.get(user, 0))
+                        versions[user] = max(version, versions.get(user, 0))
+                    else:
+                        covered += 1
+                    if len(stamps) == 1:
+                        first_batch = covered
             if messages:
                 last_progress = now
             elif now - last_progress > idle_timeout_s or not alive():
                 raise RuntimeError(
-                    f"{topic}: {len(stamps)} of {expected} records, then nothing for "
+                    f"{topic}: {covered} of {expected} events, then nothing for "
                     f"{now - last_progress:.0f} s (workers alive: {alive()})"
                 )
             if now - last_report > 10:
                 last_report = now
-                log(f"  {topic_name}: {len(stamps)}/{expected}")
+                log(f"  {topic_name}: {covered}/{expected} events ({len(stamps)} records)")
     finally:
         consumer.close()
     return Rate(
-        count=len(stamps),
+        count=covered,
         first_s=min(stamps) / 1000,
         last_s=max(stamps) / 1000,
+        first_batch=first_batch,
         clock="Kafka record timestamps of the output (" + "/".join(sorted(kinds)) + ")",
     )
 

