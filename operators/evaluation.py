@@ -313,6 +313,37 @@ class EvaluationResult:
         }
 
 
+def merge_results(parts: Sequence[EvaluationResult], order: Sequence[str]) -> EvaluationResult:
+    """One result from runs of disjoint sets of recommenders over the same log.
+
+    Each part asked the same questions (they depend on the log alone), so what the log
+    held must agree; the recommenders' figures are put together in ``order``, and the
+    wall time is the longest part's (they ran side by side).
+
+    Raises:
+        ValueError: the parts did not replay the same log, or share a recommender.
+
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+
+    def log_of(r: EvaluationResult) -> tuple[int, ...]:
+        return (r.events, r.interactions, r.users, r.positives, r.repeat_positives,
+                r.catalog_size)  # fmt: skip
+
+    figures: dict[str, RecommenderFigures] = {}
+    for part in parts:
+        if log_of(part) != log_of(first) or part.config != first.config:
+            raise ValueError(f"runs over different logs: {log_of(part)} and {log_of(first)}")
+        if figures.keys() & part.figures.keys():
+            raise ValueError(f"a recommender ran twice: {sorted(figures.keys() & part.figures)}")
+        figures.update(part.figures)
+    ranked = {name: figures[name] for name in order if name in figures}
+    ranked.update((n, f) for n, f in figures.items() if n not in ranked)
+    return replace(first, figures=ranked, wall_time_s=max(p.wall_time_s for p in parts))
+
+
 # -- the log ---------------------------------------------------------------------------
 
 

@@ -12,8 +12,12 @@ See ``docs/evaluation.md`` for the protocol and the figures.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -22,8 +26,10 @@ from operators.evaluation import (
     OPTIONAL_RECOMMENDERS,
     RECOMMENDER_NAMES,
     EvaluationConfig,
+    EvaluationResult,
     evaluate,
     measure_log,
+    merge_results,
     read_catalog,
     read_events,
     standard_recommenders,
@@ -76,6 +82,41 @@ def _counted(events: Iterable[Event], advance: Callable[[int], None]) -> Iterato
         yield event
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One evaluation over a log file, for some of the recommenders (picklable)."""
+
+    events_path: Path
+    items_path: Path
+    limit: int | None
+    names: tuple[str, ...]
+    seed: int
+    config: LoopConfig
+    learning_rate: float
+    snapshots: bool
+    protocol: EvaluationConfig
+
+    def __call__(self, advance: Callable[[int], None] | None = None) -> EvaluationResult:
+        """Build the recommenders, replay the log through them; ``advance`` per event."""
+        items = read_catalog(self.items_path)
+        recommenders = standard_recommenders(
+            items, self.seed, self.protocol.split_event, self.config, self.names,
+            self.learning_rate, self.snapshots,
+        )  # fmt: skip
+        events = read_events(self.events_path, self.limit)
+        return evaluate(events if advance is None else _counted(events, advance),
+                        recommenders, items, self.protocol)  # fmt: skip
+
+
+def _split(names: list[str], jobs: int) -> list[list[str]]:
+    """The recommenders per process: recloop's (the slowest) apart from the baselines."""
+    heavy = [n for n in names if n.startswith("recloop")]
+    light = [n for n in names if not n.startswith("recloop")]
+    if jobs < 2 or not heavy or not light:
+        return [names]
+    return [heavy, light]
+
+
 @click.command("evaluate")
 @click.argument("events_path", metavar="EVENTS",
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
@@ -99,10 +140,14 @@ def _counted(events: Iterable[Event], advance: Callable[[int], None]) -> Iterato
 @click.option("--snapshots/--no-snapshots", default=True, show_default=True,
               help="recloop builds every event's snapshot as the worker does; without, the "
               "same lists in a fraction of the time.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1),
+              show_default="2, or 1 on one CPU",
+              help="Processes: with 2, the baselines replay the log beside recloop.")  # fmt: skip
 @click.pass_context
 def evaluate_command(
     ctx: click.Context, events_path: Path, items_path: Path, report_path: Path | None,
     limit: int | None, only: str | None, seed: int, k: int, curve_every: int, snapshots: bool,
+    jobs: int,
 ) -> None:  # fmt: skip
     """Replay EVENTS test-then-train through every recommender; print one JSON document.
 
@@ -110,23 +155,34 @@ def evaluate_command(
     more) is scored before any recommender learns from it (see docs/evaluation.md).
     """
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    items = read_catalog(items_path)
+    read_catalog(items_path)  # a bad catalog fails before any work
     size = measure_log(read_events(events_path, limit))  # a first, cheap pass
-    try:
-        config, learning_rate = _loop_settings(ctx)
-        recommenders = standard_recommenders(
-            items, seed, size.split_event, config, names, learning_rate, snapshots
+    config, learning_rate = _loop_settings(ctx)
+    known = RECOMMENDER_NAMES + OPTIONAL_RECOMMENDERS
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:  # checked before any work
+        raise click.BadParameter(
+            f"unknown recommenders {unknown}; known: {', '.join(known)}", param_hint="--only"
         )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--only") from exc
+    wanted = [n for n in known if n in (names if names is not None else RECOMMENDER_NAMES)]
     protocol = EvaluationConfig(k=k, curve_every=curve_every, split_event=size.split_event)
-    with click.progressbar(length=size.events, label="evaluating", file=sys.stderr) as bar:
-        events = _counted(read_events(events_path, limit), bar.update)
-        result = evaluate(events, recommenders, items, protocol)
+    runs = [
+        _Run(events_path, items_path, limit, tuple(group), seed, config, learning_rate,
+             snapshots, protocol)
+        for group in _split(wanted, jobs)
+    ]  # fmt: skip
+    # the first run (recloop's) here with the progress bar, the others in processes beside
+    with ProcessPoolExecutor(
+        max_workers=max(1, len(runs) - 1), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        beside = [pool.submit(run) for run in runs[1:]]
+        with click.progressbar(length=size.events, label="evaluating", file=sys.stderr) as bar:
+            here = runs[0](bar.update)
+        result = merge_results([here, *(f.result() for f in beside)], wanted)
     document = result.as_dict()
     document["inputs"] = {
         "events": str(events_path), "items": str(items_path), "limit": limit, "seed": seed,
-        "snapshots": snapshots,
+        "snapshots": snapshots, "processes": len(runs),
     }  # fmt: skip
     if report_path is not None:
         write_report(document, report_path)

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from operators.evaluation import (
+    RECOMMENDER_NAMES,
     CooccurrenceRecommender,
     EvaluationConfig,
     LoopRecommender,
@@ -28,6 +29,7 @@ from operators.evaluation import (
     interactions,
     intra_list_diversity,
     measure_log,
+    merge_results,
     ndcg_of_hit,
     render_report,
     self_information,
@@ -38,8 +40,8 @@ from operators.model import RankingModel
 from operators.movielens import MovieLensRating, RatingMapping, rating_events
 from operators.synthetic import SyntheticWorld
 from pipeline.offline_commands import evaluate_command, import_group
-from schemas.catalog import ItemRecord
-from schemas.events import Dwell, Event, Impression, Rating, Skip
+from schemas.catalog import ItemRecord, item_to_json
+from schemas.events import Dwell, Event, Impression, Rating, Skip, event_to_json
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: Recall@10 of global popularity on MovieLens 100K, from ../shared/datasets/README.md.
@@ -289,6 +291,32 @@ def test_recloop_without_per_event_snapshots_shows_the_same_lists() -> None:
         return without_timings(document)  # type: ignore[no-any-return]
 
     assert run(snapshots=True) == run(snapshots=False)
+
+
+def test_the_baselines_in_a_process_beside_recloop_give_the_same_document(
+    tmp_path: Path,
+) -> None:
+    world = SyntheticWorld.generate(seed=5, n_items=50, n_users=10, n_categories=4)
+    log = synthetic_log(world, 30)
+    (tmp_path / "events.jsonl").write_bytes(b"".join(event_to_json(e) + b"\n" for e in log))
+    (tmp_path / "items.jsonl").write_bytes(b"".join(item_to_json(i) + b"\n" for i in world.items))
+    one, two = (run_evaluate(tmp_path, "--jobs", str(jobs)) for jobs in (1, 2))
+    assert (one["inputs"]["processes"], two["inputs"]["processes"]) == (1, 2)
+    del one["inputs"], two["inputs"]
+    assert without_timings(one) == without_timings(two)
+    assert list(two["recommenders"]) == list(RECOMMENDER_NAMES)
+
+
+def test_merging_runs_over_different_logs_is_refused() -> None:
+    world = SyntheticWorld.generate(seed=5, n_items=30, n_users=6, n_categories=3)
+    log = synthetic_log(world, 20)
+    full = evaluate(log, {"popularity": PopularityRecommender(world.items)}, world.items)
+    part = evaluate(log[:40], {"recloop": LoopRecommender(world.items)}, world.items)
+    with pytest.raises(ValueError, match="different logs"):
+        merge_results([full, part], RECOMMENDER_NAMES)
+    again = evaluate(log, {"popularity": PopularityRecommender(world.items)}, world.items)
+    with pytest.raises(ValueError, match="ran twice"):
+        merge_results([full, again], RECOMMENDER_NAMES)
 
 
 # -- the report ------------------------------------------------------------------------
