@@ -19,10 +19,11 @@ import bisect
 import heapq
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from itertools import repeat
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -49,17 +50,26 @@ class ItemState:
     available: bool = field(init=False, repr=False, compare=False)
     #: the catalog category, when known (derived from ``record``)
     category: str | None = field(init=False, repr=False, compare=False)
+    #: when the item was created (seconds), 0 when unknown (derived from ``record``)
+    created_t: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # derived once: the ranker reads both for hundreds of candidates per list
+        # derived once: the ranker and the catalog's orders read them on every list
         record = self.record
         object.__setattr__(self, "available", record is not None and record.available)
         object.__setattr__(self, "category", record.category if record is not None else None)
+        created_t = record.created_at.timestamp() if record is not None else 0.0
+        object.__setattr__(self, "created_t", created_t)
 
-    @property
-    def created_t(self) -> float:
-        """When the item was created (seconds), 0 when unknown."""
-        return self.record.created_at.timestamp() if self.record is not None else 0.0
+    def _evolve(self, **changes: Any) -> ItemState:
+        """A copy with ``changes`` to fields other than ``record`` (whose derived fields stay).
+
+        What :func:`dataclasses.replace` does, without re-running ``__init__``: the item
+        agent and the replay make one of these per feedback record.
+        """
+        evolved = object.__new__(ItemState)
+        evolved.__dict__.update(self.__dict__, **changes)
+        return evolved
 
     def popularity_at(self, t: float, half_life_s: float) -> float:
         """Positive feedback, exponentially decayed to event time ``t`` (seconds)."""
@@ -84,8 +94,7 @@ class ItemState:
                 target * math.pow(2.0, -(self.popularity_t - t) / half_life_s) if positive else 0.0
             )
             new_t = self.popularity_t
-        return replace(
-            self,
+        return self._evolve(
             popularity=decayed,
             popularity_t=new_t,
             positives=self.positives + int(positive),
@@ -113,7 +122,11 @@ class ItemState:
         if len(neighbours) > max_neighbours + max_neighbours // 4:
             strongest = heapq.nlargest(max_neighbours, neighbours.items(), key=lambda kv: kv[1])
             neighbours = dict(strongest)
-        return replace(self, neighbours=neighbours)
+        return self._evolve(neighbours=neighbours)
+
+    def with_taste(self, taste: tuple[float, ...]) -> ItemState:
+        """The state with a new feedback part of its embedding."""
+        return self._evolve(taste=taste)
 
     def snapshot(self) -> bytes:
         """Compact JSON bytes of this state, as the item-state topic carries it."""
@@ -226,11 +239,30 @@ def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams)
     strength = feedback.target * feedback.weight
     if feedback.user_id is not None and strength != 0.0:
         taste = add_taste(updated.taste, feedback.user_id, strength, params.embedding)
-        updated = replace(updated, taste=taste)
+        updated = updated.with_taste(taste)
     return updated
 
 
 SortKey = tuple[float, float, str]
+IntArray = npt.NDArray[np.intp]
+
+
+class ItemColumns(NamedTuple):
+    """Per-row numbers of a :class:`Catalog`'s items, for ranking hundreds at once."""
+
+    positives: npt.NDArray[np.int64]
+    feedback_events: npt.NDArray[np.int64]
+    popularity: Vector
+    popularity_t: Vector
+    #: whether the catalog holds the row's item
+    present: npt.NDArray[np.bool_]
+
+
+def _grown(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    """``array`` with its first axis grown to ``size``, the new part zero."""
+    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 class _TopOrder:
@@ -272,6 +304,11 @@ class _TopOrder:
     def update(self, item_id: str, state: ItemState | None) -> None:
         if self.stale:
             return
+        old = self.members.get(item_id)
+        if old is not None and self.eligible(state):
+            assert state is not None
+            if self.key(state) == old:  # most puts only add feedback: nothing moves
+                return
         old = self.members.pop(item_id, None)
         if old is not None:
             del self.rows[bisect.bisect_left(self.rows, old)]
@@ -331,10 +368,23 @@ class Catalog:
         self.index = index if index is not None else ItemIndex(dim=self.embedding.dim)
         self._loaded = index is not None and len(index) > 0
         self.reindex_below = reindex_below
-        # every item's unit embedding is a row of one matrix (row 0 stays zero: "none"),
-        # so the similarity of hundreds of candidates is one matrix-vector product
+        # every item id the catalog has seen (as an item or a co-visit neighbour) has a
+        # row, 1, 2, ...; row 0 is "unknown". Its unit embedding is that row of one matrix
+        # (zero: none), so the similarity of hundreds of candidates is one matrix-vector
+        # product, and its counts are that row of the columns (see :meth:`columns`)
         self._rows: dict[str, int] = {}
+        self._row_ids: list[str] = [""]
         self._matrix = np.zeros((1024, self.embedding.dim))
+        self._columns = ItemColumns(
+            positives=np.zeros(1024, dtype=np.int64),
+            feedback_events=np.zeros(1024, dtype=np.int64),
+            popularity=np.zeros(1024),
+            popularity_t=np.zeros(1024),
+            present=np.zeros(1024, dtype=np.bool_),
+        )
+        # each co-visit source's neighbours' rows (see neighbour_rows): the state they
+        # came from, its neighbours' ids, their rows
+        self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
         # what the index holds, as far as this catalog put it there
         self._indexed: dict[str, Vector] = {}
         self._dirty: set[str] = set()
@@ -389,6 +439,13 @@ class Catalog:
         item_id = state.item_id
         old = self._items.get(item_id)
         self._items[item_id] = state
+        row = self._row_of(item_id)
+        columns = self._columns
+        columns.positives[row] = state.positives
+        columns.feedback_events[row] = state.feedback_events
+        columns.popularity[row] = state.popularity
+        columns.popularity_t[row] = state.popularity_t
+        columns.present[row] = True
         for order in self._affected(old, state):
             order.update(item_id, state)
         if (
@@ -408,6 +465,11 @@ class Catalog:
         self.version += 1
         old = self._items.pop(item_id, None)
         self._set_vector(item_id, None)
+        self._neighbour_rows.pop(item_id, None)
+        row = self._rows.get(item_id)
+        if row is not None:
+            for column in self._columns:
+                column[row] = 0
         self._indexed.pop(item_id, None)
         self._dirty.discard(item_id)
         self.index_changes += int(self.index.remove(item_id))
@@ -417,19 +479,68 @@ class Catalog:
 
     # -- embeddings and the index ---------------------------------------------------------
 
-    def _set_vector(self, item_id: str, vector: Vector | None) -> None:
+    def _row_of(self, item_id: str) -> int:
+        """The item's row, given out the first time the catalog sees its id."""
         row = self._rows.get(item_id)
+        if row is None:
+            row = self._rows[item_id] = len(self._row_ids)
+            self._row_ids.append(item_id)
+            if row >= len(self._matrix):
+                size = 2 * len(self._matrix)
+                self._matrix = _grown(self._matrix, size)
+                self._columns = ItemColumns(*(_grown(c, size) for c in self._columns))
+        return row
+
+    def _set_vector(self, item_id: str, vector: Vector | None) -> None:
         if vector is None:
+            row = self._rows.get(item_id)
             if row is not None:
                 self._matrix[row] = 0.0
             return
-        if row is None:
-            row = self._rows[item_id] = len(self._rows) + 1
-            if row >= len(self._matrix):
-                grown = np.zeros((2 * len(self._matrix), self.embedding.dim))
-                grown[: len(self._matrix)] = self._matrix
-                self._matrix = grown
-        self._matrix[row] = vector
+        self._matrix[self._row_of(item_id)] = vector
+
+    def rows(self, item_ids: Iterable[str]) -> IntArray:
+        """Each item's row in :meth:`columns` and the embedding matrix (0: unknown)."""
+        return np.fromiter(map(self._rows.get, item_ids, repeat(0)), dtype=np.intp)
+
+    def row_id(self, row: int) -> str:
+        """The item id of a row (``""`` for row 0)."""
+        return self._row_ids[row]
+
+    def columns(self) -> ItemColumns:
+        """Every row's counts and popularity, as of the items' current states (read-only).
+
+        Row ``r`` describes the item :meth:`row_id` names; a row whose item the catalog
+        does not hold (removed, or only seen as a co-visit neighbour) is all zero. The
+        arrays are live views: they change with the next :meth:`put`.
+        """
+        return self._columns
+
+    def neighbour_rows(self, state: ItemState) -> IntArray:
+        """The rows of the item's co-visit neighbours, in the order of ``state.neighbours``.
+
+        Kept for the state the catalog holds; its next state usually only adds neighbours
+        at the end of the map (see :meth:`ItemState.with_covisits`), so only their rows
+        are looked up then.
+        """
+        cached = self._neighbour_rows.get(state.item_id)
+        if cached is not None and cached[0] is state:
+            return cached[2]
+        ids = list(state.neighbours)
+        if cached is not None and ids[: len(cached[1])] == cached[1]:
+            rows = np.concatenate([cached[2], self._rows_of(ids[len(cached[1]) :])])
+        else:
+            rows = self._rows_of(ids)
+        if self._items.get(state.item_id) is state:  # only what the catalog holds is kept
+            self._neighbour_rows[state.item_id] = (state, ids, rows)
+        return rows
+
+    def _rows_of(self, item_ids: list[str]) -> IntArray:
+        """Each id's row, given out to the ids the catalog has not seen yet."""
+        try:
+            return np.fromiter(map(self._rows.__getitem__, item_ids), np.intp, len(item_ids))
+        except KeyError:
+            return np.fromiter(map(self._row_of, item_ids), np.intp, len(item_ids))
 
     def unit(self, item_id: str) -> Vector | None:
         """The item's current unit embedding (``None`` when unknown)."""
@@ -441,9 +552,15 @@ class Catalog:
 
     def similarities(self, item_ids: Sequence[str], vector: Vector) -> Vector:
         """The cosine of each item's embedding with the unit ``vector`` (0 when unknown)."""
-        rows = [self._rows.get(item_id, 0) for item_id in item_ids]
-        similarity: Vector = self._matrix[rows] @ vector
+        similarity: Vector = self.embeddings(item_ids) @ vector
         return similarity
+
+    def embeddings(self, item_ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """The items' unit embeddings, one row each (zero when unknown): a copy."""
+        embeddings: npt.NDArray[np.float64] = self._matrix[
+            list(map(self._rows.get, item_ids, repeat(0)))
+        ]
+        return embeddings
 
     def sync_index(self) -> int:
         """Bring the index in line with every item changed since the last call.
@@ -489,7 +606,13 @@ class Catalog:
 
     def exact_similar(self, vector: Vector, k: int) -> list[tuple[str, float]]:
         """The ``k`` available items nearest to ``vector`` by brute force (for measuring)."""
-        ids = [i for i, state in self._items.items() if state.available and i in self._rows]
+        # an id only seen as a co-visit neighbour has a row too, but no embedding
+        matrix, rows = self._matrix, self._rows
+        ids = [
+            i
+            for i, state in self._items.items()
+            if state.available and i in rows and matrix[rows[i]].any()
+        ]
         if not ids or k <= 0:
             return []
         scores = self.similarities(ids, vector)

@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
+from itertools import chain, repeat
 
 import numpy as np
+import numpy.typing as npt
 
-from operators.catalog import Catalog, ItemState
+from operators.catalog import Catalog, IntArray, ItemState
 from operators.deescalation import DeescalationParams, active_penalties, neighbour_weight
 from operators.embedding import Vector, unit
 from operators.model import RankingModel
@@ -109,33 +112,127 @@ def _source_weights(
     return sources
 
 
-def _covisit_scores(sources: list[tuple[ItemState, float]]) -> dict[str, float]:
-    """Sum of the sources' weighted neighbour counts, per candidate (the hot loop)."""
-    scores: dict[str, float] = {}
-    get = scores.get
-    for source, weight in sources:
-        for item_id, count in source.neighbours.items():
-            scores[item_id] = get(item_id, 0.0) + weight * count
-    return scores
+#: The longest table of :func:`_powers` kept (items with more likes are damped one by one).
+_MAX_POWERS = 1 << 16
 
 
-def _strongest(scores: dict[str, float], n: int) -> list[str]:
-    """The ids of the ``n`` highest scores, strongest first; ties go to the lowest id.
+@lru_cache(maxsize=16)
+def _powers(exponent: float, size: int) -> Vector:
+    """``p ** exponent`` for ``p`` in ``0 .. size - 1``, rounded as Python rounds it.
 
-    Neighbour maps fill in arrival order, which differs between workers and the replay,
-    so the cut never depends on the order ``scores`` holds them in.
+    NumPy's vectorised power may round the last bit differently from the C library
+    Python uses; the co-visit damping must not depend on which code path computed it.
+    """
+    return np.array([p**exponent for p in range(size)], dtype=np.float64)
+
+
+def _covisit_scores(
+    sources: list[tuple[ItemState, float]], catalog: Catalog, excluded: frozenset[str],
+    alpha: float,
+) -> tuple[IntArray, Vector]:  # fmt: skip
+    """Every co-visited item's score: its sources' weighted counts, damped by its popularity.
+
+    Returns the catalog rows (ascending) of the co-visited items the catalog holds and
+    ``excluded`` leaves in, and their scores (see the module docstring).
+    """
+    if not sources:
+        return np.zeros(0, dtype=np.intp), np.zeros(0)
+    rows = np.concatenate([catalog.neighbour_rows(source) for source, _ in sources])
+    lengths = [len(source.neighbours) for source, _ in sources]
+    counts = np.fromiter(
+        chain.from_iterable(source.neighbours.values() for source, _ in sources), np.float64,
+        len(rows),
+    )  # fmt: skip
+    # weight x count, as a loop would multiply them
+    contributions = np.repeat([weight for _, weight in sources], lengths) * counts
+    columns = catalog.columns()
+    unique, raw = _sum_by_row(rows, contributions, len(columns.present))
+    kept = columns.present[unique]
+    excluded_rows = catalog.rows(excluded)
+    at = np.minimum(np.searchsorted(unique, excluded_rows), len(unique) - 1)
+    kept[at[unique[at] == excluded_rows]] = False
+    unique, raw = unique[kept], raw[kept]
+    if not len(unique):
+        return unique, raw
+    plus_one = columns.positives[unique] + 1
+    size = 1 << int(plus_one.max()).bit_length()  # few distinct tables, each reused
+    if size > _MAX_POWERS:  # a blockbuster: no table that long, only what is needed
+        return unique, raw / np.array([p**alpha for p in plus_one.tolist()], dtype=np.float64)
+    return unique, raw / _powers(alpha, size)[plus_one]
+
+
+#: Sum by row over an array as long as the catalog when it is at most this many times
+#: longer than the rows to sum (cheaper than sorting them), else sort.
+_DENSE_SUM_RATIO = 16
+
+
+def _sum_by_row(rows: IntArray, values: Vector, size: int) -> tuple[IntArray, Vector]:
+    """The distinct ``rows`` (ascending, all below ``size``) and each one's sum of ``values``.
+
+    Each sum adds its values in input order (``np.bincount`` does), as a loop would.
+    """
+    if size <= _DENSE_SUM_RATIO * len(rows):
+        seen = np.zeros(size, dtype=np.bool_)
+        seen[rows] = True
+        unique: IntArray = np.flatnonzero(seen)
+        sums = np.bincount(rows, weights=values, minlength=size)  # float64: weighted
+        return unique, np.asarray(sums, dtype=np.float64)[unique]
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    first = np.empty(len(ordered), dtype=np.bool_)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(len(rows), dtype=np.intp)
+    inverse[order] = np.cumsum(first) - 1
+    unique = ordered[first]
+    sums = np.bincount(inverse, weights=values, minlength=len(unique))
+    return unique, np.asarray(sums, dtype=np.float64)
+
+
+def _strongest(values: Vector, rows: IntArray, n: int, catalog: Catalog) -> list[str]:
+    """The ids of the ``n`` highest values (of catalog ``rows``), strongest first.
+
+    Ties go to the lowest id. Neighbour maps fill in arrival order, which differs between
+    workers and the replay, so the cut never depends on the order the rows come in.
     """
     if n <= 0:
         return []
-    if len(scores) <= n:
-        return sorted(scores, key=lambda i: (-scores[i], i))
-    ids = list(scores)
-    values = np.fromiter(scores.values(), dtype=np.float64, count=len(ids))
-    nth = np.partition(values, len(ids) - n)[len(ids) - n]  # the n-th highest
-    above = [ids[j] for j in np.flatnonzero(values > nth).tolist()]
-    tied = sorted(ids[j] for j in np.flatnonzero(values == nth).tolist())
-    kept = above + tied[: n - len(above)]
-    return sorted(kept, key=lambda i: (-scores[i], i))
+    if len(values) > n:
+        nth = np.partition(values, len(values) - n)[len(values) - n]  # the n-th highest
+        above = values > nth
+        room = n - int(np.count_nonzero(above))
+        tied = values == nth
+        if np.count_nonzero(tied) > room:  # the cut falls among equals: the lowest ids stay
+            names = sorted(map(catalog.row_id, rows[tied].tolist()))[:room]
+            tied = np.isin(rows, catalog.rows(names))
+        kept = above | tied
+        values, rows = values[kept], rows[kept]
+    names = list(map(catalog.row_id, rows.tolist()))
+    return [name for _, name in sorted(zip((-values).tolist(), names, strict=True))]
+
+
+def _best(values: Vector, ids: Sequence[str], among: IntArray, n: int) -> list[int]:
+    """Of the positions ``among``, the ``n`` with the highest values, best first.
+
+    Ties go to the lowest id (``ids[position]``): the first ``n`` of a full sort by
+    ``(-value, id)``, without sorting what cannot make the cut.
+    """
+    if n <= 0 or not len(among):
+        return []
+    candidates = values[among]
+    if len(among) > n:
+        nth = np.partition(candidates, len(among) - n)[len(among) - n]  # the n-th highest
+        above = np.flatnonzero(candidates > nth)
+        tied = np.flatnonzero(candidates == nth).tolist()
+        room = n - len(above)
+        if len(tied) > room:  # the cut falls among equals: the lowest ids stay
+            tied = sorted(tied, key=lambda j: ids[int(among[j])])[:room]
+        kept = np.concatenate([above, np.array(tied, dtype=np.intp)])
+        candidates, among = candidates[kept], among[kept]
+    positions = among.tolist()
+    names = [ids[p] for p in positions]
+    ranked = sorted(zip((-candidates).tolist(), names, positions, strict=True))
+    return [position for _, _, position in ranked]
 
 
 def _because(item_id: str, sources: list[tuple[ItemState, float]]) -> str | None:
@@ -149,6 +246,7 @@ def _because(item_id: str, sources: list[tuple[ItemState, float]]) -> str | None
 
 
 Row = tuple[float, str, ItemState]
+Matrix = npt.NDArray[np.float64]
 
 
 def _diversify(
@@ -192,16 +290,19 @@ def _near_dislikes(
     if params is None or not profile.disliked or not ids:
         return near
     floor = params.neighbour_similarity
+    embeddings: Matrix | None = None  # the candidates' (what catalog.similarities reads)
     for item_id, disliked_t in profile.disliked:
         weight = neighbour_weight(disliked_t, now_t, params)
         vector = catalog.unit(item_id)
         if weight <= 0 or vector is None:
             continue
-        similarities = catalog.similarities(ids, vector).tolist()
-        for candidate, similarity in zip(ids, similarities, strict=True):
-            if similarity > floor:
-                value = weight * (similarity - floor) / (1.0 - floor)
-                near[candidate] = max(near.get(candidate, 0.0), value)
+        if embeddings is None:
+            embeddings = catalog.embeddings(ids)
+        similarities: Vector = embeddings @ vector
+        close = np.flatnonzero(similarities > floor)
+        values = weight * (similarities[close] - floor) / (1.0 - floor)
+        for n, value in zip(close.tolist(), values.tolist(), strict=True):
+            near[ids[n]] = max(near.get(ids[n], 0.0), value)
     return near
 
 
@@ -252,11 +353,67 @@ def _penalised(score: float, penalty: float) -> float:
     return score * (1.0 - penalty) if score > 0 else score * (1.0 + penalty)
 
 
+#: The ranking features of a candidate, in the order a model sees them.
+FEATURES = ("covisit", "trend", "affinity", "log_popularity", "similarity")
+
+
+class FeatureTable(Mapping[str, dict[str, float]]):
+    """Every candidate's features by id, stored as columns; read-only.
+
+    A list needs the blend of hundreds of candidates (one array expression over the
+    columns) but the feature dicts of only the few the model scores or learns from: an
+    item's dict is built the first time it is asked for, then kept.
+
+    Args:
+        ids: the candidates, in order.
+        columns: one row per name in :data:`FEATURES`, one column per candidate.
+
+    """
+
+    def __init__(self, ids: list[str], columns: Matrix) -> None:
+        self.ids = ids
+        self.columns = columns
+        self._positions = dict(zip(ids, range(len(ids)), strict=True))
+        self._dicts: dict[str, dict[str, float]] = {}
+
+    def __getitem__(self, item_id: str) -> dict[str, float]:
+        described = self._dicts.get(item_id)
+        if described is None:
+            position = self._positions[item_id]
+            described = dict(zip(FEATURES, self.columns[:, position].tolist(), strict=True))
+            self._dicts[item_id] = described
+        return described
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._positions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, item_id: str) -> int:
+        """Where the candidate is in :attr:`ids` and the columns."""
+        return self._positions[item_id]
+
+    def column(self, name: str) -> Vector:
+        """One feature of every candidate, in order."""
+        column: Vector = self.columns[FEATURES.index(name)]
+        return column
+
+    def extended(self, ids: list[str], columns: Matrix) -> FeatureTable:
+        """A new table: these candidates, then more."""
+        table = FeatureTable([*self.ids, *ids], np.hstack([self.columns, columns]))
+        table._dicts.update(self._dicts)
+        return table
+
+
 @dataclass
 class Candidates:
     """Every candidate for one user at one moment, with its features and state."""
 
-    features: dict[str, dict[str, float]]
+    features: FeatureTable
     states: dict[str, ItemState]
     sources: list[tuple[ItemState, float]]
     top_trend: float
@@ -268,6 +425,23 @@ class Candidates:
     covisit_scale: float = 0.0
     #: the user's unit embedding, when there is one
     user_vector: Vector | None = None
+    #: each candidate's feedback events when gathered (the order of ``features``)
+    feedback_events: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+
+    @property
+    def ids(self) -> list[str]:
+        """The candidates, in the order of every per-candidate array."""
+        return self.features.ids
+
+    @cached_property
+    def explorable(self) -> npt.NDArray[np.bool_]:
+        """Which candidates exploration may pick: the long tail and fresh items."""
+        popular, fresh = self.popular, self.fresh
+        return np.fromiter(
+            (i not in popular or i in fresh for i in self.ids), dtype=np.bool_, count=len(self.ids)
+        )
 
 
 def user_unit(profile: UserProfile, catalog: Catalog) -> Vector | None:
@@ -301,7 +475,7 @@ def candidate_features(
     # ``k`` only cuts the list later: a replay asks for a longer list than the learner
     state = (profile.user_id, profile.history, profile.blocked, profile.recent_positives,
              profile.vector, tuple(profile.affinity.items()))  # fmt: skip
-    key = (state, now_t, replace(params, k=0))
+    key = (state, now_t, _without_k(params))
     found = catalog.recall(key)
     if not isinstance(found, Candidates):
         found = _gather(profile, catalog, now_t, params)
@@ -310,36 +484,36 @@ def candidate_features(
     return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
 
 
-def _describe(
-    states: list[ItemState], covisit: Iterable[float], similarity: Iterable[float],
-    found: Candidates, now_t: float, params: RankingParams, affinity: Mapping[str, float],
-) -> list[dict[str, float]]:  # fmt: skip
-    """Each candidate's features, given its raw co-visitation and its similarity.
+@lru_cache(maxsize=16)
+def _without_k(params: RankingParams) -> RankingParams:
+    """``params`` with ``k`` zeroed: the part of the parameters candidates depend on."""
+    return replace(params, k=0)
 
-    The hot loop of every list: hundreds of candidates, so everything it reads is local.
+
+def _describe(
+    states: Sequence[ItemState], rows: IntArray, covisit: Vector, similarity: Vector,
+    found: Candidates, catalog: Catalog, now_t: float, params: RankingParams,
+    affinity: Mapping[str, float],
+) -> Matrix:  # fmt: skip
+    """The candidates' features (one row per name in :data:`FEATURES`).
+
+    Given each candidate's catalog row, raw co-visitation and similarity. Exponentials and
+    logarithms go through Python's ``math`` (the C library), as the single-item path
+    always has: NumPy's vectorised ones may round the last bit differently.
     """
-    half_life = params.popularity_half_life_s
-    covisit_scale = found.covisit_scale
+    columns = catalog.columns()
+    popularity, positives = columns.popularity[rows], columns.positives[rows]
     trend_scale = 1.0 / found.top_trend if found.top_trend else 0.0
-    pow2, log1p, no_affinity = math.pow, math.log1p, affinity.get
-    described = []
-    for state, raw, sim in zip(states, covisit, similarity, strict=True):
-        popularity = state.popularity
-        # ItemState.popularity_at, inlined
-        trend = (
-            popularity * pow2(2.0, -max(0.0, now_t - state.popularity_t) / half_life)
-            if popularity
-            else 0.0
-        )
-        described.append(
-            {
-                "covisit": raw * covisit_scale,
-                "trend": trend * trend_scale,
-                "affinity": no_affinity(state.category or "", 0.0),
-                "log_popularity": log1p(state.positives),
-                "similarity": sim,
-            }
-        )
+    # ItemState.popularity_at, for every candidate
+    exponents = -np.maximum(0.0, now_t - columns.popularity_t[rows]) / params.popularity_half_life_s
+    decay = np.fromiter(map(math.pow, repeat(2.0), exponents.tolist()), np.float64, len(rows))
+    described = np.empty((len(FEATURES), len(rows)))
+    described[0] = covisit * found.covisit_scale
+    described[1] = np.where(popularity != 0.0, popularity * decay, 0.0) * trend_scale
+    no_affinity = affinity.get
+    described[2] = [no_affinity(state.category or "", 0.0) for state in states]
+    described[3] = np.fromiter(map(math.log1p, positives.tolist()), np.float64, len(rows))
+    described[4] = similarity
     return described
 
 
@@ -356,21 +530,25 @@ def _with_items(
         return found
     ids = list(states)
     similarity = (
-        catalog.similarities(ids, found.user_vector).tolist()
+        catalog.similarities(ids, found.user_vector)
         if found.user_vector is not None
-        else [0.0] * len(ids)
+        else np.zeros(len(ids))
     )
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
     alpha = params.covisit_alpha
-    covisit = [
-        sum(weight * source.neighbours.get(i, 0.0) for source, weight in found.sources)
-        / (states[i].positives + 1) ** alpha
-        for i in ids
-    ]
-    described = _describe(list(states.values()), covisit, similarity, found, now_t, params,
-                          affinity)  # fmt: skip
-    features = {**found.features, **dict(zip(ids, described, strict=True))}
-    return replace(found, features=features, states={**found.states, **states})
+    covisit = np.array(
+        [
+            sum(weight * source.neighbours.get(i, 0.0) for source, weight in found.sources)
+            / (states[i].positives + 1) ** alpha
+            for i in ids
+        ]
+    )
+    rows = catalog.rows(ids)
+    described = _describe(list(states.values()), rows, covisit, similarity, found, catalog,
+                          now_t, params, affinity)  # fmt: skip
+    events = np.concatenate([found.feedback_events, catalog.columns().feedback_events[rows]])
+    return replace(found, features=found.features.extended(ids, described),
+                   states={**found.states, **states}, feedback_events=events)  # fmt: skip
 
 
 def _gather(
@@ -379,20 +557,14 @@ def _gather(
     """What :func:`candidate_features` computes when it has nothing to re-use."""
     excluded = profile.excluded()
     half_life = params.popularity_half_life_s
-    alpha = params.covisit_alpha
     sources = _source_weights(profile, catalog, params)
-    covisit: dict[str, float] = {}
-    states: dict[str, ItemState] = {}
+    covisit_rows, covisit = _covisit_scores(sources, catalog, excluded, params.covisit_alpha)
     items = catalog.states
-    for item_id, raw in _covisit_scores(sources).items():
-        state = items.get(item_id)
-        if state is not None and item_id not in excluded:
-            covisit[item_id] = raw / (state.positives + 1) ** alpha
-    for item_id in _strongest(covisit, params.covisit_candidates):
-        states[item_id] = items[item_id]
+    states = {i: items[i] for i in _strongest(covisit, covisit_rows, params.covisit_candidates,
+                                              catalog)}  # fmt: skip
     # a candidate from another source keeps its co-visitation even past the cut, so the
     # features never depend on which sources brought an item in
-    top_covisit = max(covisit.values(), default=0.0)
+    top_covisit = float(covisit.max()) if len(covisit) else 0.0
     popular = catalog.top(params.trending_candidates, half_life)
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
@@ -411,53 +583,57 @@ def _gather(
     fresh: list[str] = []
     if params.fresh_candidates > 0:
         fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
+    for item_id, state in list(states.items()):
+        if not state.available:
+            del states[item_id]
     for source_list in [popular, *by_category, embedded, *neighbours, fresh]:
         for item_id in source_list:
-            if item_id not in states:
-                state = items.get(item_id)
-                if state is not None:
-                    states[item_id] = state
+            if item_id not in states and item_id not in excluded:
+                found_state = items.get(item_id)
+                if found_state is not None and found_state.available:
+                    states[item_id] = found_state
     # the most popular item anywhere heads the global list, so it sets the scale
     head = catalog.get(popular[0]) if popular else None
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
-    for item_id, state in list(states.items()):
-        if item_id in excluded or not state.available:
-            del states[item_id]
     found = Candidates(
-        {}, states, sources, top_trend, popular=frozenset(popular), fresh=frozenset(fresh),
+        FeatureTable([], np.zeros((len(FEATURES), 0))), states, sources, top_trend,
+        popular=frozenset(popular), fresh=frozenset(fresh),
         covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
     )  # fmt: skip
     ids = list(states)
     similarity = (
-        catalog.similarities(ids, user_vector).tolist()
+        catalog.similarities(ids, user_vector)
         if user_vector is not None and ids
-        else [0.0] * len(ids)
+        else np.zeros(len(ids))
     )
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
-    raws = [covisit.get(i, 0.0) for i in ids]
-    described = _describe(list(states.values()), raws, similarity, found, now_t, params, affinity)
-    found.features.update(zip(ids, described, strict=True))
+    rows = catalog.rows(ids)
+    # each candidate's co-visitation, 0 when it has none (covisit_rows is sorted)
+    at = np.minimum(np.searchsorted(covisit_rows, rows), max(len(covisit_rows) - 1, 0))
+    co_visited = covisit_rows[at] == rows if len(covisit_rows) else np.zeros(len(rows), bool)
+    raws = np.where(co_visited, covisit[at] if len(covisit) else 0.0, 0.0)
+    found.features = FeatureTable(
+        ids, _describe(list(states.values()), rows, raws, similarity, found, catalog, now_t,
+                       params, affinity),
+    )  # fmt: skip
+    found.feedback_events = catalog.columns().feedback_events[rows]
     return found
+
+
+def _blend(found: Candidates, params: RankingParams) -> Vector:
+    """:func:`heuristic_scores` as an array, in the candidates' order."""
+    table = found.features
+    return (
+        table.column("covisit")
+        + params.trending_weight * table.column("trend")
+        + params.affinity_weight * table.column("affinity")
+        + params.similarity_weight * table.column("similarity")
+    )
 
 
 def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, float]:
     """Every candidate's hand-set blend: co-visitation + weighted trend, affinity, similarity."""
-    trending, affinity = params.trending_weight, params.affinity_weight
-    similarity = params.similarity_weight
-    return {
-        i: f["covisit"]
-        + trending * f["trend"]
-        + affinity * f["affinity"]
-        + similarity * f["similarity"]
-        for i, f in found.features.items()
-    }
-
-
-def _best(scores: dict[str, float], n: int, leave_out: str | None = None) -> list[str]:
-    """The ``n`` best ids by score, best first; ties go to the lowest id."""
-    if leave_out in scores:
-        scores = {i: score for i, score in scores.items() if i != leave_out}
-    return _strongest(scores, n)
+    return dict(zip(found.ids, _blend(found, params).tolist(), strict=True))
 
 
 def heuristic_head(
@@ -468,10 +644,13 @@ def heuristic_head(
     The split the online model works on: it re-ranks the head and learns from negatives
     drawn from the head and from the rest. One definition keeps both in step.
     """
-    scores = heuristic_scores(found, params)
-    head = _best(scores, n, leave_out)
+    ids = found.ids
+    among = np.arange(len(ids))
+    if leave_out is not None and leave_out in found.features:
+        among = np.delete(among, found.features.position(leave_out))
+    head = [ids[n] for n in _best(_blend(found, params), ids, among, n)]
     chosen = set(head)
-    return head, sorted(i for i in scores if i not in chosen and i != leave_out)
+    return head, sorted(i for i in ids if i not in chosen and i != leave_out)
 
 
 def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
@@ -487,8 +666,10 @@ def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
     return min(params.k, round(params.k * share))
 
 
-def _drop_consumed(scores: dict[str, float], profile: UserProfile, n: int) -> None:
-    """Drop, among the best ``n`` candidates, those the user consumed before the history.
+def _drop_consumed(
+    found: Candidates, scores: Vector, live: npt.NDArray[np.bool_], profile: UserProfile, n: int
+) -> None:
+    """Drop (from ``live``), among the best ``n`` candidates, those consumed long ago.
 
     The history only keeps the newest items; the consumed-set filter remembers the rest.
     Checking it is slower than a set lookup, so only the head of the list is checked:
@@ -496,16 +677,17 @@ def _drop_consumed(scores: dict[str, float], profile: UserProfile, n: int) -> No
     """
     if profile.consumed is None or profile.consumed.count <= len(profile.history):
         return
-    for item_id in _best(scores, n):
-        if profile.has_consumed(item_id):
-            del scores[item_id]
+    for position in _best(scores, found.ids, np.flatnonzero(live), n):
+        if profile.has_consumed(found.ids[position]):
+            live[position] = False
 
 
 def _explore(
-    found: Candidates, scores: dict[str, float], chosen: set[str], params: RankingParams, n: int,
-    profile: UserProfile, penalised: Callable[[str, ItemState], bool],
+    found: Candidates, scores: Vector, live: npt.NDArray[np.bool_], chosen: set[str],
+    params: RankingParams, n: int, profile: UserProfile,
+    penalised: Callable[[str, ItemState], bool] | None,
 ) -> list[Row]:  # fmt: skip
-    """The ``n`` most promising long-tail or fresh candidates not already ``chosen``.
+    """The ``n`` most promising long-tail or fresh ``live`` candidates not already ``chosen``.
 
     Promise = the heuristic score plus an optimism bonus that shrinks with the feedback
     the item already has (``explore_bonus / sqrt(1 + feedback events)``). Never an item
@@ -513,24 +695,30 @@ def _explore(
     """
     if n <= 0:
         return []
-    rows: list[Row] = []
-    popular, fresh, states = found.popular, found.fresh, found.states
-    for item_id, score in scores.items():
-        if item_id in chosen or (item_id in popular and item_id not in fresh):
-            continue
-        state = states[item_id]
-        if penalised(item_id, state):
-            continue
-        bonus = params.explore_bonus / math.sqrt(1.0 + state.feedback_events)
-        rows.append((score + bonus, item_id, state))
-    rows.sort(key=lambda r: (-r[0], r[1]))
+    ids, states = found.ids, found.states
+    open_ = live & found.explorable
+    for item_id in chosen:
+        open_[found.features.position(item_id)] = False
+    promise = scores + params.explore_bonus / np.sqrt(1.0 + found.feedback_events)
+    promises = promise.tolist()
+    among = np.flatnonzero(open_)
     picked: list[Row] = []
-    for row in rows:  # the filter is slower than a set: check the best ones only
-        if not profile.has_consumed(row[1]):
-            picked.append(row)
+    checked, wanted = 0, 4 * n
+    while True:  # best first; the filters are slower than a set: check the best ones only
+        best = _best(promise, ids, among, wanted)
+        for position in best[checked:]:
+            item_id = ids[position]
+            state = states[item_id]
+            if (penalised is not None and penalised(item_id, state)) or profile.has_consumed(
+                item_id
+            ):
+                continue
+            picked.append((promises[position], item_id, state))
             if len(picked) == n:
-                break
-    return picked
+                return picked
+        if wanted >= len(among):
+            return picked
+        checked, wanted = len(best), 4 * wanted
 
 
 def _reasons(
@@ -612,15 +800,19 @@ def rank_items(
 
     """
     found = candidate_features(profile, catalog, now_t, params)
-    scores = heuristic_scores(found, params)
+    ids = found.ids
+    blended = _blend(found, params)
+    scores = blended.tolist()
+    live = np.ones(len(ids), dtype=np.bool_)  # the candidates still in the running
     if profile.paused:  # what the user paused is never shown until resumed
         paused = set(profile.paused)
-        for item_id, state in found.states.items():
+        for position, item_id in enumerate(ids):
+            state = found.states[item_id]
             record = state.record
             if f"category:{state.category}" in paused or (
                 record is not None and f"creator:{record.creator}" in paused
             ):
-                scores.pop(item_id, None)
+                live[position] = False
     cold = (profile.consumed.count if profile.consumed is not None else 0) < (
         params.cold_start_items
     )
@@ -634,25 +826,29 @@ def rank_items(
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
     )
-    _drop_consumed(scores, profile, 2 * max(wanted, params.model_rerank if use_model else 0))
+    _drop_consumed(found, blended, live, profile,
+                   2 * max(wanted, params.model_rerank if use_model else 0))  # fmt: skip
     # best first; ties break on item id (lowest first) so every worker and the replay agree
     order = lambda r: (-r[0], r[1])  # noqa: E731
-    head = _best(scores, max(params.model_rerank, wanted) if use_model else wanted)
-    rows: list[Row] = [(scores[i], i, found.states[i]) for i in head]
+    size = max(params.model_rerank, wanted) if use_model else wanted
+    positions = _best(blended, ids, np.flatnonzero(live), size)
+    head = [ids[n] for n in positions]
+    rows: list[Row] = [(scores[n], ids[n], found.states[ids[n]]) for n in positions]
     if use_model:
         assert model is not None
         # two stages: the model re-ranks the heuristic's best (the kind of candidates it
         # learned from), never the long tail it has not seen; re-ranked rows stay above
         # the floor of the head, so the rest only fills in when the head is short
         reranked = head[: params.model_rerank]
-        floor = scores[reranked[-1]] if reranked else 0.0
+        floor = rows[len(reranked) - 1][0] if reranked else 0.0
         weight = params.model_weight
         probabilities = model.score_many([found.features[i] for i in reranked])
         for n, p in enumerate(probabilities):
             s, i, state = rows[n]
             rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
         rows.sort(key=order)
-    near = _near_dislikes(list(scores), profile, catalog, now_t, deescalation)
+    near = _near_dislikes([ids[n] for n in np.flatnonzero(live).tolist()], profile, catalog,
+                          now_t, deescalation)  # fmt: skip
     rows, caps = _apply_penalties(rows, active, params.k, near)
     ranked = rows[:wanted]
     n_explore = exploration_slots(profile, params)
@@ -660,8 +856,10 @@ def rank_items(
     chosen = {row[1] for row in exploit}
     # exploration brings back nothing a penalty covers (a capped category included)
     explored = _explore(
-        found, scores, chosen, params, n_explore, profile,
-        lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0,
+        found, blended, live, chosen, params, n_explore, profile,
+        (lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0)
+        if near or active
+        else None,
     )  # fmt: skip
     # too few exploration candidates: the best of the rest fill the list
     explored_ids = {row[1] for row in explored}

@@ -237,3 +237,24 @@ def test_top_follows_items_that_change_category_or_are_withdrawn(world: Syntheti
     everything = catalog.top(12, half_life_s=3600)
     assert withdrawn.item_id not in everything and world.items[2].item_id not in everything
     assert len(everything) == 10
+
+
+def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None:
+    source = catalog.get("item-00000")
+    assert source is not None
+    grown = source.with_covisits(["item-00001", "unseen", "item-00002"], 1.0, max_neighbours=4)
+    catalog.put(grown)
+    first = catalog.neighbour_rows(grown)
+    # a new neighbour is appended; then the bound prunes and reorders the map
+    more = grown.with_covisits(["item-00003"], 1.0, max_neighbours=4)
+    catalog.put(more)
+    pruned = more.with_covisits(["item-00002", "item-00004", "item-00005"], 1.0, 4)
+    catalog.put(pruned)
+
+    for state in (grown, more, pruned):
+        rows = catalog.neighbour_rows(state).tolist()
+        assert [catalog.row_id(row) for row in rows] == list(state.neighbours)
+    assert [catalog.row_id(row) for row in first.tolist()] == ["item-00001", "unseen", "item-00002"]
+    unseen = catalog.rows(["unseen"])[0]
+    assert unseen > 0 and not catalog.columns().present[unseen]  # a row, but no item
+    assert catalog.unit("unseen") is None

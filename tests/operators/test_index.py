@@ -496,3 +496,19 @@ def test_recall_at_10_reaches_095_on_5000_random_64d_vectors() -> None:
     )
     recall = hits / (10 * len(queries))
     assert recall >= 0.95, f"recall@10 = {recall:.4f}"
+
+
+def test_a_restored_index_hands_back_the_stored_vectors(rng: np.random.Generator) -> None:
+    vectors = _unit(rng, 30)
+    index = ItemIndex.build(DIM, zip(_ids(30), vectors, strict=True), seed=5)
+    index.remove("item-00003")
+
+    restored = ItemIndex.restore(index.snapshot())
+
+    for item, vector in zip(_ids(30), vectors, strict=True):
+        got = restored.vector(item)
+        if item == "item-00003":
+            assert got is None
+        else:
+            assert got is not None and np.array_equal(got, vector.astype(np.float32))
+    assert restored.neighbours("item-00007", k=5) == index.neighbours("item-00007", k=5)

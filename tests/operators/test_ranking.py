@@ -436,3 +436,51 @@ def test_features_do_not_depend_on_what_was_asked_before(catalog: Catalog) -> No
     assert included.features["item-00059"] == cold.features["item-00059"]
     assert included.features["item-00059"]["covisit"] > 0
     assert warm.features.keys() <= cold.features.keys()
+
+
+def test_feature_dicts_and_scores_come_from_the_same_columns(catalog: Catalog) -> None:
+    from operators.ranking import FEATURES, candidate_features, heuristic_head, heuristic_scores
+
+    for n in range(0, 20, 2):
+        state = catalog.get(f"item-{n:05d}")
+        assert state is not None
+        catalog.put(state.with_covisits([f"item-{m:05d}" for m in range(1, 40, 3)], 1.0, 200))
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00000", "item-00002"),
+                      history=("item-00000", "item-00002"), affinity={"cat-1": 2.0})  # fmt: skip
+
+    found = candidate_features(profile, catalog, NOW, PARAMS)
+    scores = heuristic_scores(found, PARAMS)
+
+    assert list(found.features) == list(scores) and "item-00000" not in scores
+    for item_id, features in found.features.items():
+        assert list(features) == list(FEATURES)
+        assert found.features[item_id] is features  # built once, then shared
+        assert scores[item_id] == (
+            features["covisit"]
+            + PARAMS.trending_weight * features["trend"]
+            + PARAMS.affinity_weight * features["affinity"]
+            + PARAMS.similarity_weight * features["similarity"]
+        )
+    head, rest = heuristic_head(found, PARAMS, 5, leave_out="item-00004")
+    by_score = sorted((i for i in scores if i != "item-00004"), key=lambda i: (-scores[i], i))
+    assert head == by_score[:5] and rest == sorted(by_score[5:])
+
+
+def test_sums_by_row_add_in_input_order_on_both_paths() -> None:
+    import numpy as np
+
+    from operators import ranking
+
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 50, 400).astype(np.intp)
+    values = rng.random(400) * rng.choice([1.0, 1e-9, 1e9], 400)
+    expected: dict[int, float] = {}
+    for row, value in zip(rows.tolist(), values.tolist(), strict=True):
+        expected[row] = expected.get(row, 0.0) + value
+
+    dense = ranking._sum_by_row(rows, values, 50)
+    sparse = ranking._sum_by_row(rows, values, 10**6)  # far longer than the rows: sorts
+
+    for unique, sums in (dense, sparse):
+        assert unique.tolist() == sorted(expected)
+        assert sums.tolist() == [expected[row] for row in sorted(expected)]
