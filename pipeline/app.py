@@ -480,7 +480,10 @@ class Recloop:
         await self._in_batches(stream, self.handle_events)
 
     async def _in_batches(
-        self, stream: Any, handle: Callable[[Sequence[Any]], Awaitable[None]]
+        self,
+        stream: Any,
+        handle: Callable[[Sequence[Any]], Awaitable[None]],
+        window_ms: float | None = None,
     ) -> None:
         """Feed an agent's stream to ``handle`` in batches; acknowledge only what it did.
 
@@ -493,8 +496,9 @@ class Recloop:
         applied once (docs/guarantees.md).
         """
         worker = self.settings.worker
+        window_s = (window_ms if window_ms is not None else worker.batch_window_ms) / 1000
         manual = stream.noack()
-        async for batch in manual.noack_take(worker.batch_max, worker.batch_window_ms / 1000):
+        async for batch in manual.noack_take(worker.batch_max, window_s):
             try:
                 await handle(batch)
             except Exception as exc:
@@ -690,7 +694,11 @@ class Recloop:
                 )
 
     async def _item_feedback_agent(self, stream: Any) -> None:
-        await self._in_batches(stream, self.handle_item_feedback)
+        # a longer window: each item's state goes out once per batch, however many users
+        # liked it meanwhile, and every worker re-indexes it once
+        await self._in_batches(
+            stream, self.handle_item_feedback, self.settings.worker.item_batch_window_ms
+        )
 
     def _item_state(self, item_id: str) -> ItemState:
         stored = self.items.get(item_id)

@@ -74,6 +74,10 @@ class WorkerSettings(Section):
         default=5.0, gt=0, le=10_000,
         description="How long an agent waits for more events before processing what it has.",
     )  # fmt: skip
+    item_batch_window_ms: float = Field(
+        default=100.0, gt=0, le=60_000,
+        description="How long the item agents gather feedback (one item-state per item per batch).",
+    )  # fmt: skip
     log_level: str = "warn"
 
 
