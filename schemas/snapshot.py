@@ -1,7 +1,9 @@
 """The recommendation snapshot: what the (compacted) snapshots topic carries per user.
 
-Each snapshot replaces the previous one for its user; ``version`` grows by one per
-snapshot and ``source_event_id`` names the event that produced it.
+Each snapshot replaces the previous one for its user; ``version`` counts the user's
+applied events (version *v* answers their *v*-th event, ``source_event_id``). A burst of
+one user's events processed together is answered by one snapshot, the last event's, so
+versions can skip: a snapshot reflects every event of its user up to its version.
 """
 
 from __future__ import annotations
