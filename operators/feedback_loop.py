@@ -55,7 +55,15 @@ from operators.signals import Signal, SignalRules, impression_signals, signal_of
 from schemas.events import Dwell, Event, Forget, Impression, NotRelevant, Preference, Skip
 from schemas.snapshot import Notice, Prompt, PromptChoice, RankedItem, Snapshot
 
-__all__ = ["ItemFeedback", "LoopConfig", "Step", "answer", "apply_event", "process_event"]
+__all__ = [
+    "ItemFeedback",
+    "LoopConfig",
+    "Step",
+    "answer",
+    "apply_event",
+    "process_event",
+    "rank_now",
+]
 
 
 @dataclass(frozen=True)
@@ -342,20 +350,15 @@ def answer(
     """
     updated = profile
     surface = event.context.surface if event.context else None
-    # a late event changes the list the user sees now: rank at the user's newest time
-    last = updated.last_event_at
-    now = datetime.fromisoformat(last) if last is not None else event.timestamp
-    part = part_of_day(now, config.deescalation)
-    items = rank_items(updated, catalog, now.timestamp(), config.ranking, model,
-                       config.deescalation, surface, part)  # fmt: skip
+    # a late event changes the list the user sees now: ranked at the user's newest time
+    _, items = rank_now(updated, catalog, config, event.timestamp, model, surface)
     prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
     if prompt is not None:
         session = event.context.session_id if event.context else None
         asked = (event.timestamp.timestamp(), session or "")
         updated = replace(updated, prompted=(*updated.prompted, asked)[-20:])
     notice = _notice(adjustments, event, catalog, updated) if adjustments else None
-    if updated.explanations_off:  # the user opted out: no notice, no reasons, same items
-        items = [item.model_copy(update={"reasons": []}) for item in items]
+    if updated.explanations_off:  # the user opted out: no notice (nor reasons, above)
         notice = None
     snapshot = Snapshot(
         user_id=updated.user_id,
@@ -371,6 +374,30 @@ def answer(
     return updated, snapshot
 
 
+def rank_now(
+    profile: UserProfile,
+    catalog: Catalog,
+    config: LoopConfig,
+    before_any: datetime,
+    model: RankingModel | None = None,
+    surface: str | None = None,
+) -> tuple[datetime, list[RankedItem]]:
+    """The user's list as of their newest event time, for ``surface``; and that time.
+
+    Every list the worker builds is ranked at the user's newest event time (a late event
+    changes the list the user sees now), ``before_any`` for a user without events, in the
+    part of the day of that time. A user who opted out of explanations gets no reasons.
+    """
+    last = profile.last_event_at
+    now = datetime.fromisoformat(last) if last is not None else before_any
+    rules = config.deescalation
+    items = rank_items(profile, catalog, now.timestamp(), config.ranking, model, rules, surface,
+                       part_of_day(now, rules))  # fmt: skip
+    if profile.explanations_off:
+        items = [item.model_copy(update={"reasons": []}) for item in items]
+    return now, items
+
+
 def current_snapshot(
     profile: UserProfile,
     catalog: Catalog,
@@ -384,13 +411,7 @@ def current_snapshot(
     and its snapshot): the same version and source event, the list ranked from the same
     state at the user's newest time; a notice or prompt it carried is not rebuilt.
     """
-    last = profile.last_event_at
-    now = datetime.fromisoformat(last) if last is not None else generated_at
-    rules = config.deescalation
-    items = rank_items(profile, catalog, now.timestamp(), config.ranking, model, rules, None,
-                       part_of_day(now, rules))  # fmt: skip
-    if profile.explanations_off:
-        items = [item.model_copy(update={"reasons": []}) for item in items]
+    now, items = rank_now(profile, catalog, config, generated_at, model)
     return Snapshot(
         user_id=profile.user_id,
         version=profile.snapshot_version,

@@ -20,11 +20,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from operators.catalog import Catalog
-from operators.deescalation import part_of_day, split_key
-from operators.feedback_loop import LoopConfig
+from operators.deescalation import split_key
+from operators.feedback_loop import LoopConfig, rank_now
 from operators.model import RankingModel
 from operators.profile import UserProfile
-from operators.ranking import rank_items
 from schemas.snapshot import Snapshot
 
 
@@ -60,11 +59,5 @@ def rank_for_surface(
         model: the worker's online ranking model, if it has one.
 
     """
-    last = profile.last_event_at
-    now = datetime.fromisoformat(last) if last is not None else generated_at
-    rules = config.deescalation
-    items = rank_items(profile, catalog, now.timestamp(), config.ranking, model, rules, surface,
-                       part_of_day(now, rules))  # fmt: skip
-    if profile.explanations_off:
-        items = [item.model_copy(update={"reasons": []}) for item in items]
+    _, items = rank_now(profile, catalog, config, generated_at, model, surface)
     return snapshot.model_copy(update={"items": items, "generated_at": generated_at})

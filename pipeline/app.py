@@ -519,14 +519,14 @@ class Recloop:
         """
         await self._ensure_catalog()
         pending: dict[str, _Pending] = {}
-        for message_event in batch:
-            message = message_event.message
-            await self._fold(message_event, message, pending)
+        for source in batch:
+            await self._fold(source, pending)
         for user_id in list(pending):
             await self._answer(pending.pop(user_id))
 
-    async def _fold(self, source: Any, message: Any, pending: dict[str, _Pending]) -> None:
-        """Apply one message's event to its user's pending state (or dead-letter it)."""
+    async def _fold(self, source: Any, pending: dict[str, _Pending]) -> None:
+        """Apply one Faust event's event to its user's pending state (or dead-letter it)."""
+        message = source.message
         key, raw = message.key, source.value
         try:
             event = decode_event(raw, key=key, now=self.clock(), limits=self.limits)
