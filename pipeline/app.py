@@ -276,6 +276,8 @@ class Recloop:
             topic_replication_factor=kafka.replication_factor,
             topic_allow_declare=True,
             broker_commit_interval=settings.worker.commit_interval_s,
+            broker_session_timeout=settings.worker.session_timeout_s,
+            broker_heartbeat_interval=settings.worker.heartbeat_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             table_standby_replicas=0,
@@ -490,7 +492,8 @@ class Recloop:
         Faust acknowledges an event once its agent moves past it, even when the agent
         failed on it, and commits past a single unacknowledged event at the head of a
         partition: both lose events. So acks are manual, on a stream that never acks by
-        itself (``noack``), made only after ``handle`` succeeded for the whole batch; when
+        itself (``noack``), made only after ``handle`` succeeded for the whole batch and the
+        batch's changelog records left Faust's buffer (:meth:`_hand_over_changelogs`); when
         it fails, :attr:`on_fatal` stops the process at once, before anything else can be
         acknowledged or committed: what was not committed comes back on restart and is
         applied once (docs/guarantees.md).
@@ -501,11 +504,27 @@ class Recloop:
         async for batch in manual.noack_take(worker.batch_max, window_s):
             try:
                 await handle(batch)
+                await self._hand_over_changelogs()
             except Exception as exc:
                 self.on_fatal(exc)
                 raise  # never acknowledge what failed
             for event in batch:
                 await manual.ack(event)
+
+    async def _hand_over_changelogs(self) -> None:
+        """Wait until the table changelog records written so far left Faust's buffer.
+
+        Table writes queue their changelog records in Faust's producer buffer. Before it
+        commits offsets, Faust flushes that buffer and then the Kafka producer, but its
+        buffer flush gives up after 0.1 s without progress (a busy event loop) and the
+        commit goes ahead: a crash right after it loses the changelog records of events
+        whose offsets are committed, and a worker that takes the partition over restores
+        state without them. Acknowledging a batch only once the buffer is empty closes
+        that window; the producer flush the commit awaits in full covers the rest.
+        """
+        buffer = self.app.producer.buffer
+        while buffer.size:
+            await buffer.flush()
 
     async def handle_events(self, batch: Sequence[Any]) -> None:
         """Process a batch of the events topic's messages (the body of the ``events`` agent).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from operators.catalog import ItemParams
 from operators.deescalation import DeescalationParams
@@ -78,7 +78,26 @@ class WorkerSettings(Section):
         default=100.0, gt=0, le=60_000,
         description="How long the item agents gather feedback (one item-state per item per batch).",
     )  # fmt: skip
+    session_timeout_s: float = Field(
+        default=10.0, ge=6, le=1800,
+        description="How long the group waits for a silent worker before its partitions "
+        "move (Kafka's session.timeout.ms; the broker allows 6 s to 30 min).",
+    )  # fmt: skip
+    heartbeat_interval_s: float = Field(
+        default=3.0, gt=0,
+        description="How often a worker tells the group it is alive (under a third of "
+        "session_timeout_s).",
+    )  # fmt: skip
     log_level: str = "warn"
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_in_a_session(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most a third "
+                f"of session_timeout_s ({self.session_timeout_s})"
+            )
+        return self
 
 
 class LimitSettings(Section):

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -26,8 +25,6 @@ class WorkerProcess:
         settings: resolved settings (``kafka.bootstrap_servers`` set).
         config_path: where to write the child's settings file.
         log_path: where the child's output goes.
-        extra_env: variables added to the child's environment, e.g. Faust's own
-            ``BROKER_SESSION_TIMEOUT`` for a fault test that wants a quick rebalance.
 
     """
 
@@ -36,12 +33,10 @@ class WorkerProcess:
         settings: Settings,
         config_path: Path,
         log_path: Path,
-        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.log_path = log_path
-        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -49,7 +44,6 @@ class WorkerProcess:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
-        env.update(self.extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -147,17 +147,9 @@ class Harness:
     def topic(self, name: str) -> str:
         return self.settings.kafka.topic(name)
 
-    def worker(
-        self,
-        name: str = "worker",
-        settings: Settings | None = None,
-        extra_env: dict[str, str] | None = None,
-    ) -> WorkerProcess:
+    def worker(self, name: str = "worker", settings: Settings | None = None) -> WorkerProcess:
         return WorkerProcess(
-            settings or self.settings,
-            self.workdir / f"{name}.yaml",
-            self.workdir / f"{name}.log",
-            extra_env=extra_env,
+            settings or self.settings, self.workdir / f"{name}.yaml", self.workdir / f"{name}.log"
         )
 
     def tail(self, name: str, full_name: bool = False) -> TopicTail:

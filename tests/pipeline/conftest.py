@@ -14,9 +14,8 @@ import pytest_asyncio
 
 from operators.catalog import Catalog, ItemState
 from operators.synthetic import SyntheticWorld
-from pipeline.app import Recloop, create_app
-from pipeline.settings import load_settings
-from tests.pipeline.doubles import FixedCatalog, RecordingEmitter
+from pipeline.app import Recloop
+from tests.pipeline.doubles import RecordingEmitter, close_pipeline_app, pipeline_app
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -48,23 +47,10 @@ async def recloop(
     catalog = Catalog()
     for item in world.items:
         catalog.put(ItemState(item_id=item.item_id, record=item))
-    settings = load_settings(
-        None,
-        {
-            "RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
-            "RECLOOP__WORKER__STORE": "memory://",
-            "RECLOOP__KAFKA__TOPIC_PREFIX": "p.",
-            "RECLOOP__WORKER__BATCH_MAX": str(batch[0]),
-            "RECLOOP__WORKER__BATCH_WINDOW_MS": str(batch[1]),
-        },
-    )
-    app = create_app(
-        settings, clock=lambda: NOW, emitter=emitter, catalog_source=FixedCatalog(catalog)
-    )
-    app.app.finalize()
-    app.app.flow_control.resume()
+    env = {
+        "RECLOOP__WORKER__BATCH_MAX": str(batch[0]),
+        "RECLOOP__WORKER__BATCH_WINDOW_MS": str(batch[1]),
+    }
+    app, fatal = pipeline_app(catalog, env, emitter, NOW)
     yield app
-    # test_context builds the consumer, whose (never started) thread owns an event loop
-    thread = getattr(app.app.consumer, "_thread", None)
-    if thread is not None and not thread.thread_loop.is_closed():
-        thread.thread_loop.close()
+    close_pipeline_app(app, fatal)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from operators.catalog import Catalog
+from pipeline.app import Recloop, create_app
+from pipeline.settings import load_settings
 
 
 @dataclass
@@ -33,6 +37,30 @@ class RecordingEmitter:
         return [s for s in self.sent if s.topic.endswith(suffix)]
 
 
+@dataclass
+class ProducerBuffer:
+    """Faust's producer buffer, where table writes queue their changelog records, as a
+    busy event loop sees it: each flush sends one record and gives up (Faust's gives up
+    after 0.1 s without progress)."""
+
+    pending: list[Any] = field(default_factory=list)
+    sent: list[Any] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.pending)
+
+    def put(self, record: Any) -> None:
+        self.pending.append(record)
+        self.log.append("queued")
+
+    async def flush(self) -> None:
+        if self.pending:
+            self.sent.append(self.pending.pop(0))
+            self.log.append("sent")
+
+
 class FixedCatalog:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
@@ -52,3 +80,41 @@ class FixedCatalog:
 
     def stop(self) -> None:
         pass
+
+
+def pipeline_app(
+    catalog: Catalog, env: dict[str, str], emitter: RecordingEmitter, now: datetime
+) -> tuple[Recloop, list[BaseException]]:
+    """The real Faust app, ready for Faust's test context, with no broker behind it.
+
+    The memory store replaces RocksDB, ``emitter`` the producer and ``catalog`` the item
+    follower; the table writes' changelog records go to a :class:`ProducerBuffer`. What
+    would stop a worker process (``on_fatal``) is collected in the returned list instead.
+    """
+    settings = load_settings(
+        None,
+        {
+            "RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "RECLOOP__WORKER__STORE": "memory://",
+            "RECLOOP__KAFKA__TOPIC_PREFIX": "p.",
+            **env,
+        },
+    )
+    app = create_app(
+        settings, clock=lambda: now, emitter=emitter, catalog_source=FixedCatalog(catalog)
+    )
+    app.app.finalize()
+    app.app.flow_control.resume()
+    app.app.producer.buffer = ProducerBuffer()  # type: ignore[misc]
+    fatal: list[BaseException] = []
+    app.on_fatal = fatal.append
+    return app, fatal
+
+
+def close_pipeline_app(app: Recloop, fatal: list[BaseException]) -> None:
+    """Check no agent failed, then free what Faust's test context left open."""
+    assert not fatal, f"an agent failed: {fatal!r}"
+    # test_context builds the consumer, whose (never started) thread owns an event loop
+    thread = getattr(app.app.consumer, "_thread", None)
+    if thread is not None and not thread.thread_loop.is_closed():
+        thread.thread_loop.close()

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from faust.types import Message
 
 from operators.catalog import ItemFeedback, ItemState
 from operators.feedback_loop import process_event
@@ -16,7 +17,7 @@ from operators.validation import decode_event
 from pipeline.app import Recloop
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
-from tests.pipeline.doubles import RecordingEmitter
+from tests.pipeline.doubles import ProducerBuffer, RecordingEmitter
 
 
 def _event(event_id: str, user: str, kind: str, item: str, **extra: object) -> bytes:
@@ -282,6 +283,25 @@ async def test_item_feedback_in_one_batch_republishes_each_item_once(
     states = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
     assert [(s.item_id, s.positives) for s in states] == [(a, 2), (b, 1)]
     assert ItemState.restore(recloop.items[a]).positives == 2
+
+
+async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_buffer(
+    recloop: Recloop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = recloop.app.producer.buffer
+    assert isinstance(buffer, ProducerBuffer)
+    ack = Message.ack
+
+    def logged_ack(message: Message, *args: Any, **kw: Any) -> bool:
+        buffer.log.append(f"ack {message.key!r}")
+        return ack(message, *args, **kw)
+
+    monkeypatch.setattr(Message, "ack", logged_ack)
+    async with recloop.events_agent.test_context() as agent:
+        event = await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1")
+    assert event.message.acked
+    # the profile and the latest snapshot, each a changelog record, both sent before the ack
+    assert buffer.log == ["queued", "queued", "sent", "sent", "ack b'u1'"]
 
 
 async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(

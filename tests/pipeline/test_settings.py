@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from pipeline.app import Recloop
 from pipeline.settings import Settings, SettingsError, load_settings
 
 
@@ -214,3 +215,18 @@ def test_loading_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RECLOOP__KAFKA__PARTITIONS", "99")
 
     assert load_settings(None, {}).kafka.partitions == 4
+
+
+def test_heartbeats_must_fit_three_times_in_a_session() -> None:
+    env = {"RECLOOP__WORKER__SESSION_TIMEOUT_S": "9", "RECLOOP__WORKER__HEARTBEAT_INTERVAL_S": "4"}
+    with pytest.raises(SettingsError, match="at most a third of session_timeout_s"):
+        load_settings(None, env)
+
+
+def test_the_group_session_settings_reach_faust(recloop: Recloop) -> None:
+    """A crashed worker's partitions move after ``worker.session_timeout_s``, not Faust's
+    own 60 s: the fault suite's restarts and takeovers count on it."""
+    worker = recloop.settings.worker
+    assert worker.session_timeout_s == 10.0
+    assert recloop.app.conf.broker_session_timeout == worker.session_timeout_s
+    assert recloop.app.conf.broker_heartbeat_interval == worker.heartbeat_interval_s

@@ -20,14 +20,13 @@ from yarl import URL
 
 from operators.catalog import Catalog, ItemState
 from operators.synthetic import SyntheticWorld
-from pipeline.app import Recloop, create_app
+from pipeline.app import Recloop
 from pipeline.metrics import LiveCollector
-from pipeline.settings import load_settings
 from pipeline.web import OPERATIONS, SERVED_BY_HEADER, HttpApi, openapi_document
 from schemas.events import parse_event
 from schemas.snapshot import parse_snapshot
 from tests.pipeline.conftest import NOW
-from tests.pipeline.doubles import FixedCatalog, RecordingEmitter
+from tests.pipeline.doubles import RecordingEmitter, close_pipeline_app, pipeline_app
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-for-tests"
@@ -52,6 +51,7 @@ class Worker:
     publisher: RecordingPublisher
     emitter: RecordingEmitter
     owners: dict[str, URL]
+    fatal: list[BaseException]
 
 
 def _event(event_id: str, user: str, kind: str, item: str | None = None, **extra: object) -> dict:
@@ -73,34 +73,24 @@ async def _start(world: SyntheticWorld, env: dict[str, str], port: int = 6066) -
         catalog.put(ItemState(item_id=item.item_id, record=item))
     withdrawn = world.items[-1].model_copy(update={"available": False})
     catalog.put(ItemState(item_id=withdrawn.item_id, record=withdrawn))
-    settings = load_settings(
-        None,
-        {
-            "RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
-            "RECLOOP__WORKER__STORE": "memory://",
-            "RECLOOP__WORKER__WEB_PORT": str(port),
-            "RECLOOP__KAFKA__TOPIC_PREFIX": "p.",
-            "RECLOOP__HTTP__HEALTH_TIMEOUT_S": "0.2",
-            "RECLOOP__HTTP__MAX_BATCH": "3",
-            "RECLOOP__HTTP__MAX_BODY_BYTES": "4096",
-            **env,
-        },
-    )
+    env = {
+        "RECLOOP__WORKER__WEB_PORT": str(port),
+        "RECLOOP__HTTP__HEALTH_TIMEOUT_S": "0.2",
+        "RECLOOP__HTTP__MAX_BATCH": "3",
+        "RECLOOP__HTTP__MAX_BODY_BYTES": "4096",
+        **env,
+    }
     emitter = RecordingEmitter()
-    recloop = create_app(
-        settings, clock=lambda: NOW, emitter=emitter, catalog_source=FixedCatalog(catalog)
-    )
+    recloop, fatal = pipeline_app(catalog, env, emitter, NOW)
     publisher = RecordingPublisher()
     owners: dict[str, URL] = {}
     api = HttpApi(recloop, publisher=publisher, owner=owners.get)
     api.register(recloop.app)
-    recloop.app.finalize()
-    recloop.app.flow_control.resume()
     web = recloop.app.web
     web.init_server()
     client = TestClient(TestServer(web.web_app))
     await client.start_server()
-    return Worker(recloop, client, publisher, emitter, owners)
+    return Worker(recloop, client, publisher, emitter, owners, fatal)
 
 
 async def _stop(worker: Worker) -> None:
@@ -108,9 +98,7 @@ async def _stop(worker: Worker) -> None:
     session = worker.recloop.app._http_client
     if session is not None:
         await session.close()
-    thread = getattr(worker.recloop.app.consumer, "_thread", None)
-    if thread is not None and not thread.thread_loop.is_closed():
-        thread.thread_loop.close()
+    close_pipeline_app(worker.recloop, worker.fatal)
 
 
 @pytest_asyncio.fixture
