@@ -24,9 +24,7 @@ import json
 import logging
 import os
 import sys
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -49,6 +47,7 @@ from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
 from pipeline.catalog_follower import CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
+from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
 from pipeline.settings import Section, Settings
 from pipeline.topics import topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
@@ -172,22 +171,6 @@ class WorkerStats:
     coalesced: int = 0
 
 
-@contextmanager
-def _processing(source: Any) -> Iterator[None]:
-    """Make ``source`` (a Faust event) the one in hand while its table writes are made.
-
-    Faust sends a table write to the changelog partition, and stores it in the RocksDB
-    partition, of the event being processed (``faust.current_event()``). The stream sets
-    that event as it yields it; a batch is processed after the stream has moved on, so
-    each write names its own event here (a pipeline test pins the partitions).
-    """
-    token = faust.streams._current_event.set(weakref.ref(source))
-    try:
-        yield
-    finally:
-        faust.streams._current_event.reset(token)
-
-
 _Step = tuple[Event, UserProfile | None, UserProfile, tuple[Adjustment, ...], float | None]
 
 
@@ -235,6 +218,7 @@ class Recloop:
         emitter: Emitter | None = None,
         catalog_source: CatalogSource | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        record_fetcher: RecordFetcher | None = None,
     ) -> None:
         bootstrap = settings.kafka.bootstrap_servers
         if bootstrap is None:
@@ -301,6 +285,12 @@ class Recloop:
             key_type=str,
             value_type=bytes,
             partitions=kafka.partitions,
+        )
+        # the last offset each agent finished per input partition (pipeline/offsets.py)
+        self.progress = Progress(
+            self.app,
+            self.app.Table("progress", key_type=str, value_type=bytes, partitions=kafka.partitions),
+            record_fetcher or KafkaRecordFetcher(bootstrap),
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
@@ -486,6 +476,7 @@ class Recloop:
         stream: Any,
         handle: Callable[[Sequence[Any]], Awaitable[None]],
         window_ms: float | None = None,
+        complete: bool = True,
     ) -> None:
         """Feed an agent's stream to ``handle`` in batches; acknowledge only what it did.
 
@@ -497,19 +488,30 @@ class Recloop:
         it fails, :attr:`on_fatal` stops the process at once, before anything else can be
         acknowledged or committed: what was not committed comes back on restart and is
         applied once (docs/guarantees.md).
+
+        With ``complete``, offsets Faust skipped are read back and processed first, and
+        each partition's last offset is noted in the ``progress`` table
+        (:mod:`pipeline.offsets`); a compacted input (the catalog) has gaps by design.
         """
         worker = self.settings.worker
         window_s = (window_ms if window_ms is not None else worker.batch_window_ms) / 1000
         manual = stream.noack()
-        async for batch in manual.noack_take(worker.batch_max, window_s):
+        async for taken in manual.noack_take(worker.batch_max, window_s):
+            batch, refilled = list(taken), set[int]()
             try:
+                if complete:
+                    refill = await self.progress.complete(taken)
+                    batch, refilled = refill.batch, refill.refilled
                 await handle(batch)
+                if complete:
+                    self.progress.record(batch)
                 await self._hand_over_changelogs()
             except Exception as exc:
                 self.on_fatal(exc)
                 raise  # never acknowledge what failed
             for event in batch:
-                await manual.ack(event)
+                if id(event) not in refilled:  # Faust never delivered those
+                    await manual.ack(event)
 
     async def _hand_over_changelogs(self) -> None:
         """Wait until the table changelog records written so far left Faust's buffer.
@@ -558,11 +560,11 @@ class Recloop:
         if isinstance(event, Forget):
             if waiting is not None:  # what came before still goes out, then is erased
                 await self._answer(pending.pop(user_id))
-            with _processing(source):
+            with processing(source):
                 await self._forget(user_id, event.event_id, event.timestamp)
             return
         if waiting is None:
-            with _processing(source):  # a table read looks in the event's partition
+            with processing(source):  # a table read looks in the event's partition
                 stored, previous = self.users.get(user_id), self.snapshots.get(user_id)
             profile = UserProfile.restore(stored) if stored is not None else None
         else:
@@ -575,7 +577,7 @@ class Recloop:
                 and stored is not None
                 and applied.profile.recent_event_ids[-1:] == (event.event_id,)
             ):
-                with _processing(source):
+                with processing(source):
                     await self._republish(applied.profile, stored)
             return
         if waiting is None:
@@ -601,7 +603,7 @@ class Recloop:
         user_key = user_id.encode()
         snapshot_json = snapshot_to_json(snapshot)
         surface = event.context.surface if event.context else None
-        with _processing(waiting.source):
+        with processing(waiting.source):
             self.users[user_id] = profile.snapshot()
             self.snapshots[user_id] = encode_latest(surface, snapshot, snapshot_json)
         await self.emitter.send(self.topic_names["snapshots"], user_key, snapshot_json)
@@ -701,13 +703,13 @@ class Recloop:
     # Two agents, one per input, share the items table. Each read-modify-write below has
     # no await inside it, so on the event loop they never interleave for one item.
     async def _catalog_agent(self, stream: Any) -> None:
-        await self._in_batches(stream, self.handle_catalog_records)
+        await self._in_batches(stream, self.handle_catalog_records, complete=False)
 
     async def handle_catalog_records(self, batch: Sequence[Any]) -> None:
         """Fold a batch of catalog records, one at a time and in order."""
         for source in batch:
             message = source.message
-            with _processing(source):
+            with processing(source):
                 await self.handle_catalog_record(
                     message.key, source.value, message.topic, message.partition, message.offset
                 )
@@ -762,7 +764,7 @@ class Recloop:
             if seen is not None:
                 state = seen[2]
             else:
-                with _processing(source):
+                with processing(source):
                     state = self._item_state(feedback.item_id)
             folded[feedback.item_id] = (
                 source,
@@ -770,7 +772,7 @@ class Recloop:
                 apply_feedback(state, feedback, self.config.items),
             )
         for source, key, state in folded.values():
-            with _processing(source):
+            with processing(source):
                 await self._publish_item(key, state)
 
 
@@ -780,6 +782,7 @@ def create_app(
     emitter: Emitter | None = None,
     catalog_source: CatalogSource | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    record_fetcher: RecordFetcher | None = None,
 ) -> Recloop:
     """Build a worker's app from the settings (connects to nothing until started).
 
@@ -790,6 +793,8 @@ def create_app(
         catalog_source: this worker's view of every item; the item-state topic by default.
         on_fatal: called when an agent cannot process a batch; exits the process at once
             by default (:func:`exit_at_once`).
+        record_fetcher: reads back records Faust skipped; a consumer of the broker by
+            default (:class:`pipeline.offsets.KafkaRecordFetcher`).
 
     """
-    return Recloop(settings, clock, emitter, catalog_source, on_fatal)
+    return Recloop(settings, clock, emitter, catalog_source, on_fatal, record_fetcher)

@@ -9,6 +9,7 @@ from typing import Any
 
 from operators.catalog import Catalog
 from pipeline.app import Recloop, create_app
+from pipeline.offsets import Fetched
 from pipeline.settings import load_settings
 
 
@@ -82,6 +83,19 @@ class FixedCatalog:
         pass
 
 
+@dataclass
+class StoredRecords:
+    """A topic's records as the broker would give them back (:class:`RecordFetcher`)."""
+
+    records: dict[tuple[str, int], list[Fetched]] = field(default_factory=dict)
+    asked: list[tuple[str, int, int, int]] = field(default_factory=list)
+
+    def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Fetched]:
+        self.asked.append((topic, partition, start, end))
+        held = self.records.get((topic, partition), [])
+        return [r for r in held if start <= r.offset < end]
+
+
 def pipeline_app(
     catalog: Catalog, env: dict[str, str], emitter: RecordingEmitter, now: datetime
 ) -> tuple[Recloop, list[BaseException]]:
@@ -101,7 +115,11 @@ def pipeline_app(
         },
     )
     app = create_app(
-        settings, clock=lambda: now, emitter=emitter, catalog_source=FixedCatalog(catalog)
+        settings,
+        clock=lambda: now,
+        emitter=emitter,
+        catalog_source=FixedCatalog(catalog),
+        record_fetcher=StoredRecords(),
     )
     app.app.finalize()
     app.app.flow_control.resume()

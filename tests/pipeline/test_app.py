@@ -15,9 +15,10 @@ from operators.profile import UserProfile
 from operators.synthetic import SyntheticWorld
 from operators.validation import decode_event
 from pipeline.app import Recloop
+from pipeline.offsets import Fetched
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
-from tests.pipeline.doubles import ProducerBuffer, RecordingEmitter
+from tests.pipeline.doubles import ProducerBuffer, RecordingEmitter, StoredRecords
 
 
 def _event(event_id: str, user: str, kind: str, item: str, **extra: object) -> bytes:
@@ -300,8 +301,50 @@ async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_
     async with recloop.events_agent.test_context() as agent:
         event = await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1")
     assert event.message.acked
-    # the profile and the latest snapshot, each a changelog record, both sent before the ack
-    assert buffer.log == ["queued", "queued", "sent", "sent", "ack b'u1'"]
+    # the profile, the latest snapshot and the partition's progress: three changelog
+    # records, all sent before the ack
+    assert buffer.log == ["queued"] * 3 + ["sent"] * 3 + ["ack b'u1'"]
+
+
+async def test_offsets_the_stream_skipped_are_read_back_and_applied_before_the_rest(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    """Faust skips (and acknowledges) events around a rebalance: the partition's progress
+    shows the jump, and the missing records are read back from the topic and applied first,
+    in offset order, without an ack of their own."""
+    stored = recloop.progress.fetcher
+    assert isinstance(stored, StoredRecords)
+    topic = recloop.topic_names["events"]
+    stored.records[(topic, 0)] = [
+        Fetched(n, b"u1", _event(f"e{n + 1}", "u1", "click", f"item-0000{n + 1}"), 0)
+        for n in (1, 2)
+    ]
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=0)
+        agent.sent_offset = 3  # offsets 1 and 2 never reach the agent
+        last = await agent.put(_event("e4", "u1", "click", "item-00004"), key=b"u1", partition=0)
+    assert stored.asked == [(topic, 0, 1, 3)]
+    profile = UserProfile.restore(recloop.users["u1"])
+    assert profile.recent_event_ids == ("e1", "e2", "e3", "e4")
+    assert recloop.progress.refilled == 2 and last.message.acked
+    snapshots = [parse_snapshot(s.value or b"") for s in emitter.to("snapshots")]
+    assert [(s.version, s.source_event_id) for s in snapshots] == [(1, "e1"), (4, "e4")]
+
+
+async def test_a_jump_over_offsets_the_topic_does_not_hold_refills_nothing(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    """A transaction marker or a record past retention leaves an offset with no record."""
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=0)
+        agent.sent_offset = 5
+        await agent.put(_event("e2", "u1", "click", "item-00002"), key=b"u1", partition=0)
+        await agent.put(_event("e3", "u1", "click", "item-00003"), key=b"u1", partition=0)
+    stored = recloop.progress.fetcher
+    assert isinstance(stored, StoredRecords)
+    assert stored.asked == [(recloop.topic_names["events"], 0, 1, 5)]  # once: then in step
+    assert recloop.progress.refilled == 0
+    assert UserProfile.restore(recloop.users["u1"]).events_applied == 3
 
 
 async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(
