@@ -3,10 +3,13 @@
 For each size: build the index from seeded random unit vectors, then time single queries
 (k=10) through the index and through the reference (exact top-10: one matrix-vector
 product plus argpartition), compute recall@10 against the reference, and measure memory.
-Prints ONE JSON line; progress goes to stderr.
+Then move 1,000 items a little (the way an item's embedding turns as it learns) and time
+re-indexing them one at a time, the cost a worker pays per re-indexed item, and the
+recall@10 after it. Prints ONE JSON line; progress goes to stderr.
 
     .venv/bin/python scripts/bench_retrieval.py [--sizes 10000,100000] [--dim 64]
-        [--queries 1000] [--seed 0] [--threads 1]
+        [--queries 1000] [--seed 0] [--threads 1] [--ef-search N] [--ef-construction N]
+        [--m N]
 
 The reference's matrix-vector product runs in OpenBLAS, which reads OPENBLAS_NUM_THREADS
 (recorded in the output, never set here); hnswlib uses no BLAS.
@@ -34,6 +37,9 @@ from operators.index import ItemIndex
 K = 10
 EXCLUSIONS = (100, 1000)
 EXCLUSION_QUERIES = 200
+#: Items moved and re-indexed one at a time; how far each moves (cosine about 0.99).
+UPDATES = 1000
+UPDATE_NOISE = 0.15
 Matrix = npt.NDArray[np.float32]
 T = TypeVar("T")
 
@@ -114,6 +120,23 @@ def bench_size(
         timings, _ = _timed(query_excluding, queries[:EXCLUSION_QUERIES])
         with_exclusions[str(count)] = _percentiles(timings)
 
+    moved = rng.choice(size, min(UPDATES, size), replace=False)
+    items[moved] += UPDATE_NOISE * _unit(rng, len(moved), dim)
+    items[moved] /= np.linalg.norm(items[moved], axis=1, keepdims=True)
+    updates: list[float] = []
+    for row in moved.tolist():
+        start_ns = time.perf_counter_ns()
+        index.upsert(ids[row], items[row])
+        updates.append((time.perf_counter_ns() - start_ns) / 1e3)
+    _, found = _timed(lambda query: index.query(query, k=K), queries)
+    _, truth = _timed(lambda query: _exact_top(items, query), queries)
+    hits = sum(
+        len({ids[i] for i in expected.tolist()} & {item for item, _ in answer})
+        for answer, expected in zip(found, truth, strict=True)
+    )
+    recall_after = hits / (K * n_queries)
+    _log(f"size {size}: re-indexing {np.mean(updates):.0f} us an item, then {recall_after:.4f}")
+
     start = time.perf_counter()
     snapshot = index.snapshot()
     snapshot_s = time.perf_counter() - start
@@ -135,6 +158,8 @@ def bench_size(
         "speedup_p50": round(exact_p["p50_us"] / hnsw_p["p50_us"], 1),
         "recall_at_10": round(recall, 4),
         "hnsw_query_with_exclusions": with_exclusions,
+        "reindex_one": _percentiles(updates) | {"mean_us": round(float(np.mean(updates)), 1)},
+        "recall_at_10_after_reindex": round(recall_after, 4),
         "snapshot_mb": round(snapshot_mb, 1),
         "snapshot_s": round(snapshot_s, 2),
         "restore_s": round(restore_s, 2),
@@ -158,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ef-search", type=int, default=None, help="override the default")
     parser.add_argument("--m", type=int, default=None, help="override the default")
+    parser.add_argument("--ef-construction", type=int, default=None, help="override the default")
     args = parser.parse_args(argv)
 
     params = {"seed": args.seed, "num_threads": args.threads}
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         params["ef_search"] = args.ef_search
     if args.m is not None:
         params["m"] = args.m
+    if args.ef_construction is not None:
+        params["ef_construction"] = args.ef_construction
     sizes = [int(size) for size in args.sizes.split(",") if size]
     started = time.perf_counter()
     results = [bench_size(size, args.dim, args.queries, args.seed, params) for size in sizes]

@@ -124,28 +124,54 @@ def test_removed_items_are_never_returned_and_come_back_when_re_added(
     index.upsert(gone[0], live[gone[0]])
     assert gone[0] in index
     assert index.query(live[gone[0]], k=1)[0][0] == gone[0]
-    assert index.ids().index(gone[0]) == 0  # its stable label: first added, first listed
+    assert index.ids()[-1] == gone[0]  # listed in the order of the last upsert
 
 
-def test_new_items_reuse_removed_slots_and_the_removed_can_still_return(
+def test_updates_and_removals_leave_tombstones_that_compaction_clears(
     rng: np.random.Generator,
 ) -> None:
-    index = ItemIndex(DIM, max_elements=16, seed=2)
-    first = _unit(rng, 16)
-    index.upsert_many(_ids(16), first)
-    for item in _ids(8):
-        index.remove(item)
-    index.upsert_many(_ids(8, "new"), _unit(rng, 8))
-    assert index.capacity == 16  # the new items took the removed items' slots
-    assert len(index) == 16
+    index = ItemIndex(DIM, max_elements=256, seed=2)
+    vectors = dict(zip(_ids(200), _unit(rng, 200), strict=True))
+    index.upsert_many(list(vectors), np.vstack(list(vectors.values())))
+    moved = _ids(200)[:100]  # 100 tombstones: not more than half the live items
+    for item in moved:
+        vectors[item] = _unit(rng, 1)[0]
+        index.upsert(item, vectors[item])
+    assert index.compactions == 0
+    assert index.capacity == 512  # each new vector took a new slot
+    index.upsert("item-00199", vectors["item-00199"])  # the 101st: compacted
+    assert index.compactions == 1
+    assert len(index) == 200
+    assert len(index.ids()) == 200
+    assert index.ids()[-1] == "item-00199"  # the order of the last upserts survives
+    for query in _unit(rng, 10):
+        assert [item for item, _ in index.query(query, k=10)] == _exact(vectors, query, 10)
+    for item in _ids(200)[:101]:  # the 67th removal of 200 items compacts again
+        assert index.remove(item)
+        del vectors[item]
+    assert index.compactions == 2
+    assert len(index) == 99
+    assert index.vector("item-00000") is None
+    index.upsert("item-00000", _unit(rng, 1)[0])  # a removed item comes back
+    assert "item-00000" in index
+    for query in _unit(rng, 5):
+        found = [item for item, _ in index.query(query, k=10)]
+        assert "item-00001" not in found
+    restored = ItemIndex.restore(index.snapshot())
+    assert restored.ids() == index.ids()
+    assert restored.query(vectors["item-00150"], k=5) == index.query(vectors["item-00150"], k=5)
 
-    index.upsert("item-00000", first[0])  # its slot is gone: it needs a new one
-    assert index.capacity == 32
-    assert len(index) == 17
-    result = index.query(first[0], k=17)
-    assert len(result) == 17
-    assert len({item for item, _ in result}) == 17  # no item twice
-    assert result[0][0] == "item-00000"
+
+def test_a_snapshot_with_tombstones_restores_the_live_labels(rng: np.random.Generator) -> None:
+    index = ItemIndex(DIM, seed=2)
+    first = _unit(rng, 8)
+    index.upsert_many(_ids(8), first)
+    index.upsert("item-00003", first[0])  # a tombstone that keeps its id in the metadata
+    index.remove("item-00005")
+    restored = ItemIndex.restore(index.snapshot())
+    assert sorted(restored.ids()) == sorted(set(_ids(8)) - {"item-00005"})
+    np.testing.assert_allclose(restored.vector("item-00003"), first[0], atol=1e-6)
+    assert restored.query(first[0], k=2) == index.query(first[0], k=2)
 
 
 def test_one_batch_can_revive_removed_items_and_add_new_ones_past_capacity(
@@ -253,7 +279,7 @@ def test_build_upserts_in_order_and_the_last_duplicate_wins(rng: np.random.Gener
     vectors = _unit(rng, 3)
     items = [("x", vectors[0]), ("y", vectors[1]), ("x", vectors[2])]
     index = ItemIndex.build(DIM, iter(items), batch_size=2, seed=0)
-    assert index.ids() == ["x", "y"]
+    assert index.ids() == ["y", "x"]  # in the order of the last upserts
     stored = index.vector("x")
     assert stored is not None
     np.testing.assert_allclose(stored, vectors[2], atol=1e-6)
