@@ -212,6 +212,12 @@ class ItemIndex:
         return (ItemIndex.restore, (self.snapshot(),))
 
     @property
+    def tombstones(self) -> int:
+        """Slots of removed items and replaced vectors the graph still holds."""
+        with self._lock:
+            return len(self._removed)
+
+    @property
     def capacity(self) -> int:
         """The number of slots allocated in the graph (it grows as items are added)."""
         with self._lock:

@@ -308,6 +308,23 @@ class LiveCollector(Collector):
             "Available items in the worker's catalog.",
             figures["catalog_items"],
         )
+        index = recloop.follower.catalog.index
+        yield _gauge("recloop_index_items", "Live items in this worker's item index.", len(index))
+        yield _gauge(
+            "recloop_index_tombstones",
+            "Removed items and replaced vectors the index graph holds until it is compacted.",
+            index.tombstones,
+        )
+        yield _total(
+            "recloop_index_writes",
+            "Items (re-)indexed or removed from the index since the worker started.",
+            recloop.follower.catalog.index_changes,
+        )
+        yield _total(
+            "recloop_index_compactions",
+            "Rebuilds of the index graph that cleared its tombstones.",
+            index.compactions,
+        )
         yield _gauge(
             "recloop_list_diversity",
             "Mean intra-list diversity (pairs of differing categories) of recent lists.",

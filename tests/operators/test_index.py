@@ -138,9 +138,11 @@ def test_updates_and_removals_leave_tombstones_that_compaction_clears(
         vectors[item] = _unit(rng, 1)[0]
         index.upsert(item, vectors[item])
     assert index.compactions == 0
+    assert index.tombstones == 100
     assert index.capacity == 512  # each new vector took a new slot
     index.upsert("item-00199", vectors["item-00199"])  # the 101st: compacted
     assert index.compactions == 1
+    assert index.tombstones == 0
     assert len(index) == 200
     assert len(index.ids()) == 200
     assert index.ids()[-1] == "item-00199"  # the order of the last upserts survives

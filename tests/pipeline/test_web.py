@@ -413,6 +413,10 @@ async def test_metrics_are_in_the_prometheus_format_with_the_scenario_values(
     assert value("recloop_ctr", cohort="all") == 0.5
     assert value("recloop_lists_total") == 3
     assert value("recloop_catalog_items") == len(world.items) - 1  # one is withdrawn
+    assert value("recloop_index_items") == len(world.items) - 1  # ranking synced the index
+    assert value("recloop_index_writes_total") >= value("recloop_index_items")
+    assert value("recloop_index_tombstones") == worker.recloop.follower.catalog.index.tombstones
+    assert value("recloop_index_compactions_total") == 0
     assert 0 < value("recloop_catalog_coverage") <= 1
     assert value("recloop_event_to_snapshot_seconds_count") == 3
     assert value("recloop_event_to_snapshot_seconds_bucket", le="0.02") == 1
