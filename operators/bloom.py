@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from dataclasses import dataclass
 __all__ = ["Bloom"]
 
 _HEADER = 3  # bytes: the hash count (1) and the items added (2); the bits fill the rest
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _positions(value: str, m: int, k: int) -> tuple[int, ...]:
+    """The ``k`` bits of ``value`` in a filter of ``m`` bits (double hashing).
+
+    Cached: the ranker asks every user's filter about the same few thousand items.
+    """
+    digest = hashlib.blake2b(value.encode(), digest_size=16).digest()
+    h1 = int.from_bytes(digest[:8], "little")
+    h2 = int.from_bytes(digest[8:], "little") | 1
+    return tuple((h1 + i * h2) % m for i in range(k))
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,8 @@ class Bloom:
         k = max(1, round(m / capacity * math.log(2)))
         return cls(bits=bytes(m // 8), k=k)
 
-    def _positions(self, value: str) -> list[int]:
-        digest = hashlib.blake2b(value.encode(), digest_size=16).digest()
-        h1 = int.from_bytes(digest[:8], "little")
-        h2 = int.from_bytes(digest[8:], "little") | 1
-        return [(h1 + i * h2) % self.m for i in range(self.k)]
+    def _positions(self, value: str) -> tuple[int, ...]:
+        return _positions(value, len(self.bits) * 8, self.k)
 
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, str) or self.count == 0:

@@ -28,7 +28,14 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from operators.embedding import EmbeddingParams, Vector, add_taste, item_embedding, unit
+from operators.embedding import (
+    EmbeddingParams,
+    Vector,
+    add_taste,
+    item_embedding,
+    item_prior,
+    unit,
+)
 from operators.index import ItemIndex
 from schemas.catalog import ItemRecord
 
@@ -385,6 +392,8 @@ class Catalog:
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
         self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
+        # each item's content prior, kept with the record it was computed from
+        self._priors: dict[str, tuple[ItemRecord | None, Vector]] = {}
         # what the index holds, as far as this catalog put it there
         self._indexed: dict[str, Vector] = {}
         self._dirty: set[str] = set()
@@ -446,16 +455,26 @@ class Catalog:
         columns.popularity[row] = state.popularity
         columns.popularity_t[row] = state.popularity_t
         columns.present[row] = True
-        for order in self._affected(old, state):
-            order.update(item_id, state)
+        if (
+            old is None
+            or old.record is not state.record
+            or old.popularity != state.popularity
+            or old.popularity_t != state.popularity_t
+        ):  # what the orders rank by changed (a co-visit record changes none of it)
+            for order in self._affected(old, state):
+                order.update(item_id, state)
         if (
             old is None
             or old.taste != state.taste
             or (old.record is not state.record and old.record != state.record)
         ):
-            self._set_vector(
-                item_id, unit(item_embedding(state.record, state.taste, self.embedding))
-            )
+            prior = self._priors.get(item_id)
+            if prior is None or prior[0] is not state.record:
+                prior = self._priors[item_id] = (
+                    state.record, item_prior(state.record, self.embedding),
+                )  # fmt: skip
+            embedding = item_embedding(state.record, state.taste, self.embedding, prior[1])
+            self._set_vector(item_id, unit(embedding))
             self._dirty.add(item_id)
         elif old.available != state.available:
             self._dirty.add(item_id)
@@ -466,6 +485,7 @@ class Catalog:
         old = self._items.pop(item_id, None)
         self._set_vector(item_id, None)
         self._neighbour_rows.pop(item_id, None)
+        self._priors.pop(item_id, None)
         row = self._rows.get(item_id)
         if row is not None:
             for column in self._columns:

@@ -138,10 +138,17 @@ def add_taste(
 
 
 def item_embedding(
-    record: ItemRecord | None, taste: Sequence[float], params: EmbeddingParams
+    record: ItemRecord | None,
+    taste: Sequence[float],
+    params: EmbeddingParams,
+    prior: Vector | None = None,
 ) -> Vector:
-    """The item's embedding: its content prior plus its taste."""
-    prior = item_prior(record, params)
+    """The item's embedding: its content prior plus its taste.
+
+    ``prior``: :func:`item_prior` of ``record``, when the caller keeps it.
+    """
+    if prior is None:
+        prior = item_prior(record, params)
     if len(taste) == params.dim:
         return prior + np.asarray(taste, dtype=np.float64)
     return prior

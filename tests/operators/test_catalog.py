@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.embedding import item_embedding, item_prior, unit
 from operators.synthetic import SyntheticWorld
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -258,3 +260,38 @@ def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None
     unseen = catalog.rows(["unseen"])[0]
     assert unseen > 0 and not catalog.columns().present[unseen]  # a row, but no item
     assert catalog.unit("unseen") is None
+
+
+def test_the_embedding_follows_taste_and_a_new_record_but_not_co_visits(
+    world: SyntheticWorld,
+) -> None:
+    """The catalog keeps each item's prior; only feedback with taste or a new record moves it."""
+    catalog = Catalog()
+    item = world.items[0]
+    catalog.put(ItemState(item_id=item.item_id, record=item))
+    prior = catalog.unit(item.item_id)
+    assert prior is not None
+    np.testing.assert_allclose(prior, item_prior(item, catalog.embedding) / 2.0)  # weight 2
+
+    params = ItemParams()
+    co_visit = ItemFeedback(item.item_id, 0.0, 0.0, T0, "e1", kind="covisit", co_items=("x",))
+    stored = catalog.get(item.item_id)
+    assert stored is not None
+    state = apply_feedback(stored, co_visit, params)
+    catalog.put(state)
+    np.testing.assert_array_equal(catalog.unit(item.item_id), prior)
+
+    like = ItemFeedback(item.item_id, 1.0, 1.0, T0, "e2", user_id="u1")
+    state = apply_feedback(state, like, params)
+    catalog.put(state)
+    liked = unit(item_embedding(item, state.taste, catalog.embedding))
+    assert liked is not None and not np.allclose(liked, prior)
+    np.testing.assert_array_equal(catalog.unit(item.item_id), liked)
+    assert item.item_id in catalog.top(1, half_life_s=3600)  # the like reached the orders
+
+    moved = item.model_copy(update={"category": "a-new-category"})
+    catalog.put(state.with_record(moved))
+    recategorised = unit(item_embedding(moved, state.taste, catalog.embedding))
+    assert recategorised is not None
+    np.testing.assert_array_equal(catalog.unit(item.item_id), recategorised)
+    assert catalog.top(1, half_life_s=3600, category="a-new-category") == [item.item_id]
