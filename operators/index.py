@@ -132,7 +132,7 @@ class ItemIndex:
     outnumber half the live items the graph is rebuilt from the live vectors
     (:attr:`compactions`), in label order, so churn does not grow the index and the
     rebuild costs about two inserts per tombstone it clears. Its pause is one build of
-    the live items (0.35 s at 1,700 items; longer for large catalogs).
+    the live items (about 0.14 s at 1,700 items, 40 s or more at 100k).
 
     Memory: a copy of every label's vector is kept next to the graph (as many bytes again
     as hnswlib's vectors): reading vectors out of hnswlib costs milliseconds per thousand.
@@ -475,8 +475,9 @@ class ItemIndex:
         """Rebuild the graph without its tombstones once they outnumber half the live items.
 
         Each rebuild re-inserts the live items, so it costs about two inserts per
-        tombstone it clears; the graph never holds more than ``1 + _COMPACT_RATIO`` times
-        the live items (and ``_COMPACT_FLOOR`` tombstones), however much items churn.
+        tombstone it clears; however much items churn, the graph never holds more
+        tombstones than ``_COMPACT_RATIO`` times the live items (or than
+        ``_COMPACT_RATIO * _COMPACT_FLOOR`` in a small index).
         """
         live = len(self._ids) - len(self._removed)
         if len(self._removed) <= _COMPACT_RATIO * max(live, _COMPACT_FLOOR):
