@@ -39,7 +39,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
@@ -70,6 +70,9 @@ _OVERFETCH_LIMIT: Final = 200
 #: share of the live items, or of ``_COMPACT_FLOOR`` for a small index.
 _COMPACT_RATIO: Final = 0.5
 _COMPACT_FLOOR: Final = 64
+#: Live items a compaction copies into the replacement graph per write (upsert or remove),
+#: so no single write pauses for a whole rebuild.
+_COMPACT_STEP: Final = 256
 _GROWTH: Final = 2
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -106,6 +109,25 @@ class IndexLoadError(Exception):
     """
 
 
+@dataclass
+class _Rebuild:
+    """A compaction in progress: the replacement graph, filled a step per write.
+
+    ``plan`` lists the live items, with their labels in the current graph, as they were
+    when it started; an item written since (upserted again, removed) has another label
+    by the time its turn comes and is skipped, because every write during a compaction
+    goes to both graphs.
+    """
+
+    graph: Any
+    plan: list[tuple[str, int]]
+    vectors: FloatMatrix  # new label -> vector
+    done: int = 0
+    ids: list[str] = field(default_factory=list)  # new label -> item id
+    labels: dict[str, int] = field(default_factory=dict)  # item id -> new label (live)
+    removed: set[int] = field(default_factory=set)
+
+
 class ItemIndex:
     """Approximate cosine nearest neighbours over item embeddings (hnswlib, HNSW graph).
 
@@ -129,10 +151,12 @@ class ItemIndex:
     in-place update repairs every neighbour's links and costs about ten inserts (2.3 ms
     against 0.2 ms on 10k 64-d items; docs/retrieval.md). A removed item leaves a
     tombstone too. Tombstones still route searches but are never returned; once they
-    outnumber half the live items the graph is rebuilt from the live vectors
-    (:attr:`compactions`), in label order, so churn does not grow the index and the
-    rebuild costs about two inserts per tombstone it clears. Its pause is one build of
-    the live items (about 0.14 s at 1,700 items, 40 s or more at 100k).
+    outnumber half the live items a replacement graph is built from the live vectors
+    (:attr:`compactions`), in label order, ``_COMPACT_STEP`` items per write, every
+    write meanwhile going to both graphs; when it holds every live item it takes over.
+    So churn does not grow the index, a rebuild costs about two inserts per tombstone it
+    clears, and no write pauses for more than a step (about 50 ms) however large the
+    catalog.
 
     Memory: a copy of every label's vector is kept next to the graph (as many bytes again
     as hnswlib's vectors): reading vectors out of hnswlib costs milliseconds per thousand.
@@ -190,8 +214,9 @@ class ItemIndex:
         self._ids: list[str] = []  # label -> item id; labels are 0, 1, 2, ...
         self._removed: set[int] = set()  # labels whose item is not live
         self._vectors: FloatMatrix = np.zeros((0, dim), dtype=np.float32)  # label -> vector
-        #: graph rebuilds that cleared tombstones (see :meth:`_compact_if_worth_it`)
+        #: graph rebuilds that cleared tombstones (see :meth:`_compact_step`)
         self.compactions = 0
+        self._rebuild: _Rebuild | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -347,7 +372,9 @@ class ItemIndex:
                     self._removed.add(old)
                 self._labels[item_id] = label
                 self._removed.discard(label)
-            self._compact_if_worth_it()
+            if self._rebuild is not None:
+                self._copy(self._rebuild, list(last_row), matrix[list(last_row.values())])
+            self._compact_step()
 
     def remove(self, item_id: str) -> bool:
         """Remove an item: it is never returned again until it is upserted again.
@@ -363,7 +390,12 @@ class ItemIndex:
             self._index.mark_deleted(label)
             self._removed.add(label)
             del self._labels[item_id]
-            self._compact_if_worth_it()
+            rebuild = self._rebuild
+            copied = rebuild.labels.pop(item_id, None) if rebuild is not None else None
+            if rebuild is not None and copied is not None:
+                rebuild.graph.mark_deleted(copied)
+                rebuild.removed.add(copied)
+            self._compact_step()
             return True
 
     # -- persistence ---------------------------------------------------------------------
@@ -465,43 +497,77 @@ class ItemIndex:
         labels = np.fromiter((label for label, _ in rows), dtype=np.uint64, count=len(rows))
         picked = matrix[[row for _, row in rows]]
         self._index.add_items(picked, labels, num_threads=self.num_threads)
-        if len(self._vectors) < len(self._ids):
-            grown = np.zeros((max(len(self._ids), 2 * len(self._vectors)), self.dim), np.float32)
-            grown[: len(self._vectors)] = self._vectors
-            self._vectors = grown
+        self._vectors = _with_rows(self._vectors, len(self._ids), self.dim)
         self._vectors[labels.astype(np.intp)] = picked
 
-    def _compact_if_worth_it(self) -> None:
-        """Rebuild the graph without its tombstones once they outnumber half the live items.
+    def _compact_step(self) -> None:
+        """Start a compaction once tombstones outnumber half the live items, or go on.
 
-        Each rebuild re-inserts the live items, so it costs about two inserts per
-        tombstone it clears; however much items churn, the graph never holds more
-        tombstones than ``_COMPACT_RATIO`` times the live items (or than
-        ``_COMPACT_RATIO * _COMPACT_FLOOR`` in a small index).
+        Each step copies the next ``_COMPACT_STEP`` items of the plan that are still live
+        with the vector they had when it started; the replacement takes over once the
+        plan is done. A rebuild costs about two inserts per tombstone it clears; however
+        much items churn, the graph never holds many more tombstones than
+        ``_COMPACT_RATIO`` times the live items (or ``_COMPACT_RATIO * _COMPACT_FLOOR``
+        in a small index).
         """
-        live = len(self._ids) - len(self._removed)
-        if len(self._removed) <= _COMPACT_RATIO * max(live, _COMPACT_FLOOR):
+        rebuild = self._rebuild
+        if rebuild is None:
+            live = len(self._ids) - len(self._removed)
+            if len(self._removed) <= _COMPACT_RATIO * max(live, _COMPACT_FLOOR):
+                return
+            graph: Any = hnswlib.Index(space="ip", dim=self.dim)
+            graph.init_index(
+                max_elements=max(self.max_elements, 2 * live),
+                M=self.m,
+                ef_construction=self.ef_construction,
+                random_seed=self.seed,
+            )
+            graph.set_ef(self.ef_search)
+            graph.set_num_threads(self.num_threads)
+            plan = [(self._ids[n], n) for n in range(len(self._ids)) if n not in self._removed]
+            vectors = np.zeros((0, self.dim), dtype=np.float32)
+            rebuild = self._rebuild = _Rebuild(graph, plan, vectors)
+        step = rebuild.plan[rebuild.done : rebuild.done + _COMPACT_STEP]
+        rebuild.done += len(step)
+        # an item written since the plan was made is in the new graph already
+        still = [(item, label) for item, label in step if self._labels.get(item) == label]
+        if still:
+            rows = [label for _, label in still]
+            self._copy(rebuild, [item for item, _ in still], self._vectors[rows])
+        if rebuild.done < len(rebuild.plan):
             return
-        kept = [label for label in range(len(self._ids)) if label not in self._removed]
-        graph: Any = hnswlib.Index(space="ip", dim=self.dim)
-        graph.init_index(
-            max_elements=int(self._index.get_max_elements()),
-            M=self.m,
-            ef_construction=self.ef_construction,
-            random_seed=self.seed,
-        )
-        graph.set_ef(self.ef_search)
-        graph.set_num_threads(self.num_threads)
-        vectors = self._vectors[kept]
-        if kept:
-            graph.add_items(vectors, np.arange(len(kept), dtype=np.uint64),
-                            num_threads=self.num_threads)  # fmt: skip
-        self._index = graph
-        self._ids = [self._ids[label] for label in kept]
-        self._labels = {item_id: label for label, item_id in enumerate(self._ids)}
-        self._removed = set()
-        self._vectors = vectors
+        self._index = rebuild.graph
+        self._ids = rebuild.ids
+        self._labels = rebuild.labels
+        self._removed = rebuild.removed
+        self._vectors = rebuild.vectors
+        self._rebuild = None
         self.compactions += 1
+
+    def _copy(self, rebuild: _Rebuild, item_ids: list[str], matrix: FloatMatrix) -> None:
+        """Write items to the replacement graph (new labels; earlier copies tombstoned).
+
+        A failure abandons the compaction (the current graph is intact) and is raised.
+        """
+        try:
+            graph, start = rebuild.graph, len(rebuild.ids)
+            needed = int(graph.element_count) + len(item_ids)
+            if needed > int(graph.get_max_elements()):
+                graph.resize_index(max(needed, int(graph.get_max_elements()) * _GROWTH))
+            labels = np.arange(start, start + len(item_ids), dtype=np.uint64)
+            graph.add_items(matrix, labels, num_threads=self.num_threads)
+            rebuild.ids.extend(item_ids)
+            rebuild.vectors = _with_rows(rebuild.vectors, len(rebuild.ids), self.dim)
+            rebuild.vectors[start : len(rebuild.ids)] = matrix
+            for item_id, label in zip(item_ids, labels.tolist(), strict=True):
+                earlier = rebuild.labels.get(item_id)
+                if earlier is not None:
+                    graph.mark_deleted(earlier)
+                    rebuild.removed.add(earlier)
+                rebuild.labels[item_id] = label
+        except BaseException:
+            self._rebuild = None
+            raise
 
     def _reserve(self, new_labels: int) -> None:
         """Grow the graph (geometrically) so ``new_labels`` more labels fit."""
@@ -642,6 +708,15 @@ class ItemIndex:
             held = sorted(live)
             index._vectors[held] = np.asarray(index._index.get_items(held), dtype=np.float32)
         return index
+
+
+def _with_rows(vectors: FloatMatrix, rows: int, dim: int) -> FloatMatrix:
+    """``vectors`` with room for ``rows`` rows (grown geometrically; the new rows zero)."""
+    if len(vectors) >= rows:
+        return vectors
+    grown = np.zeros((max(rows, 2 * len(vectors)), dim), np.float32)
+    grown[: len(vectors)] = vectors
+    return grown
 
 
 def _normalised(vector: Sequence[float] | npt.NDArray[np.floating[Any]], dim: int) -> FloatMatrix:

@@ -5,7 +5,9 @@ For each size: build the index from seeded random unit vectors, then time single
 product plus argpartition), compute recall@10 against the reference, and measure memory.
 Then move 1,000 items a little (the way an item's embedding turns as it learns) and time
 re-indexing them one at a time, the cost a worker pays per re-indexed item, and the
-recall@10 after it. Prints ONE JSON line; progress goes to stderr.
+recall@10 after it; up to 20,000 items, re-index 0.7x the items one at a time as well,
+which runs a compaction, and report the slowest write. Prints ONE JSON line; progress
+goes to stderr.
 
     .venv/bin/python scripts/bench_retrieval.py [--sizes 10000,100000] [--dim 64]
         [--queries 1000] [--seed 0] [--threads 1] [--ef-search N] [--ef-construction N]
@@ -40,6 +42,10 @@ EXCLUSION_QUERIES = 200
 #: Items moved and re-indexed one at a time; how far each moves (cosine about 0.99).
 UPDATES = 1000
 UPDATE_NOISE = 0.15
+#: Up to this size, also re-index 0.7x the items one at a time: enough to run a
+#: compaction, whose steps bound the slowest write.
+CHURN_MAX_SIZE = 20_000
+CHURN_SHARE = 0.7
 Matrix = npt.NDArray[np.float32]
 T = TypeVar("T")
 
@@ -86,6 +92,27 @@ def _timed(call: Callable[[Matrix], T], queries: Matrix) -> tuple[list[float], l
 def _percentiles(timings: list[float]) -> dict[str, float]:
     p50, p99 = np.percentile(timings, [50, 99])
     return {"p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1)}
+
+
+def _churn(
+    index: ItemIndex, items: Matrix, ids: list[str], rng: np.random.Generator
+) -> dict[str, float]:
+    """Re-index ``CHURN_SHARE`` of the items one at a time: every write's latency."""
+    writes: list[float] = []
+    compactions = index.compactions
+    for row in range(int(CHURN_SHARE * len(ids))):
+        moved = items[row] + UPDATE_NOISE * _unit(rng, 1, items.shape[1])[0]
+        start_ns = time.perf_counter_ns()
+        index.upsert(ids[row], moved)
+        writes.append((time.perf_counter_ns() - start_ns) / 1e6)
+    return {
+        "reindexes": len(writes),
+        "compactions": index.compactions - compactions,
+        "mean_ms": round(float(np.mean(writes)), 3),
+        "p99_ms": round(float(np.percentile(writes, 99)), 2),
+        "max_ms": round(max(writes), 1),
+        "total_s": round(sum(writes) / 1e3, 2),
+    }
 
 
 def bench_size(
@@ -137,6 +164,10 @@ def bench_size(
     recall_after = hits / (K * n_queries)
     _log(f"size {size}: re-indexing {np.mean(updates):.0f} us an item, then {recall_after:.4f}")
 
+    churn = _churn(index, items, ids, rng) if size <= CHURN_MAX_SIZE else None
+    if churn is not None:
+        _log(f"size {size}: churn {churn}")
+
     start = time.perf_counter()
     snapshot = index.snapshot()
     snapshot_s = time.perf_counter() - start
@@ -160,6 +191,7 @@ def bench_size(
         "hnsw_query_with_exclusions": with_exclusions,
         "reindex_one": _percentiles(updates) | {"mean_us": round(float(np.mean(updates)), 1)},
         "recall_at_10_after_reindex": round(recall_after, 4),
+        "churn_one_at_a_time": churn,
         "snapshot_mb": round(snapshot_mb, 1),
         "snapshot_s": round(snapshot_s, 2),
         "restore_s": round(restore_s, 2),

@@ -164,6 +164,37 @@ def test_updates_and_removals_leave_tombstones_that_compaction_clears(
     assert restored.query(vectors["item-00150"], k=5) == index.query(vectors["item-00150"], k=5)
 
 
+def test_a_large_compaction_runs_a_step_per_write_and_misses_no_write(
+    rng: np.random.Generator,
+) -> None:
+    """Writes during a compaction reach the replacement graph, whatever step it is at."""
+    index = ItemIndex(DIM, max_elements=1024, seed=3)
+    vectors = dict(zip(_ids(600), _unit(rng, 600), strict=True))
+    index.upsert_many(list(vectors), np.vstack(list(vectors.values())))
+    for item in _ids(600)[:301]:  # the 301st tombstone starts a compaction: 600 to copy
+        vectors[item] = _unit(rng, 1)[0]
+        index.upsert(item, vectors[item])
+    assert index.compactions == 0  # one step of 256 copied: not done
+    # the plan runs items 301..599 then 0..300; step 1 copied 301..556
+    moved = ["item-00301", "item-00299", "brand-new"]  # copied, not reached yet, new
+    for item in moved:
+        vectors[item] = _unit(rng, 1)[0]
+    index.upsert_many(moved, np.vstack([vectors[item] for item in moved]))
+    assert index.compactions == 0  # step 2 copied 557..599 and 0..212
+    assert index.remove("item-00298")  # not reached yet: step 3 skips it
+    del vectors["item-00298"]
+    assert index.compactions == 1  # step 3 copied the rest and took over
+    assert index.tombstones == 1  # item-00301's first copy
+    assert set(index.ids()) == set(vectors)
+    assert len(index) == 600
+    for item in moved:
+        stored = index.vector(item)
+        assert stored is not None
+        np.testing.assert_allclose(stored, vectors[item], atol=1e-6)
+    for query in _unit(rng, 10):
+        assert [item for item, _ in index.query(query, k=10)] == _exact(vectors, query, 10)
+
+
 def test_a_snapshot_with_tombstones_restores_the_live_labels(rng: np.random.Generator) -> None:
     index = ItemIndex(DIM, seed=2)
     first = _unit(rng, 8)
@@ -172,7 +203,9 @@ def test_a_snapshot_with_tombstones_restores_the_live_labels(rng: np.random.Gene
     index.remove("item-00005")
     restored = ItemIndex.restore(index.snapshot())
     assert sorted(restored.ids()) == sorted(set(_ids(8)) - {"item-00005"})
-    np.testing.assert_allclose(restored.vector("item-00003"), first[0], atol=1e-6)
+    stored = restored.vector("item-00003")
+    assert stored is not None
+    np.testing.assert_allclose(stored, first[0], atol=1e-6)
     assert restored.query(first[0], k=2) == index.query(first[0], k=2)
 
 
