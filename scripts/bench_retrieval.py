@@ -94,6 +94,19 @@ def _percentiles(timings: list[float]) -> dict[str, float]:
     return {"p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1)}
 
 
+def _recall(
+    index: ItemIndex, items: Matrix, ids: list[str], queries: Matrix
+) -> tuple[list[float], list[float], float]:
+    """Index and exact latencies per query, and the index's recall@K against exact."""
+    hnsw, found = _timed(lambda query: index.query(query, k=K), queries)
+    exact, truth = _timed(lambda query: _exact_top(items, query), queries)
+    hits = sum(
+        len({ids[i] for i in expected.tolist()} & {item for item, _ in answer})
+        for answer, expected in zip(found, truth, strict=True)
+    )
+    return hnsw, exact, hits / (K * len(queries))
+
+
 def _churn(
     index: ItemIndex, items: Matrix, ids: list[str], rng: np.random.Generator
 ) -> dict[str, float]:
@@ -131,13 +144,7 @@ def bench_size(
     rss_growth = _rss_mb() - rss_before
     _log(f"size {size}: built in {build_s:.1f} s")
 
-    hnsw, found = _timed(lambda query: index.query(query, k=K), queries)
-    exact, truth = _timed(lambda query: _exact_top(items, query), queries)
-    hits = sum(
-        len({ids[i] for i in expected.tolist()} & {item for item, _ in answer})
-        for answer, expected in zip(found, truth, strict=True)
-    )
-    recall = hits / (K * n_queries)
+    hnsw, exact, recall = _recall(index, items, ids, queries)
     _log(f"size {size}: recall@{K} {recall:.4f}")
 
     with_exclusions: dict[str, dict[str, float]] = {}
@@ -155,13 +162,7 @@ def bench_size(
         start_ns = time.perf_counter_ns()
         index.upsert(ids[row], items[row])
         updates.append((time.perf_counter_ns() - start_ns) / 1e3)
-    _, found = _timed(lambda query: index.query(query, k=K), queries)
-    _, truth = _timed(lambda query: _exact_top(items, query), queries)
-    hits = sum(
-        len({ids[i] for i in expected.tolist()} & {item for item, _ in answer})
-        for answer, expected in zip(found, truth, strict=True)
-    )
-    recall_after = hits / (K * n_queries)
+    _, _, recall_after = _recall(index, items, ids, queries)
     _log(f"size {size}: re-indexing {np.mean(updates):.0f} us an item, then {recall_after:.4f}")
 
     churn = _churn(index, items, ids, rng) if size <= CHURN_MAX_SIZE else None
