@@ -251,6 +251,8 @@ def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams)
 
 
 SortKey = tuple[float, float, str]
+#: Content priors a catalog keeps (the items that got feedback most recently, roughly).
+_PRIORS_KEPT = 1 << 16
 IntArray = npt.NDArray[np.intp]
 
 
@@ -392,7 +394,8 @@ class Catalog:
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
         self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
-        # each item's content prior, kept with the record it was computed from
+        # content priors, kept with the record they were computed from (at most
+        # _PRIORS_KEPT: 32 MB of 64-d vectors)
         self._priors: dict[str, tuple[ItemRecord | None, Vector]] = {}
         # what the index holds, as far as this catalog put it there
         self._indexed: dict[str, Vector] = {}
@@ -470,6 +473,8 @@ class Catalog:
         ):
             prior = self._priors.get(item_id)
             if prior is None or prior[0] is not state.record:
+                if len(self._priors) >= _PRIORS_KEPT:  # bounded: drop the oldest kept
+                    del self._priors[next(iter(self._priors))]
                 prior = self._priors[item_id] = (
                     state.record, item_prior(state.record, self.embedding),
                 )  # fmt: skip

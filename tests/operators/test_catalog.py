@@ -295,3 +295,23 @@ def test_the_embedding_follows_taste_and_a_new_record_but_not_co_visits(
     assert recategorised is not None
     np.testing.assert_array_equal(catalog.unit(item.item_id), recategorised)
     assert catalog.top(1, half_life_s=3600, category="a-new-category") == [item.item_id]
+
+
+def test_the_catalog_keeps_a_bounded_number_of_priors(
+    world: SyntheticWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("operators.catalog._PRIORS_KEPT", 3)
+    catalog = Catalog()
+    for item in world.items[:5]:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    assert len(catalog._priors) == 3  # the two oldest were dropped
+    item = world.items[0]  # its prior was dropped: computed again, the same embedding
+    state = apply_feedback(
+        catalog.get(item.item_id) or ItemState(item_id=item.item_id),
+        ItemFeedback(item.item_id, 1.0, 1.0, T0, "e1", user_id="u1"),
+        ItemParams(),
+    )
+    catalog.put(state)
+    expected = unit(item_embedding(item, state.taste, catalog.embedding))
+    assert expected is not None
+    np.testing.assert_array_equal(catalog.unit(item.item_id), expected)
