@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,6 +120,18 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/recloop`` (or ``~/.cache/recloop``): outside the work tree."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "recloop"
+
+
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64, never starting with ``-``.
+
+    ``kafka-storage format -t`` parses an id that starts with ``-`` (1 in 64 of them) as
+    an option and fails; Kafka's own ``Uuid.randomUuid`` draws again in that case too.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _free_port() -> int:
@@ -314,7 +327,7 @@ class EmbeddedKafka:
         _write_atomic(self.home / "log4j2.properties", _LOG4J2.format(log_dir=log_dir))
         _write_atomic(props, self._server_properties(port, cport, data_dir))
         if not (data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             fmt = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
                 capture_output=True,

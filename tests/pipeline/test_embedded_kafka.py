@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedded_kafka import BrokerError, EmbeddedKafka, default_cache_dir
+from pipeline.embedded_kafka import BrokerError, EmbeddedKafka, default_cache_dir, new_cluster_id
 from pipeline.settings import Settings
 
 
@@ -31,3 +31,10 @@ def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
 def test_status_is_none_when_nothing_runs(tmp_path: Path) -> None:
     assert EmbeddedKafka(tmp_path / "cache").status() is None
     assert EmbeddedKafka(tmp_path / "cache").stop() is False
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """kafka-storage would read ``-...`` as an option: such a draw is thrown away."""
+    draws = iter([bytes([0xF8]) + bytes(15), bytes(16)])  # the first encodes as "-AAA..."
+    assert new_cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert all(not new_cluster_id().startswith("-") for _ in range(500))
