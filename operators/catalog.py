@@ -580,6 +580,11 @@ class Catalog:
         similarity: Vector = self.embeddings(item_ids) @ vector
         return similarity
 
+    def similarities_at(self, rows: IntArray, vector: Vector) -> Vector:
+        """:meth:`similarities` for items given by their :meth:`rows`."""
+        similarity: Vector = self._matrix[rows] @ vector
+        return similarity
+
     def embeddings(self, item_ids: Sequence[str]) -> npt.NDArray[np.float64]:
         """The items' unit embeddings, one row each (zero when unknown): a copy."""
         embeddings: npt.NDArray[np.float64] = self._matrix[

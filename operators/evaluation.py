@@ -69,7 +69,7 @@ from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
 from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
-from operators.ranking import rank_items, user_unit
+from operators.ranking import rank_items, rank_rows, user_unit
 from schemas.catalog import ItemRecord, parse_item
 from schemas.events import (
     ITEM_EVENTS,
@@ -665,9 +665,10 @@ class LoopRecommender:
         widened = k + len(exclude - profile.excluded())
         params = replace(self.config.ranking, k=widened)
         rules = self.config.deescalation
-        ranked = rank_items(profile, self.catalog, now.timestamp(), params, self.model,
-                            rules, None, part_of_day(now, rules))  # fmt: skip
-        return [r.item_id for r in ranked if r.item_id not in exclude][:k]
+        # the ids alone: a replay counts hits, it never reads the reasons
+        ranked = rank_rows(profile, self.catalog, now.timestamp(), params, self.model,
+                           rules, None, part_of_day(now, rules))  # fmt: skip
+        return [i for _, i, _ in ranked.rows if i not in exclude][:k]
 
 
 class DeescalationTally:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from itertools import chain, repeat
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -601,13 +602,13 @@ def _gather(
         covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
     )  # fmt: skip
     ids = list(states)
+    rows = catalog.rows(ids)
     similarity = (
-        catalog.similarities(ids, user_vector)
+        catalog.similarities_at(rows, user_vector)
         if user_vector is not None and ids
         else np.zeros(len(ids))
     )
     affinity = {c: _squash(a) for c, a in profile.affinity.items()}
-    rows = catalog.rows(ids)
     # each candidate's co-visitation, 0 when it has none (covisit_rows is sorted)
     at = np.minimum(np.searchsorted(covisit_rows, rows), max(len(covisit_rows) - 1, 0))
     co_visited = covisit_rows[at] == rows if len(covisit_rows) else np.zeros(len(rows), bool)
@@ -771,6 +772,17 @@ def _penalty_of(state: ItemState, active: dict[str, float]) -> float:
     return max(by_category, by_creator)
 
 
+class Ranking(NamedTuple):
+    """The rows :func:`rank_rows` ranked, before they are explained."""
+
+    #: the list, best first: the exploited rows, then the explored ones
+    rows: list[Row]
+    #: the ids of the explored rows
+    explored: frozenset[str]
+    #: the candidates they came from
+    found: Candidates
+
+
 def rank_items(
     profile: UserProfile,
     catalog: Catalog,
@@ -782,6 +794,35 @@ def rank_items(
     part: str | None = None,
 ) -> list[RankedItem]:
     """The user's top ``k`` items with scores and reasons.
+
+    :func:`rank_rows`, each row explained (see its arguments).
+    """
+    ranking = rank_rows(profile, catalog, now_t, params, model, deescalation, surface, part)
+    found, explored = ranking.found, ranking.explored
+    return [
+        RankedItem(
+            item_id=item_id,
+            score=round(float(score), 6),
+            category=state.category,
+            reasons=_reasons(item_id, state, found, profile, catalog, item_id in explored),
+        )
+        for score, item_id, state in ranking.rows
+    ]
+
+
+def rank_rows(
+    profile: UserProfile,
+    catalog: Catalog,
+    now_t: float,
+    params: RankingParams,
+    model: RankingModel | None = None,
+    deescalation: DeescalationParams | None = None,
+    surface: str | None = None,
+    part: str | None = None,
+) -> Ranking:
+    """The user's top ``k`` rows (score, item id, state), unexplained.
+
+    What a replay that only counts hits needs: explaining a row costs more than ranking it.
 
     Args:
         profile: the user's state.
@@ -869,12 +910,4 @@ def rank_items(
         exploit += extra[: params.k - len(exploit) - len(explored)]
     if caps:
         exploit = _keep_one_of_each(exploit, rows, caps)
-    return [
-        RankedItem(
-            item_id=item_id,
-            score=round(float(score), 6),
-            category=state.category,
-            reasons=_reasons(item_id, state, found, profile, catalog, item_id in explored_ids),
-        )
-        for score, item_id, state in [*exploit, *explored]
-    ]
+    return Ranking([*exploit, *explored], frozenset(explored_ids), found)

@@ -11,7 +11,7 @@ import pytest
 from operators.bloom import Bloom
 from operators.catalog import Catalog, ItemState
 from operators.profile import UserProfile
-from operators.ranking import RankingParams, exploration_slots, rank_items
+from operators.ranking import RankingParams, exploration_slots, rank_items, rank_rows
 from operators.synthetic import SyntheticWorld
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -321,6 +321,25 @@ def test_the_last_slots_go_to_the_long_tail_and_say_so(catalog: Catalog) -> None
     assert all(item.item_id in head for item in ranked[:9])
     assert ranked[9].item_id not in head
     assert any(r.startswith("a lesser-known pick") for r in ranked[9].reasons)
+
+
+def test_the_unexplained_rows_are_the_explained_list(catalog: Catalog) -> None:
+    for n in range(20):
+        _boost(catalog, f"item-{n:05d}", times=30 - n)
+    taste = catalog.unit("item-00035")
+    assert taste is not None
+    profile = replace(_consumed(UserProfile.new("u"), 20), vector=tuple(taste.tolist()))
+    params = replace(DEFAULTS, trending_candidates=20, fresh_candidates=0)
+
+    ranked = rank_items(profile, catalog, NOW, params)
+    rows = rank_rows(profile, catalog, NOW, params)
+
+    assert [(i.item_id, i.score) for i in ranked] == [(i, round(s, 6)) for s, i, _ in rows.rows]
+    # exploration's picks are the rows the list calls lesser-known or new
+    assert rows.explored and rows.explored == {
+        i.item_id for i in ranked
+        if any(r.startswith(("a lesser-known pick", "something new")) for r in i.reasons)
+    }  # fmt: skip
 
 
 def test_fresh_items_are_explored_and_called_new(world: SyntheticWorld) -> None:
