@@ -69,7 +69,7 @@ from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
 from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
-from operators.ranking import rank_items, rank_rows, user_unit
+from operators.ranking import rank_rows, user_unit
 from schemas.catalog import ItemRecord, parse_item
 from schemas.events import (
     ITEM_EVENTS,
@@ -82,7 +82,6 @@ from schemas.events import (
     Skip,
     parse_event,
 )
-from schemas.snapshot import RankedItem
 
 #: Category given to items the catalog does not describe.
 UNKNOWN_CATEGORY = "unknown"
@@ -561,8 +560,9 @@ class LoopRecommender:
     ranking model; every :class:`~operators.catalog.ItemFeedback` of the step is folded
     into the item's state at once with :func:`operators.catalog.apply_feedback`, the item
     agent's own logic (live, that happens a moment later, through Kafka). A list is
-    :func:`operators.ranking.rank_items` at the question's event time, with ``k`` widened
-    by the excluded items the profile does not already exclude, then filtered.
+    :func:`operators.ranking.rank_rows` (the worker's ranking, unexplained) at the
+    question's event time, with ``k`` widened by the excluded items the profile does not
+    already exclude, then filtered.
 
     Args:
         items: the catalog records.
@@ -593,16 +593,18 @@ class LoopRecommender:
         self.duplicates = 0
         self.deescalation = DeescalationTally()
 
-    def _list(self, profile: UserProfile, event: Event) -> list[RankedItem]:
-        """The list the worker would publish for ``profile`` in answer to ``event``.
+    def _list(self, profile: UserProfile, event: Event) -> list[str | None]:
+        """The categories of the list the worker would publish for ``profile`` now.
 
-        Ranked, as the worker ranks, at the user's newest event time (a late event's).
+        Ranked, as the worker ranks in answer to ``event``, at the user's newest event
+        time (a late event's); unexplained, as only the categories are counted.
         """
         rules, last = self.config.deescalation, profile.last_event_at
         when = max(event.timestamp, datetime.fromisoformat(last)) if last else event.timestamp
         surface = event.context.surface if event.context else None
-        return rank_items(profile, self.catalog, when.timestamp(), self.config.ranking,
-                          self.model, rules, surface, part_of_day(when, rules))  # fmt: skip
+        ranking = rank_rows(profile, self.catalog, when.timestamp(), self.config.ranking,
+                            self.model, rules, surface, part_of_day(when, rules))  # fmt: skip
+        return [state.category for _, _, state in ranking.rows]
 
     def learn(self, event: Event) -> None:
         """Apply one event as the worker would."""
@@ -708,10 +710,10 @@ class DeescalationTally:
         self,
         event: Event,
         adjustments: tuple[Adjustment, ...],
-        before: list[RankedItem] | None,
-        after: list[RankedItem] | None,
+        before: list[str | None] | None,
+        after: list[str | None] | None,
     ) -> None:
-        """Count one applied event."""
+        """Count one applied event, given the categories of the lists before and after it."""
         user = event.user_id
         pending = self._open.get(user)
         liked = isinstance(event, Click | Rating) and (
@@ -739,8 +741,8 @@ class DeescalationTally:
             categories = {a.subject for a in adjustments if a.key.startswith("category:")}
             if categories and before:
 
-                def share(items: list[RankedItem]) -> float:
-                    return sum(i.category in categories for i in items) / len(items)
+                def share(items: list[str | None]) -> float:
+                    return sum(c in categories for c in items) / len(items)
 
                 self.measured += 1
                 self.share_before += share(before)
