@@ -210,7 +210,7 @@ class ItemIndex:
         )
         self._index.set_ef(ef_search)
         self._index.set_num_threads(num_threads)
-        self._labels: dict[str, int] = {}
+        self._labels: dict[str, int] = {}  # live item id -> its label (never a removed one)
         self._ids: list[str] = []  # label -> item id; labels are 0, 1, 2, ...
         self._removed: set[int] = set()  # labels whose item is not live
         self._vectors: FloatMatrix = np.zeros((0, dim), dtype=np.float32)  # label -> vector
@@ -489,8 +489,7 @@ class ItemIndex:
     # -- internals (the caller holds the lock) -------------------------------------------
 
     def _live_label(self, item_id: str) -> int | None:
-        label = self._labels.get(item_id)
-        return None if label is None or label in self._removed else label
+        return self._labels.get(item_id)
 
     def _add(self, matrix: FloatMatrix, rows: list[tuple[int, int]]) -> None:
         """Insert ``matrix`` rows under new labels (``(label, row)`` pairs) in new slots."""
@@ -579,10 +578,11 @@ class ItemIndex:
     def _query(
         self, query: FloatMatrix, k: int, exclude: Collection[str]
     ) -> list[tuple[str, float]]:
-        # the live labels of the excluded ids, in C loops: users exclude hundreds of items
+        # the labels of the excluded ids, in C loops: users exclude hundreds of items
+        # (``_labels`` maps live labels only)
         labels_of = set(map(self._labels.get, exclude))
         labels_of.discard(None)
-        excluded = cast(set[int], labels_of) - self._removed
+        excluded = cast(set[int], labels_of)
         live = len(self._ids) - len(self._removed)
         want = min(k, live - len(excluded))
         if want <= 0:
