@@ -372,7 +372,8 @@ def run_evaluate(folder: Path, *options: str) -> dict[str, Any]:
 @pytest.mark.dataset
 def test_whole_comparison_on_the_first_movielens_ratings(movielens_import: Path) -> None:
     report = movielens_import / "report.html"
-    document = run_evaluate(movielens_import, "--report", str(report),
+    # with the worker's per-event snapshots, which the default skips (the same lists)
+    document = run_evaluate(movielens_import, "--report", str(report), "--snapshots",
                             "--limit", str(DATASET_LIMIT))  # fmt: skip
     assert document["log"]["interactions"] == DATASET_LIMIT
     sections = document["recommenders"]
@@ -408,7 +409,7 @@ def test_recloop_meets_the_issue_targets_over_the_whole_log(movielens_import: Pa
     # The targets of the learning-core issue, on all 100,000 ratings, in one run with
     # popularity: Recall@10 >= 0.20 and at least twice popularity's, coverage >= 40%,
     # and the item index at >= 0.95 recall@10 against exact search (several minutes).
-    document = run_evaluate(movielens_import, "--only", "recloop,popularity", "--no-snapshots")
+    document = run_evaluate(movielens_import, "--only", "recloop,popularity")
     recloop, popularity = (
         document["recommenders"]["recloop"],
         document["recommenders"]["popularity"],
