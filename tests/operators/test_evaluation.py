@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -421,3 +423,23 @@ def test_recloop_meets_the_issue_targets_over_the_whole_log(movielens_import: Pa
     assert recloop["coverage"] >= 0.40
     assert recloop["index"]["recall_at_10_vs_exact"] >= 0.95
     assert recloop["index"]["queries"] == document["log"]["users"]
+
+
+@pytest.mark.dataset
+def test_the_replay_benchmark_reports_recloop_beside_its_references(
+    movielens_dir: Path, tmp_path: Path
+) -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_evaluate.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--dataset", str(movielens_dir), "--limit", "1500",
+         "--jobs", "1"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+
+    (line,) = done.stdout.splitlines()  # one JSON line, progress on stderr
+    figures = json.loads(line)
+    assert figures["interactions"] == 1500 and figures["target_met"] is None  # a prefix
+    assert set(figures["references_s"]) == {"popularity", "funk_mf", "biased_mf",
+                                            "static_cooccurrence", "cooccurrence"}  # fmt: skip
+    assert 0 < figures["recloop_s"] < figures["wall_s"]
+    assert 0.0 <= figures["recall_at_10"] <= 1.0 and figures["snapshots"] is False
