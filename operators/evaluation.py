@@ -652,12 +652,16 @@ class LoopRecommender:
             v for p in self.profiles.values() if (v := user_unit(p, self.catalog)) is not None
         ]
         recall = self.catalog.index_recall(queries, k)
+        graph = self.catalog.index.recall(queries, k)  # synced by index_recall
         return {
             "deescalation": self.deescalation.as_dict(),
             "index": {
                 "items": len(self.catalog.index),
                 "queries": len(queries),
                 f"recall_at_{k}_vs_exact": round(recall, 4) if recall is not None else None,
+                # the graph alone, against exact search over the vectors it holds (above,
+                # an item's indexed vector may lag its embedding: ``reindex_below``)
+                f"graph_recall_at_{k}": round(graph, 4) if graph is not None else None,
                 "ef_search": self.catalog.index.ef_search,
                 "m": self.catalog.index.m,
             },

@@ -273,6 +273,22 @@ class ItemIndex:
             stored: FloatMatrix = self._vectors[label].copy()
             return stored
 
+    def recall(
+        self, queries: Iterable[Sequence[float] | npt.NDArray[np.floating[Any]]], k: int
+    ) -> float | None:
+        """Recall@k of :meth:`query` against exact search over the same stored vectors.
+
+        The graph's own accuracy, whatever the vectors: ``None`` without queries or items.
+        """
+        found = hits = 0
+        for vector in queries:
+            query = _normalised(vector, self.dim)
+            with self._lock:
+                exact = {item for item, _ in self._exact_query(query, k, set())}
+                hits += len(exact & {item for item, _ in self._query(query, k, ())})
+            found += len(exact)
+        return hits / found if found else None
+
     def query(
         self,
         vector: Sequence[float] | npt.NDArray[np.floating[Any]],

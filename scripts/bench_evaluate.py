@@ -99,6 +99,7 @@ def run(dataset: Path, limit: int | None, jobs: int, snapshots: bool) -> dict[st
         ),
         "coverage": round(recloop["coverage"], 4),
         "index_recall_at_10_vs_exact": recloop["index"]["recall_at_10_vs_exact"],
+        "graph_recall_at_10": recloop["index"]["graph_recall_at_10"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 

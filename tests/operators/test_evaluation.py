@@ -422,6 +422,7 @@ def test_recloop_meets_the_issue_targets_over_the_whole_log(movielens_import: Pa
     assert recloop["recall_at_k"] >= 2 * popularity["recall_at_k"]
     assert recloop["coverage"] >= 0.40
     assert recloop["index"]["recall_at_10_vs_exact"] >= 0.95
+    assert recloop["index"]["graph_recall_at_10"] >= 0.95  # the graph alone
     assert recloop["index"]["queries"] == document["log"]["users"]
 
 

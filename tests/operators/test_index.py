@@ -86,6 +86,20 @@ def test_results_match_exact_search_on_a_small_index(
         assert scores == sorted(scores, reverse=True)
 
 
+def test_recall_measures_the_graph_against_exact_search_over_its_vectors(
+    rng: np.random.Generator,
+) -> None:
+    vectors, queries = _unit(rng, 3000), _unit(rng, 40)
+    good = ItemIndex.build(DIM, list(zip(_ids(300), vectors[:300], strict=True)))
+    poor = ItemIndex.build(DIM, list(zip(_ids(3000), vectors, strict=True)),
+                           m=2, ef_construction=4, ef_search=1)  # fmt: skip
+
+    assert good.recall(queries, 10) == 1.0
+    poor_recall = poor.recall(queries, 10)
+    assert poor_recall is not None and 0.0 < poor_recall < 0.9
+    assert ItemIndex(DIM).recall(queries, 10) is None and good.recall([], 10) is None
+
+
 def test_update_replaces_the_vector_and_queries_follow(
     small: tuple[ItemIndex, dict[str, Matrix]],
 ) -> None:
