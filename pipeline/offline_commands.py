@@ -138,8 +138,8 @@ def _split(names: list[str], jobs: int) -> list[list[str]]:
 @click.option("--curve-every", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Positives per point of the Recall curve.")  # fmt: skip
 @click.option("--snapshots/--no-snapshots", default=False, show_default=True,
-              help="recloop also builds every event's snapshot as the worker does: the "
-              "same lists, in about 2.5 times the time.")  # fmt: skip
+              help="recloop also builds every event's snapshot as the worker does: "
+              "nearly the same lists (the index syncs more often), about 2.5x slower.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1),
               show_default="2, or 1 on one CPU",
               help="Processes: with 2, the baselines replay the log beside recloop.")  # fmt: skip
