@@ -561,8 +561,9 @@ class LoopRecommender:
     into the item's state at once with :func:`operators.catalog.apply_feedback`, the item
     agent's own logic (live, that happens a moment later, through Kafka). A list is
     :func:`operators.ranking.rank_rows` (the worker's ranking, unexplained) at the
-    question's event time, with ``k`` widened by the excluded items the profile does not
-    already exclude, then filtered.
+    question's event time: the worker's ``k`` items less the excluded ones, and only
+    when that leaves fewer than ``k``, a list with ``k`` widened by the excluded items
+    the profile does not already exclude, filtered the same way.
 
     Args:
         items: the catalog records.
@@ -672,13 +673,18 @@ class LoopRecommender:
     def recommend(self, user_id: str, k: int, exclude: frozenset[str], now: datetime) -> list[str]:
         """The live ranker's top ``k`` for the user at ``now``, without ``exclude``."""
         profile = self.profiles.get(user_id) or UserProfile.new(user_id)
-        widened = k + len(exclude - profile.excluded())
-        params = replace(self.config.ranking, k=widened)
         rules = self.config.deescalation
-        # the ids alone: a replay counts hits, it never reads the reasons
-        ranked = rank_rows(profile, self.catalog, now.timestamp(), params, self.model,
-                           rules, None, part_of_day(now, rules))  # fmt: skip
-        return [i for _, i, _ in ranked.rows if i not in exclude][:k]
+        # the list the user would see (k items, exploration slots included); only when
+        # the exclusions leave fewer than k, a list widened by what the profile does not
+        # already exclude. The ids alone: a replay counts hits, it never reads reasons.
+        for widened in dict.fromkeys((k, k + len(exclude - profile.excluded()))):
+            params = replace(self.config.ranking, k=widened)
+            ranked = rank_rows(profile, self.catalog, now.timestamp(), params, self.model,
+                               rules, None, part_of_day(now, rules))  # fmt: skip
+            kept = [i for _, i, _ in ranked.rows if i not in exclude][:k]
+            if len(kept) == k:
+                break
+        return kept
 
 
 class DeescalationTally:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from operators.deescalation import part_of_day
 from operators.evaluation import (
     RECOMMENDER_NAMES,
     CooccurrenceRecommender,
@@ -40,6 +41,7 @@ from operators.evaluation import (
 )
 from operators.model import RankingModel
 from operators.movielens import MovieLensRating, RatingMapping, rating_events
+from operators.ranking import rank_items
 from operators.synthetic import SyntheticWorld
 from pipeline.offline_commands import evaluate_command, import_group
 from schemas.catalog import ItemRecord, item_to_json
@@ -281,6 +283,32 @@ def test_recloop_beats_popularity_for_users_with_hidden_tastes() -> None:
     assert recloop.positives == popularity.positives > 300
     assert recloop.recall > 1.5 * popularity.recall
     assert recloop.recall - popularity.recall > 0.05
+
+
+def test_recloop_is_asked_for_the_list_the_user_would_see() -> None:
+    world = SyntheticWorld.generate(seed=6, n_items=60, n_users=12, n_categories=4)
+    recommender = LoopRecommender(world.items, model=RankingModel(seed=1))
+    log = synthetic_log(world, 40)
+    for event in log:
+        recommender.learn(event)
+    user = log[-1].user_id
+    profile, now = recommender.profiles[user], log[-1].timestamp
+    config = recommender.config
+    live = [i.item_id for i in rank_items(profile, recommender.catalog, now.timestamp(),
+                                          config.ranking, recommender.model, config.deescalation,
+                                          None, part_of_day(now, config.deescalation))]  # fmt: skip
+    consumed = profile.excluded()
+
+    # what the ranker excludes by itself: the very same ten, exploration slots included
+    assert len(consumed) > 10 and recommender.recommend(user, 10, consumed, now) == live
+    # items the list would not show anyway change nothing (no longer list, no other slots)
+    elsewhere = sorted({i.item_id for i in world.items} - set(live) - consumed)[:20]
+    assert recommender.recommend(user, 10, consumed | set(elsewhere), now) == live
+    # more excluded (a skipped item is excluded by the protocol, not by the ranker):
+    # still ten, from a widened list, none of them excluded
+    more = consumed | set(live[:3])
+    fewer = recommender.recommend(user, 10, more, now)
+    assert len(fewer) == 10 and not set(fewer) & more
 
 
 def test_recloop_without_per_event_snapshots_shows_the_same_lists() -> None:
