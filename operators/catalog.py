@@ -577,8 +577,7 @@ class Catalog:
 
     def similarities(self, item_ids: Sequence[str], vector: Vector) -> Vector:
         """The cosine of each item's embedding with the unit ``vector`` (0 when unknown)."""
-        similarity: Vector = self.embeddings(item_ids) @ vector
-        return similarity
+        return self.similarities_at(self.rows(item_ids), vector)
 
     def similarities_at(self, rows: IntArray, vector: Vector) -> Vector:
         """:meth:`similarities` for items given by their :meth:`rows`."""

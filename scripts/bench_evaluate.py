@@ -26,14 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _bench import load_average, log
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT.parent / "shared" / "datasets" / "ml-100k"
 TARGET_S = 120.0
-
-
-def log(message: str) -> None:
-    """One line of progress on stderr (stdout is for the JSON line)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def _recloop(*args: str) -> tuple[dict[str, Any], float]:
@@ -100,7 +97,7 @@ def run(dataset: Path, limit: int | None, jobs: int, snapshots: bool) -> dict[st
         "coverage": round(recloop["coverage"], 4),
         "index_recall_at_10_vs_exact": recloop["index"]["recall_at_10_vs_exact"],
         "graph_recall_at_10": recloop["index"]["graph_recall_at_10"],
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
     }
 
 
