@@ -201,15 +201,7 @@ class ItemIndex:
         self.seed = seed
         self.num_threads = num_threads
         self._lock = threading.Lock()
-        self._index: Any = hnswlib.Index(space="ip", dim=dim)
-        self._index.init_index(
-            max_elements=max_elements,
-            M=m,
-            ef_construction=ef_construction,
-            random_seed=seed,
-        )
-        self._index.set_ef(ef_search)
-        self._index.set_num_threads(num_threads)
+        self._index: Any = self._new_graph(max_elements)
         self._labels: dict[str, int] = {}  # live item id -> its label (never a removed one)
         self._ids: list[str] = []  # label -> item id; labels are 0, 1, 2, ...
         self._removed: set[int] = set()  # labels whose item is not live
@@ -373,7 +365,7 @@ class ItemIndex:
             self._ids.extend(last_row)
             self._removed.update(label for label, _ in inserts)  # until the graph holds them
             try:
-                self._reserve(len(inserts))
+                _reserve(self._index, len(inserts))
                 self._add(matrix, inserts)
             except BaseException:
                 for label, _ in inserts:
@@ -530,15 +522,7 @@ class ItemIndex:
             live = len(self._ids) - len(self._removed)
             if len(self._removed) <= _COMPACT_RATIO * max(live, _COMPACT_FLOOR):
                 return
-            graph: Any = hnswlib.Index(space="ip", dim=self.dim)
-            graph.init_index(
-                max_elements=max(self.max_elements, 2 * live),
-                M=self.m,
-                ef_construction=self.ef_construction,
-                random_seed=self.seed,
-            )
-            graph.set_ef(self.ef_search)
-            graph.set_num_threads(self.num_threads)
+            graph = self._new_graph(max(self.max_elements, 2 * live))
             plan = [(self._ids[n], n) for n in range(len(self._ids)) if n not in self._removed]
             vectors = np.zeros((0, self.dim), dtype=np.float32)
             rebuild = self._rebuild = _Rebuild(graph, plan, vectors)
@@ -566,9 +550,7 @@ class ItemIndex:
         """
         try:
             graph, start = rebuild.graph, len(rebuild.ids)
-            needed = int(graph.element_count) + len(item_ids)
-            if needed > int(graph.get_max_elements()):
-                graph.resize_index(max(needed, int(graph.get_max_elements()) * _GROWTH))
+            _reserve(graph, len(item_ids))
             labels = np.arange(start, start + len(item_ids), dtype=np.uint64)
             graph.add_items(matrix, labels, num_threads=self.num_threads)
             rebuild.ids.extend(item_ids)
@@ -584,12 +566,18 @@ class ItemIndex:
             self._rebuild = None
             raise
 
-    def _reserve(self, new_labels: int) -> None:
-        """Grow the graph (geometrically) so ``new_labels`` more labels fit."""
-        needed = int(self._index.element_count) + new_labels  # live and deleted slots
-        capacity = int(self._index.get_max_elements())
-        if needed > capacity:
-            self._index.resize_index(max(needed, capacity * _GROWTH))
+    def _new_graph(self, max_elements: int) -> Any:
+        """An empty hnswlib graph with this index's parameters."""
+        graph: Any = hnswlib.Index(space="ip", dim=self.dim)
+        graph.init_index(
+            max_elements=max_elements,
+            M=self.m,
+            ef_construction=self.ef_construction,
+            random_seed=self.seed,
+        )
+        graph.set_ef(self.ef_search)
+        graph.set_num_threads(self.num_threads)
+        return graph
 
     def _query(
         self, query: FloatMatrix, k: int, exclude: Collection[str]
@@ -724,6 +712,14 @@ class ItemIndex:
             held = sorted(live)
             index._vectors[held] = np.asarray(index._index.get_items(held), dtype=np.float32)
         return index
+
+
+def _reserve(graph: Any, new_labels: int) -> None:
+    """Grow ``graph`` (geometrically) so ``new_labels`` more labels fit."""
+    needed = int(graph.element_count) + new_labels  # live and deleted slots
+    capacity = int(graph.get_max_elements())
+    if needed > capacity:
+        graph.resize_index(max(needed, capacity * _GROWTH))
 
 
 def _with_rows(vectors: FloatMatrix, rows: int, dim: int) -> FloatMatrix:

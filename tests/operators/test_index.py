@@ -247,10 +247,11 @@ def test_a_failed_batch_leaves_no_half_added_items(
     index.upsert_many(_ids(8), first)
     index.remove("item-00000")
 
-    def no_memory(new_labels: int) -> None:
+    def no_memory(graph: object, new_labels: int) -> None:
         raise MemoryError(f"cannot make room for {new_labels} items")
 
-    monkeypatch.setattr(index, "_reserve", no_memory)  # hnswlib's own methods are read-only
+    # hnswlib's own methods are read-only
+    monkeypatch.setattr(operators.index, "_reserve", no_memory)
     with pytest.raises(MemoryError):
         index.upsert_many(["item-00000", *_ids(3, "new")], _unit(rng, 4))
     assert set(index.ids()) == set(_ids(8)) - {"item-00000"}
