@@ -384,6 +384,7 @@ class Catalog:
         self._rows: dict[str, int] = {}
         self._row_ids: list[str] = [""]
         self._matrix = np.zeros((1024, self.embedding.dim))
+        self._embedded_rows: set[int] = set()  # the rows of the matrix that are not zero
         self._columns = ItemColumns(
             positives=np.zeros(1024, dtype=np.int64),
             feedback_events=np.zeros(1024, dtype=np.int64),
@@ -521,8 +522,11 @@ class Catalog:
             row = self._rows.get(item_id)
             if row is not None:
                 self._matrix[row] = 0.0
+                self._embedded_rows.discard(row)
             return
-        self._matrix[self._row_of(item_id)] = vector
+        row = self._row_of(item_id)
+        self._matrix[row] = vector
+        self._embedded_rows.add(row)
 
     def rows(self, item_ids: Iterable[str]) -> IntArray:
         """Each item's row in :meth:`columns` and the embedding matrix (0: unknown)."""
@@ -570,10 +574,10 @@ class Catalog:
     def unit(self, item_id: str) -> Vector | None:
         """The item's current unit embedding (``None`` when unknown)."""
         row = self._rows.get(item_id)
-        if row is None:
+        if row is None or row not in self._embedded_rows:
             return None
-        vector = self._matrix[row]
-        return vector.copy() if vector.any() else None
+        vector: Vector = self._matrix[row].copy()
+        return vector
 
     def similarities(self, item_ids: Sequence[str], vector: Vector) -> Vector:
         """The cosine of each item's embedding with the unit ``vector`` (0 when unknown)."""
@@ -635,16 +639,25 @@ class Catalog:
 
     def exact_similar(self, vector: Vector, k: int) -> list[tuple[str, float]]:
         """The ``k`` available items nearest to ``vector`` by brute force (for measuring)."""
+        return self._exact_among(self._embedded(), vector, k)
+
+    def _embedded(self) -> tuple[list[str], IntArray]:
+        """The available items with an embedding, in catalog order, and their rows."""
         # an id only seen as a co-visit neighbour has a row too, but no embedding
-        matrix, rows = self._matrix, self._rows
+        rows, embedded = self._rows, self._embedded_rows
         ids = [
-            i
-            for i, state in self._items.items()
-            if state.available and i in rows and matrix[rows[i]].any()
-        ]
+            i for i, state in self._items.items()
+            if state.available and rows.get(i, 0) in embedded
+        ]  # fmt: skip
+        return ids, self.rows(ids)
+
+    def _exact_among(
+        self, pool: tuple[list[str], IntArray], vector: Vector, k: int
+    ) -> list[tuple[str, float]]:
+        ids, rows = pool
         if not ids or k <= 0:
             return []
-        scores = self.similarities(ids, vector)
+        scores = self.similarities_at(rows, vector)
         best = np.argsort(-scores, kind="stable")[:k]
         return [(ids[n], float(scores[n])) for n in best]
 
@@ -655,8 +668,9 @@ class Catalog:
         whose indexed vector lags (``reindex_below``) counts against the index too.
         """
         found = hits = 0
+        pool = self._embedded()
         for query in queries:
-            exact = {i for i, _ in self.exact_similar(query, k)}
+            exact = {i for i, _ in self._exact_among(pool, query, k)}
             approximate = {i for i, _ in self.similar(query, k)}
             found += len(exact)
             hits += len(exact & approximate)

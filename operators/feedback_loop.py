@@ -226,7 +226,7 @@ def apply_event(
         feedback.extend(records)
     if adjustments or updated.tags:
         tags = tags_at(updated.penalties, event.timestamp.timestamp(), config.deescalation)
-        updated = replace(updated, tags=tags)
+        updated = updated.evolve(tags=tags)
     return Applied(updated, tuple(feedback), False, tuple(adjustments))
 
 
@@ -287,8 +287,8 @@ def _deescalate(
         and disliked == profile.disliked
     ):
         return profile, reaction.adjustments
-    updated = replace(profile, penalties=reaction.penalties, streak=reaction.streak,
-                      streak_session=reaction.streak_session, disliked=disliked)  # fmt: skip
+    updated = profile.evolve(penalties=reaction.penalties, streak=reaction.streak,
+                             streak_session=reaction.streak_session, disliked=disliked)  # fmt: skip
     return updated, reaction.adjustments
 
 

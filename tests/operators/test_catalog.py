@@ -296,6 +296,33 @@ def test_the_embedding_follows_taste_and_a_new_record_but_not_co_visits(
     np.testing.assert_array_equal(catalog.unit(item.item_id), recategorised)
     assert catalog.top(1, half_life_s=3600, category="a-new-category") == [item.item_id]
 
+    catalog.remove(item.item_id)  # a removed item has no embedding, until it is back
+    assert catalog.unit(item.item_id) is None
+    catalog.put(state)
+    np.testing.assert_array_equal(catalog.unit(item.item_id), liked)
+
+
+def test_exact_search_covers_the_available_embedded_items_only(world: SyntheticWorld) -> None:
+    catalog = Catalog()
+    for item in world.items[:30]:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    first, second = world.items[0].item_id, world.items[1].item_id
+    catalog.put(catalog.get(first).with_covisits(["neighbour-only"], 1.0, 10))  # type: ignore[union-attr]
+    withdrawn = world.items[2].model_copy(update={"available": False})
+    catalog.put(ItemState(item_id=withdrawn.item_id, record=withdrawn))
+    catalog.remove(second)
+    query = catalog.unit(first)
+    assert query is not None
+
+    found = catalog.exact_similar(query, 100)
+
+    listed = [item.item_id for item in world.items[:30] if item.item_id not in {
+        second, withdrawn.item_id}]  # fmt: skip
+    assert sorted(i for i, _ in found) == sorted(listed)
+    assert found[0] == (first, pytest.approx(1.0))
+    assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+    assert catalog.index_recall([query], 5) == 1.0  # a tiny graph finds the exact five
+
 
 def test_the_catalog_keeps_a_bounded_number_of_priors(
     world: SyntheticWorld, monkeypatch: pytest.MonkeyPatch

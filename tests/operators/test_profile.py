@@ -201,6 +201,19 @@ def test_profiles_are_frozen() -> None:
         profile.events_applied = 5  # type: ignore[misc]
 
 
+def test_evolve_is_replace_and_refuses_a_field_the_profile_lacks() -> None:
+    profile = apply_signal(UserProfile.new("u"), _like("i1"), "drama", LIMITS)
+
+    evolved = profile.evolve(events_applied=7, paused=("category:drama",))
+
+    assert evolved == replace(profile, events_applied=7, paused=("category:drama",))
+    assert profile.events_applied == 0 and profile.paused == ()
+    with pytest.raises(FrozenInstanceError):
+        evolved.events_applied = 8  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field events"):
+        profile.evolve(events=1)
+
+
 def test_next_snapshot_version_adds_exactly_one() -> None:
     profile = UserProfile.new("u")
 
