@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 import operators.index
-from operators.index import IndexLoadError, ItemIndex
+from operators.index import IndexLoadError, ItemIndex, _normalised, _normalised_rows
 
 DIM = 16
 Matrix = npt.NDArray[np.float64]
@@ -323,6 +323,22 @@ def test_a_batch_with_an_invalid_vector_changes_nothing(rng: np.random.Generator
     with pytest.raises(ValueError, match="shape"):
         index.query([1.0], k=1)
     assert index.ids() == ["a"]
+
+
+def test_a_query_vector_is_checked_and_normalised_as_a_stored_one(
+    rng: np.random.Generator,
+) -> None:
+    """One vector takes a shorter way to unit length than a batch, to the same last bit."""
+    vectors = rng.standard_normal((500, DIM)) * rng.uniform(1e-3, 1e3, (500, 1))
+    rows = _normalised_rows(vectors, DIM)
+    for vector, row in zip(vectors, rows, strict=True):
+        np.testing.assert_array_equal(_normalised(vector, DIM), row)
+    index = ItemIndex(DIM, seed=0)
+    index.upsert("a", _unit(rng, 1)[0])
+    for bad, message in ((np.zeros(DIM), "non-zero"), (np.full(DIM, np.nan), "finite"),
+                         (np.full(DIM, np.inf), "finite")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            index.query(bad, k=1)
 
 
 def test_build_upserts_in_order_and_the_last_duplicate_wins(rng: np.random.Generator) -> None:
