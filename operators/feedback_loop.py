@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
@@ -236,9 +236,9 @@ def _preference(
     """Apply a preference event's pause, resume, "something different" or opt-out."""
     action = event.action
     if action in ("prompts_off", "prompts_on"):
-        return replace(profile, prompts_off=action == "prompts_off"), ()
+        return profile.evolve(prompts_off=action == "prompts_off"), ()
     if action in ("explanations_off", "explanations_on"):
-        return replace(profile, explanations_off=action == "explanations_off"), ()
+        return profile.evolve(explanations_off=action == "explanations_off"), ()
     key = (
         f"category:{event.category}" if event.category
         else f"creator:{event.creator}" if event.creator else None
@@ -249,7 +249,7 @@ def _preference(
     steering = steer(profile.penalties, profile.paused, action=action, key=key,
                      event_id=event.event_id, when=event.timestamp, favourites=favourites,
                      params=config.deescalation)  # fmt: skip
-    updated = replace(profile, penalties=steering.penalties, paused=steering.paused)
+    updated = profile.evolve(penalties=steering.penalties, paused=steering.paused)
     return updated, steering.adjustments
 
 
@@ -356,7 +356,7 @@ def answer(
     if prompt is not None:
         session = event.context.session_id if event.context else None
         asked = (event.timestamp.timestamp(), session or "")
-        updated = replace(updated, prompted=(*updated.prompted, asked)[-20:])
+        updated = updated.evolve(prompted=(*updated.prompted, asked)[-20:])
     notice = _notice(adjustments, event, catalog, updated) if adjustments else None
     if updated.explanations_off:  # the user opted out: no notice (nor reasons, above)
         notice = None
