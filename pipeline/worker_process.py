@@ -38,6 +38,7 @@ class WorkerProcess:
         self.config_path = config_path
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False  # SIGTERM sent to the current child
 
     def start(self) -> None:
         """Launch the worker process (returns at once; it joins the group in the background)."""
@@ -45,6 +46,7 @@ class WorkerProcess:
         self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stopping = False
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "--config", str(self.config_path), "worker"],
@@ -59,12 +61,27 @@ class WorkerProcess:
         """Whether the child is alive."""
         return self.proc is not None and self.proc.poll() is None
 
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting: to stop several workers at once, then :meth:`stop` each.
+
+        Workers of one group stopped one after another make the last ones stop in the
+        middle of the rebalances the first ones cause, which Faust may not finish.
+        """
+        if self.proc is not None and self.proc.poll() is None and not self._stopping:
+            self.proc.send_signal(signal.SIGTERM)
+            self._stopping = True
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code."""
+        """SIGTERM (unless requested already) and wait (SIGKILL after ``timeout_s``).
+
+        Returns:
+            The exit code (negative: the signal that ended it).
+
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.request_stop()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -325,5 +325,7 @@ def test_either_of_two_workers_returns_the_snapshot_of_any_user(
         owners = {owner for found in served_by.values() for owner in found}
         assert owners == {f"http://127.0.0.1:{port}" for port in ports}, served_by
     finally:
+        for process in processes:  # both leave the group at once, as in a scale-down
+            process.request_stop()
         for process in processes:
             assert process.stop() == 0, process.log_tail()
