@@ -637,29 +637,26 @@ class Catalog:
         self.index_changes += len(stale)
         return len(stale)
 
-    def exact_similar(self, vector: Vector, k: int) -> list[tuple[str, float]]:
-        """The ``k`` available items nearest to ``vector`` by brute force (for measuring)."""
-        return self._exact_among(self._embedded(), vector, k)
+    def exact_similar(self, vectors: Sequence[Vector], k: int) -> list[list[tuple[str, float]]]:
+        """For each vector, the ``k`` available items nearest to it by brute force.
 
-    def _embedded(self) -> tuple[list[str], IntArray]:
-        """The available items with an embedding, in catalog order, and their rows."""
+        For measuring the index; the pool of items is gathered once for all the vectors.
+        """
         # an id only seen as a co-visit neighbour has a row too, but no embedding
         rows, embedded = self._rows, self._embedded_rows
         ids = [
             i for i, state in self._items.items()
             if state.available and rows.get(i, 0) in embedded
         ]  # fmt: skip
-        return ids, self.rows(ids)
-
-    def _exact_among(
-        self, pool: tuple[list[str], IntArray], vector: Vector, k: int
-    ) -> list[tuple[str, float]]:
-        ids, rows = pool
         if not ids or k <= 0:
-            return []
-        scores = self.similarities_at(rows, vector)
-        best = np.argsort(-scores, kind="stable")[:k]
-        return [(ids[n], float(scores[n])) for n in best]
+            return [[] for _ in vectors]
+        at = self.rows(ids)
+        found = []
+        for vector in vectors:
+            scores = self.similarities_at(at, vector)
+            best = np.argsort(-scores, kind="stable")[:k]
+            found.append([(ids[n], float(scores[n])) for n in best])
+        return found
 
     def index_recall(self, queries: Sequence[Vector], k: int) -> float | None:
         """Recall@k of the index against exact search, averaged over ``queries``.
@@ -668,9 +665,8 @@ class Catalog:
         whose indexed vector lags (``reindex_below``) counts against the index too.
         """
         found = hits = 0
-        pool = self._embedded()
-        for query in queries:
-            exact = {i for i, _ in self._exact_among(pool, query, k)}
+        for query, nearest in zip(queries, self.exact_similar(queries, k), strict=True):
+            exact = {i for i, _ in nearest}
             approximate = {i for i, _ in self.similar(query, k)}
             found += len(exact)
             hits += len(exact & approximate)

@@ -314,7 +314,7 @@ def test_exact_search_covers_the_available_embedded_items_only(world: SyntheticW
     query = catalog.unit(first)
     assert query is not None
 
-    found = catalog.exact_similar(query, 100)
+    (found,) = catalog.exact_similar([query], 100)
 
     listed = [item.item_id for item in world.items[:30] if item.item_id not in {
         second, withdrawn.item_id}]  # fmt: skip
