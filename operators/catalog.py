@@ -265,6 +265,8 @@ class ItemColumns(NamedTuple):
     popularity_t: Vector
     #: whether the catalog holds the row's item
     present: npt.NDArray[np.bool_]
+    #: the item's category, as its position in :meth:`Catalog.categories` (0: none)
+    category: npt.NDArray[np.int64]
 
 
 def _grown(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
@@ -391,7 +393,12 @@ class Catalog:
             popularity=np.zeros(1024),
             popularity_t=np.zeros(1024),
             present=np.zeros(1024, dtype=np.bool_),
+            category=np.zeros(1024, dtype=np.int64),
         )
+        # every category an item has had, numbered in order of appearance; code 0 stands
+        # for no category (and for the empty one, which ranks as none)
+        self._category_codes: dict[str, int] = {"": 0}
+        self._categories: list[str] = [""]
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
         self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
@@ -459,6 +466,7 @@ class Catalog:
         columns.popularity[row] = state.popularity
         columns.popularity_t[row] = state.popularity_t
         columns.present[row] = True
+        columns.category[row] = self._category_code(state.category)
         if (
             old is None
             or old.record is not state.record
@@ -504,6 +512,17 @@ class Catalog:
                 order.update(item_id, None)
 
     # -- embeddings and the index ---------------------------------------------------------
+
+    def _category_code(self, category: str | None) -> int:
+        code = self._category_codes.get(category or "")
+        if code is None:
+            code = self._category_codes[category or ""] = len(self._categories)
+            self._categories.append(category or "")
+        return code
+
+    def categories(self) -> list[str]:
+        """Every category seen, in the order of its code in :meth:`columns` (first: none)."""
+        return self._categories
 
     def _row_of(self, item_id: str) -> int:
         """The item's row, given out the first time the catalog sees its id."""

@@ -162,6 +162,12 @@ def _covisit_scores(
     return unique, raw / _powers(alpha, size)[plus_one]
 
 
+@lru_cache(maxsize=4)
+def _log1p_table(size: int) -> Vector:
+    """``math.log1p(p)`` for ``p`` in ``0 .. size - 1`` (the C library's, as elsewhere)."""
+    return np.fromiter(map(math.log1p, range(size)), np.float64, size)
+
+
 #: Sum by row over an array as long as the catalog when it is at most this many times
 #: longer than the rows to sum (cheaper than sorting them), else sort.
 _DENSE_SUM_RATIO = 16
@@ -209,7 +215,9 @@ def _strongest(values: Vector, rows: IntArray, n: int, catalog: Catalog) -> list
         kept = above | tied
         values, rows = values[kept], rows[kept]
     names = list(map(catalog.row_id, rows.tolist()))
-    return [name for _, name in sorted(zip((-values).tolist(), names, strict=True))]
+    # sorted by (-value, id), as Python sorts the pairs (ids never hold a NUL, so NumPy's
+    # fixed-width strings compare as Python's do)
+    return [names[n] for n in np.lexsort((np.array(names), -values)).tolist()]
 
 
 def _best(values: Vector, ids: Sequence[str], among: IntArray, n: int) -> list[int]:
@@ -492,7 +500,7 @@ def _without_k(params: RankingParams) -> RankingParams:
 
 
 def _describe(
-    states: Sequence[ItemState], rows: IntArray, covisit: Vector, similarity: Vector,
+    rows: IntArray, covisit: Vector, similarity: Vector,
     found: Candidates, catalog: Catalog, now_t: float, params: RankingParams,
     affinity: Mapping[str, float],
 ) -> Matrix:  # fmt: skip
@@ -504,6 +512,7 @@ def _describe(
     """
     columns = catalog.columns()
     popularity, positives = columns.popularity[rows], columns.positives[rows]
+    categories = catalog.categories()
     trend_scale = 1.0 / found.top_trend if found.top_trend else 0.0
     # ItemState.popularity_at, for every candidate
     exponents = -np.maximum(0.0, now_t - columns.popularity_t[rows]) / params.popularity_half_life_s
@@ -511,9 +520,14 @@ def _describe(
     described = np.empty((len(FEATURES), len(rows)))
     described[0] = covisit * found.covisit_scale
     described[1] = np.where(popularity != 0.0, popularity * decay, 0.0) * trend_scale
-    no_affinity = affinity.get
-    described[2] = [no_affinity(state.category or "", 0.0) for state in states]
-    described[3] = np.fromiter(map(math.log1p, positives.tolist()), np.float64, len(rows))
+    # by category code: a candidate's category is its current state's (the catalog's)
+    described[2] = np.array([affinity.get(c, 0.0) for c in categories])[columns.category[rows]]
+    largest = int(positives.max()) if len(rows) else 0
+    described[3] = (
+        _log1p_table(1 << max(largest, 1).bit_length())[positives]
+        if largest < _MAX_POWERS  # few distinct tables, each reused
+        else np.fromiter(map(math.log1p, positives.tolist()), np.float64, len(rows))
+    )
     described[4] = similarity
     return described
 
@@ -545,8 +559,7 @@ def _with_items(
         ]
     )
     rows = catalog.rows(ids)
-    described = _describe(list(states.values()), rows, covisit, similarity, found, catalog,
-                          now_t, params, affinity)  # fmt: skip
+    described = _describe(rows, covisit, similarity, found, catalog, now_t, params, affinity)
     events = np.concatenate([found.feedback_events, catalog.columns().feedback_events[rows]])
     return replace(found, features=found.features.extended(ids, described),
                    states={**found.states, **states}, feedback_events=events)  # fmt: skip
@@ -614,9 +627,8 @@ def _gather(
     co_visited = covisit_rows[at] == rows if len(covisit_rows) else np.zeros(len(rows), bool)
     raws = np.where(co_visited, covisit[at] if len(covisit) else 0.0, 0.0)
     found.features = FeatureTable(
-        ids, _describe(list(states.values()), rows, raws, similarity, found, catalog, now_t,
-                       params, affinity),
-    )  # fmt: skip
+        ids, _describe(rows, raws, similarity, found, catalog, now_t, params, affinity)
+    )
     found.feedback_events = catalog.columns().feedback_events[rows]
     return found
 
