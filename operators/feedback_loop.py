@@ -451,7 +451,11 @@ def _prompt(
     item_id = getattr(event, "item_id", None) or (items[0].item_id if items else None)
     about = catalog.get(item_id) if item_id else None
     record = about.record if about is not None else None
-    if record is not None and f"category:{record.category}" not in profile.paused:
+    if (
+        record is not None
+        and record.category
+        and f"category:{record.category}" not in profile.paused
+    ):
         choices.append(PromptChoice(label=f"Pause {record.category} for now",
                                     action="pause_category", category=record.category))  # fmt: skip
     return Prompt(prompt_id=f"{event.event_id}-prompt", question="Want to steer what you see?",

@@ -777,11 +777,20 @@ def _most_similar_like(item_id: str, profile: UserProfile, catalog: Catalog) -> 
     return best
 
 
-def _penalty_of(state: ItemState, active: dict[str, float]) -> float:
+def _keys_of(state: ItemState) -> tuple[str, ...]:
+    """The ``category:`` and ``creator:`` keys a pause or a penalty may name the item by.
+
+    An item without a category (or creator) has no such key: it is never caught by a key
+    that names ``None``.
+    """
     record = state.record
-    by_category = active.get(f"category:{state.category}", 0.0)
-    by_creator = active.get(f"creator:{record.creator}", 0.0) if record and record.creator else 0.0
-    return max(by_category, by_creator)
+    category = f"category:{state.category}" if state.category else None
+    creator = f"creator:{record.creator}" if record is not None and record.creator else None
+    return tuple(k for k in (category, creator) if k is not None)
+
+
+def _penalty_of(state: ItemState, active: dict[str, float]) -> float:
+    return max((active.get(key, 0.0) for key in _keys_of(state)), default=0.0)
 
 
 class Ranking(NamedTuple):
@@ -860,11 +869,7 @@ def rank_rows(
     if profile.paused:  # what the user paused is never shown until resumed
         paused = set(profile.paused)
         for position, item_id in enumerate(ids):
-            state = found.states[item_id]
-            record = state.record
-            if f"category:{state.category}" in paused or (
-                record is not None and f"creator:{record.creator}" in paused
-            ):
+            if not paused.isdisjoint(_keys_of(found.states[item_id])):
                 live[position] = False
     cold = (profile.consumed.count if profile.consumed is not None else 0) < (
         params.cold_start_items

@@ -281,6 +281,21 @@ def test_a_paused_creator_is_gone_and_the_rest_of_the_category_stays() -> None:
     assert _count(step, "thriller") >= 5
 
 
+def test_pausing_a_creator_named_none_leaves_the_items_without_a_creator() -> None:
+    catalog = Catalog()
+    for n in range(12):  # no creator
+        record = ItemRecord(item_id=f"x{n:02d}", category="drama", created_at=T0)
+        catalog.put(ItemState(record.item_id, record=record))
+    user = User(catalog)
+    before = user.send(Click, "x00")
+    assert before.snapshot is not None and len(before.snapshot.items) == 10
+
+    paused = _prefer(user, "pause_creator", creator="None")
+
+    assert paused.snapshot is not None
+    assert [i.item_id for i in paused.snapshot.items] == [i.item_id for i in before.snapshot.items]
+
+
 def test_more_like_this_is_a_like_that_relaxes_its_category() -> None:
     user, _ = _thriller_fan()
     user.send(NotRelevant, "i24")
