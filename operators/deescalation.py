@@ -159,25 +159,43 @@ def _bounded(penalties: dict[str, Penalty], t: float, params: DeescalationParams
         penalties.update(strongest[: params.max_penalties])
 
 
+def _anchor(penalties: Mapping[str, Penalty], key: str, t: float) -> float:
+    """When a change at ``t`` to ``key`` is stated: ``t``, or the penalty's own later time.
+
+    A late event never moves a penalty's time back, which would decay it twice over.
+    """
+    penalty = penalties.get(key)
+    return max(t, penalty[1]) if penalty is not None else t
+
+
 def deepen(
     penalties: Mapping[str, Penalty], key: str, step: float, t: float, params: DeescalationParams
 ) -> dict[str, Penalty]:
-    """The penalties with ``key`` deepened by ``step`` at ``t``, capped at ``max_penalty``."""
+    """The penalties with ``key`` deepened by ``step`` at ``t``, capped at ``max_penalty``.
+
+    A late step (``t`` before the penalty's own time) counts as decayed since ``t``.
+    """
     updated = dict(penalties)
-    current = _decayed(updated[key], t, params.half_life_s) if key in updated else 0.0
-    updated[key] = (min(params.max_penalty, current + step), t)
-    _bounded(updated, t, params)
+    at = _anchor(updated, key, t)
+    current = _decayed(updated[key], at, params.half_life_s) if key in updated else 0.0
+    late_step = _decayed((step, t), at, params.half_life_s)
+    updated[key] = (min(params.max_penalty, current + late_step), at)
+    _bounded(updated, at, params)
     return updated
 
 
 def relax(
     penalties: Mapping[str, Penalty], key: str, t: float, params: DeescalationParams
 ) -> dict[str, Penalty]:
-    """The penalties with ``key`` relaxed by ``relax_factor`` (contradicting behaviour)."""
+    """The penalties with ``key`` relaxed by ``relax_factor`` (contradicting behaviour).
+
+    Late or not, the penalty keeps its own time when that is the later one.
+    """
     updated = dict(penalties)
     if key in updated:
-        updated[key] = (_decayed(updated[key], t, params.half_life_s) * params.relax_factor, t)
-        _bounded(updated, t, params)
+        at = _anchor(updated, key, t)
+        updated[key] = (_decayed(updated[key], at, params.half_life_s) * params.relax_factor, at)
+        _bounded(updated, at, params)
     return updated
 
 
@@ -241,14 +259,15 @@ def _change(
     basis: tuple[str, ...], reason: str | None, params: DeescalationParams,
 ) -> tuple[dict[str, Penalty], Adjustment]:  # fmt: skip
     t = when.timestamp()
-    before = penalty_at(penalties, key, t, params)
+    at = _anchor(penalties, key, t)  # before and after, both at the penalty's time
+    before = penalty_at(penalties, key, at, params)
     updated = (
         deepen(penalties, key, step, t, params)
         if step is not None
         else relax(penalties, key, t, params)
     )
-    after = penalty_at(updated, key, t, params)
-    return updated, Adjustment(key, rule, before, after, when, relaxes_at(after, t, params),
+    after = penalty_at(updated, key, at, params)
+    return updated, Adjustment(key, rule, before, after, when, relaxes_at(after, at, params),
                                basis, reason)  # fmt: skip
 
 

@@ -192,6 +192,41 @@ def test_the_state_round_trips_and_stays_bounded() -> None:
     assert len(penalties) == PARAMS.max_penalties
 
 
+def test_a_late_dissatisfaction_deepens_the_penalty_never_weakens_it() -> None:
+    day = 24 * 3600.0
+    half = PARAMS.half_life_s
+    penalties = deepen({}, "category:a", 0.4, 10 * day, PARAMS)
+
+    # the same step, four days late (two half-lives): it counts as decayed since its time
+    late = deepen(penalties, "category:a", 0.4, 10 * day - 2 * half, PARAMS)
+
+    assert late["category:a"] == pytest.approx((0.4 + 0.4 / 4, 10 * day))  # time kept
+    for t in (10 * day, 12 * day):
+        assert penalty_at(late, "category:a", t, PARAMS) > penalty_at(
+            penalties, "category:a", t, PARAMS
+        )
+    # a late like relaxes it by the factor, at the penalty's own time too
+    relaxed = relax(penalties, "category:a", 10 * day - half, PARAMS)
+    assert relaxed["category:a"] == pytest.approx((0.4 * PARAMS.relax_factor, 10 * day))
+
+
+def test_a_late_not_relevant_in_the_loop_deepens_and_reports_the_penalty_at_its_time() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")
+    newest = user.t
+    assert user.profile is not None
+    before = penalty_at(user.profile.penalties, "category:thriller", newest.timestamp(), PARAMS)
+
+    late = user.send(NotRelevant, "i28", minutes=-4 * 24 * 60)  # four days before the last
+
+    assert user.profile is not None
+    after = penalty_at(user.profile.penalties, "category:thriller", newest.timestamp(), PARAMS)
+    assert after > before
+    [adjustment] = [a for a in late.adjustments if a.key == "category:thriller"]
+    assert (adjustment.before, adjustment.after) == pytest.approx((before, after))
+    assert adjustment.expires_at == relaxes_at(after, newest.timestamp(), PARAMS)
+
+
 def test_penalty_arithmetic() -> None:
     penalties = deepen({}, "category:a", 0.5, 0.0, PARAMS)
 
