@@ -218,7 +218,10 @@ def apply_signal(
         limits: bounds on the state.
         blocks: the user asked never to see this item again (``not_relevant``).
         item_unit: the item's unit embedding, when the catalog knows the item; the user's
-            embedding moves towards it (a like) or away from it (a negative signal).
+            embedding moves towards it (a like) or away from it (a negative signal), but
+            not for an item only shown (``signal.shown_only``): an impression of a list
+            would otherwise decay the embedding once per item and point it away from
+            everything recloop shows, and take a liked item out of the recent likes.
         embedding: the embedding space's parameters (required with ``item_unit``).
 
     """
@@ -237,7 +240,7 @@ def apply_signal(
             consumed = Bloom.empty(limits.consumed_capacity)
         consumed = consumed.add(signal.item_id)
     vector = profile.vector
-    if item_unit is not None and embedding is not None:
+    if item_unit is not None and embedding is not None and not signal.shown_only:
         vector = update_user_vector(vector, item_unit, signal.target * signal.weight, embedding)
     blocked = (
         _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
@@ -245,7 +248,7 @@ def apply_signal(
     recent = profile.recent_positives
     if signal.target >= POSITIVE_TARGET:
         recent = _push(recent, signal.item_id, limits.recent_positives)
-    elif signal.target < 0 and signal.item_id in recent:
+    elif signal.target < 0 and not signal.shown_only and signal.item_id in recent:
         recent = tuple(item for item in recent if item != signal.item_id)
     return profile.evolve(
         affinity=affinity, history=history, blocked=blocked, recent_positives=recent,

@@ -29,6 +29,9 @@ class Signal:
     target: float
     weight: float
     explicit: bool = False
+    #: the item was only shown (an impression): a weak negative for the item, which
+    #: moves neither the user's embedding nor their recent likes
+    shown_only: bool = False
 
     @property
     def positive(self) -> bool:
@@ -95,6 +98,6 @@ def signal_of(event: Event, expected_ms: float | None, rules: SignalRules) -> Si
 def impression_signals(event: Impression, rules: SignalRules) -> list[Signal]:
     """Weak negatives for every item shown; a later click outweighs them."""
     return [
-        Signal(item_id, rules.impression_target, rules.implicit_weight)
+        Signal(item_id, rules.impression_target, rules.implicit_weight, shown_only=True)
         for item_id in event.item_ids
     ]

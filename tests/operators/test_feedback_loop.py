@@ -216,6 +216,31 @@ def test_an_impression_sends_weak_negatives_for_every_item_shown(
     assert _snapshot(step).version == 1
 
 
+def test_being_shown_moves_neither_the_users_embedding_nor_their_recent_likes(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    liked = [f"item-{n:05d}" for n in range(1, 6)]
+    profile = None
+    for n, item_id in enumerate(liked):
+        profile = process_event(
+            _click(f"c{n}", item_id), profile, catalog, config, generated_at
+        ).profile
+    assert profile is not None
+    affinity = dict(profile.affinity)
+
+    shown = [*liked, *(f"item-{n:05d}" for n in range(6, 36))]  # the likes, and 30 more
+    after = profile
+    for n in range(3):  # the same list, shown three times without a click
+        impression = Impression(type="impression", event_id=f"imp{n}", user_id="u1",
+                                timestamp=T0, item_ids=shown)  # fmt: skip
+        after = process_event(impression, after, catalog, config, generated_at).profile
+
+    assert after.vector == profile.vector
+    assert after.recent_positives == profile.recent_positives
+    # the weak negatives are for the items shown, and the categories they are in
+    assert any(after.affinity[c] < affinity.get(c, 0.0) for c in after.affinity)
+
+
 def test_dwell_is_judged_against_the_catalog_duration(
     world: SyntheticWorld, catalog: Catalog, config: LoopConfig, generated_at: datetime
 ) -> None:
