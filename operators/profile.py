@@ -141,6 +141,7 @@ class UserProfile:
                 "disliked": self.disliked,
             },
             separators=(",", ":"),
+            ensure_ascii=False,  # UTF-8: a character outside the BMP takes 4 bytes, not 12
         ).encode()
 
     @classmethod

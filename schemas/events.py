@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -36,9 +37,24 @@ from pydantic import (
 #: that names another version is rejected with ``unsupported_schema_version``.
 SCHEMA_VERSION: Literal[1] = 1
 
-#: Ids are printable: no C0 or C1 control characters, at most 128 characters.
+#: The most bytes an id takes in UTF-8 (and so in a profile's state, which stores ids).
+ID_MAX_BYTES = 128
+
+
+def _id_fits(value: str) -> str:
+    # max_length counts characters; a character takes up to 4 bytes in UTF-8, and the
+    # size bound of a user's state (docs/architecture.md) counts bytes
+    if len(value.encode()) > ID_MAX_BYTES:
+        raise ValueError(f"an id takes at most {ID_MAX_BYTES} bytes in UTF-8")
+    return value
+
+
+#: Ids are printable: no C0 or C1 control characters, at most 128 characters and 128
+#: bytes in UTF-8 (the JSON Schema can only say the former).
 Id = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"),
+    AfterValidator(_id_fits),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 
@@ -91,9 +107,11 @@ class EventBase(Contract):
             return value
         if not isinstance(value, str):
             raise ValueError("timestamp must be an ISO 8601 string with a UTC offset")
-        if value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-            raise ValueError("timestamp must be ISO 8601 with a UTC offset, not a Unix time")
-        return value
+        try:  # anything Python reads as a number ("1.7e9", "1_767_225_600", "inf")
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("timestamp must be ISO 8601 with a UTC offset, not a Unix time")
 
 
 class ItemEventBase(EventBase):

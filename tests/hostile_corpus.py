@@ -252,4 +252,9 @@ CASES: tuple[Hostile, ...] = (
     Hostile("Unix seconds as a string", event(timestamp="1767225600"), "schema_violation"),
     Hostile("Unix milliseconds as a string", event(timestamp="1767225600000"), "schema_violation"),
     Hostile("Unix seconds with a fraction", event(timestamp="1767225600.5"), "schema_violation"),
+    Hostile("Unix seconds in exponent form", event(timestamp="1.7e9"), "schema_violation"),
+    Hostile("Unix milliseconds in exponent form", event(timestamp="1.7E12"), "schema_violation"),
+    Hostile("Unix seconds with underscores", event(timestamp="1_767_225_600"), "schema_violation"),
+    # -- an id within 128 characters but over 128 bytes in UTF-8 --------------------------
+    Hostile("an id of 33 emoji (132 bytes)", event(item_id="\U0001f600" * 33), "schema_violation"),
 )

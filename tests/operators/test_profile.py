@@ -279,3 +279,56 @@ def test_a_full_profile_stays_within_its_stated_size() -> None:
     size = len(replace(profile, vector=vector).snapshot())
 
     assert size < 32 * 1024  # docs/architecture.md states the bound
+
+
+def test_the_hard_size_bound_holds_for_ids_json_must_escape() -> None:
+    # the longest ids, of the one kind JSON writes at two bytes a character, in every
+    # id-holding bound: 1,000 blocked, 500 event ids, 256 pauses, the history, the likes
+    from operators.feedback_loop import LoopConfig, apply_event
+    from schemas.events import Click, NotRelevant, Preference
+
+    config = LoopConfig()
+    catalog = config.new_catalog()
+    at = datetime(2026, 1, 10, tzinfo=UTC)
+
+    def wide(n: int, kind: str) -> str:
+        return f"{kind}{n}".ljust(128, '"')
+
+    profile = None
+    for n in range(1_000):
+        event = NotRelevant(type="not_relevant", event_id=wide(n, "e"), user_id="u",
+                            item_id=wide(n, "i"), timestamp=at)  # fmt: skip
+        profile = apply_event(event, profile, catalog, config).profile
+    for n in range(600):
+        click = Click(type="click", event_id=wide(n, "k"), user_id="u", item_id=wide(n, "l"),
+                      timestamp=at)  # fmt: skip
+        profile = apply_event(click, profile, catalog, config).profile
+    for n in range(300):
+        pause = Preference(type="preference", action="pause_category", event_id=wide(n, "p"),
+                           user_id="u", category=wide(n, "c"), timestamp=at)  # fmt: skip
+        profile = apply_event(pause, profile, catalog, config).profile
+    assert profile is not None
+    assert len(profile.blocked) == config.limits.max_blocked and len(profile.paused) == 256
+
+    size = len(profile.snapshot())
+
+    assert 500 * 1024 < size < 560 * 1024  # docs/architecture.md states the bound
+
+
+def test_an_id_over_128_bytes_is_refused_though_it_has_only_128_characters() -> None:
+    from pydantic import ValidationError
+
+    from schemas.events import Click
+
+    at = datetime(2026, 1, 10, tzinfo=UTC)
+    Click(type="click", event_id="e", user_id="u", item_id="\U0001f600" * 32, timestamp=at)
+    with pytest.raises(ValidationError, match="at most 128 bytes"):
+        Click(type="click", event_id="e", user_id="u", item_id="\U0001f600" * 33, timestamp=at)
+    # and a profile keeps such characters as UTF-8, 4 bytes each (not 12 as \\ud83d\\ude00):
+    # the id is in the history and the recent likes, 96 bytes longer than 32 ASCII ones
+    wide, plain = (
+        apply_signal(UserProfile.new("u"), Signal(item_id, 1.0, 0.75), None, LIMITS)
+        for item_id in ("\U0001f600" * 32, "x" * 32)
+    )
+    assert len(wide.snapshot()) - len(plain.snapshot()) == 2 * 96
+    assert UserProfile.restore(wide.snapshot()) == wide
