@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import faust
 import faust.streams
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
 from operators.deescalation import Adjustment, DeescalationParams
@@ -52,10 +52,23 @@ from pipeline.settings import Section, Settings
 from pipeline.topics import topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
-from schemas.events import Event, Forget
+from schemas.events import Event, Forget, Id
 from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 
 log = logging.getLogger(__name__)
+
+_ITEM_ID: TypeAdapter[str] = TypeAdapter(Id)
+
+
+def _item_key(key: bytes) -> str:
+    """A catalog key as an item id: UTF-8 and the contract's rule for ids, else refused."""
+    try:
+        return _ITEM_ID.validate_python(key.decode())
+    except (UnicodeDecodeError, ValidationError) as exc:
+        raise InvalidEvent(
+            "key_mismatch", f"key {key[:64]!r} is not an item id (UTF-8, the rule for ids)"
+        ) from exc
+
 
 Clock = Callable[[], datetime]
 Headers = Sequence[tuple[str, bytes]]
@@ -741,6 +754,8 @@ class Recloop:
             record = parse_item(raw) if raw is not None else None
             if record is not None and record.item_id.encode() != key:
                 raise InvalidEvent("key_mismatch", f"key {key[:64]!r} is not {record.item_id!r}")
+            if record is None:  # a tombstone names its item by the key alone
+                _item_key(key)
         except ValidationError as exc:
             invalid = InvalidEvent("schema_violation", f"catalog record: {exc}")
             await self._dead_letter(key, raw, invalid, topic, partition, offset)

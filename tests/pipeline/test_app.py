@@ -155,6 +155,23 @@ async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     assert letters[0].headers["recloop.dlq.reason"] == b"schema_violation"
 
 
+async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    item = world.items[3]
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(None, key=b"\xff\xfe")  # not UTF-8: this crashed the worker
+        await agent.put(None, key=b"a\x00b")  # UTF-8, but not an id
+        await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
+        await agent.put(None, key=item.item_id.encode())  # a real removal
+
+    letters = emitter.to("dead-letters")
+    assert [d.key for d in letters] == [b"\xff\xfe", b"a\x00b"]
+    assert {d.headers["recloop.dlq.reason"] for d in letters} == {b"key_mismatch"}
+    states = [s.value for s in emitter.to("item-state")]
+    assert len(states) == 2 and ItemState.restore(states[1] or b"").record is None
+
+
 async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
     recloop: Recloop, emitter: RecordingEmitter
 ) -> None:
