@@ -269,6 +269,7 @@ class Recloop:
             web_tables_enabled=False,
             web_port=settings.worker.web_port,
             web_host=settings.worker.web_host,
+            web_bind=settings.worker.web_host,  # Faust binds 0.0.0.0 unless told
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
             topic_allow_declare=True,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from faust.types import Message
 
-from operators.catalog import ItemFeedback, ItemState
+from operators.catalog import Catalog, ItemFeedback, ItemState
 from operators.feedback_loop import process_event
 from operators.model import RankingModel
 from operators.profile import UserProfile
@@ -18,7 +18,13 @@ from pipeline.app import Recloop
 from pipeline.offsets import Fetched
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
-from tests.pipeline.doubles import ProducerBuffer, RecordingEmitter, StoredRecords
+from tests.pipeline.doubles import (
+    ProducerBuffer,
+    RecordingEmitter,
+    StoredRecords,
+    close_pipeline_app,
+    pipeline_app,
+)
 
 
 def _event(event_id: str, user: str, kind: str, item: str, **extra: object) -> bytes:
@@ -382,3 +388,15 @@ async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(
         failed = await agent.put(_event("e2", "u3", "click", "item-00002"), key=b"u3")
     assert [str(exc) for exc in fatal] == ["[Errno 28] No space left on device"]
     assert fine.message.acked and not failed.message.acked
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
+    # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says
+    app, fatal = pipeline_app(
+        Catalog(), {"RECLOOP__WORKER__WEB_HOST": host}, RecordingEmitter(), NOW
+    )
+    try:
+        assert (app.app.conf.web_bind, app.app.conf.web_host) == (host, host)
+    finally:
+        close_pipeline_app(app, fatal)
