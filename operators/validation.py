@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
-from schemas.events import SCHEMA_VERSION, Event, parse_event
+from schemas.events import SCHEMA_VERSION, Event, event_to_json, parse_event
 
 #: Machine-readable reasons, as they appear in the dead-letter topic's headers.
 REASONS = (
@@ -175,3 +175,24 @@ def decode_event(
     if key is None:
         raise InvalidEvent("key_mismatch", "the message has no key; key events by user_id")
     return event
+
+
+def encode_event(event: Event, limits: ValidationLimits) -> bytes:
+    """The bytes a producer sends for a valid ``event``, refused when the worker would.
+
+    A producer validates what it was given, but sends :func:`~schemas.events.event_to_json`
+    of it, which may be longer (the schema version added, ``95000`` written ``95000.0``):
+    the size limit must hold for what is sent.
+
+    Raises:
+        InvalidEvent: ``too_large``.
+
+    """
+    value = event_to_json(event)
+    if len(value) > limits.max_event_bytes:
+        raise InvalidEvent(
+            "too_large",
+            f"{len(value)} bytes as sent (re-encoded) is over the limit of "
+            f"{limits.max_event_bytes}",
+        )
+    return value

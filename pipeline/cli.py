@@ -85,11 +85,13 @@ def topics_create(ctx: click.Context) -> None:
 def produce(ctx: click.Context, source: TextIO, kind: str) -> None:
     """Validate JSON lines from SOURCE (a file, or - for stdin) and produce the valid ones."""
     from pipeline.clients import produce_lines
+    from pipeline.replay import validation_limits
 
     settings = _resolved(ctx)
     assert settings.kafka.bootstrap_servers is not None
     topic = settings.kafka.topic(kind)
-    report = produce_lines(source, topic, kind, settings.kafka.bootstrap_servers)  # type: ignore[arg-type]
+    report = produce_lines(source, topic, kind, settings.kafka.bootstrap_servers,  # type: ignore[arg-type]
+                           validation_limits(settings.limits))  # fmt: skip
     click.echo(json.dumps(report.as_dict()))
     if report.rejected or report.delivery_failures:
         sys.exit(1)

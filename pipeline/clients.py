@@ -7,18 +7,20 @@ so a key lands in the same partition whichever client wrote it; and idempotence 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
+from operators.validation import InvalidEvent, ValidationLimits, decode_event, encode_event
 from schemas.catalog import item_to_json, parse_item
-from schemas.events import event_to_json, parse_event
 from schemas.snapshot import Snapshot
 
 Kind = Literal["events", "items"]
@@ -55,8 +57,14 @@ class ProduceReport:
         }
 
 
-def encode_line(line: str, kind: Kind) -> tuple[bytes, bytes]:
+def encode_line(
+    line: str, kind: Kind, limits: ValidationLimits, now: datetime
+) -> tuple[bytes, bytes]:
     """Validate one JSON line and return (key, value) as the topic expects them.
+
+    An event is checked as the worker checks it (:func:`operators.validation.decode_event`:
+    the contract, the size limit, invisible characters, a plausible event time at ``now``),
+    and the bytes sent against the size limit too.
 
     Raises:
         ValueError: the line is not a valid event or catalog record.
@@ -64,10 +72,17 @@ def encode_line(line: str, kind: Kind) -> tuple[bytes, bytes]:
     """
     try:
         if kind == "events":
-            event = parse_event(line)
-            return event.user_id.encode(), event_to_json(event)
+            raw, parsed = line.encode(), None
+            with contextlib.suppress(ValueError, RecursionError):  # decode_event names it
+                parsed = json.loads(raw) if len(raw) <= limits.max_event_bytes else None
+            user = parsed.get("user_id") if isinstance(parsed, dict) else None
+            key = user.encode() if isinstance(user, str) else None
+            event = decode_event(raw, key=key, now=now, limits=limits)
+            return event.user_id.encode(), encode_event(event, limits)
         item = parse_item(line)
         return item.item_id.encode(), item_to_json(item)
+    except InvalidEvent as exc:
+        raise ValueError(f"{exc.reason}: {exc.detail}") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
@@ -75,9 +90,18 @@ def encode_line(line: str, kind: Kind) -> tuple[bytes, bytes]:
 
 
 def produce_lines(
-    lines: Iterable[str], topic: str, kind: Kind, bootstrap_servers: str
+    lines: Iterable[str],
+    topic: str,
+    kind: Kind,
+    bootstrap_servers: str,
+    limits: ValidationLimits,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ProduceReport:
-    """Validate JSON lines and produce the valid ones; report what was accepted and rejected."""
+    """Validate JSON lines and produce the valid ones; report what was accepted and rejected.
+
+    Events are validated as the worker validates them (see :func:`encode_line`), with
+    ``limits`` (the worker's) and ``clock`` (the wall clock) for the event-time checks.
+    """
     report = ProduceReport()
     producer = Producer(producer_config(bootstrap_servers))
 
@@ -90,7 +114,7 @@ def produce_lines(
         if not line.strip():
             continue
         try:
-            key, value = encode_line(line, kind)
+            key, value = encode_line(line, kind, limits, clock())
         except ValueError as exc:
             report.rejected += 1
             report.errors.append(f"line {number}: {exc}")

@@ -58,7 +58,7 @@ import click
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from operators.files import write_atomic
-from operators.validation import InvalidEvent, ValidationLimits, decode_event
+from operators.validation import InvalidEvent, ValidationLimits, decode_event, encode_event
 from pipeline.settings import LimitSettings, Settings
 from schemas.events import ITEM_EVENTS, Context, Event, Impression, Preference, event_to_json
 
@@ -165,12 +165,17 @@ class EventCheck:
         if len(raw) <= self.limits.max_event_bytes:
             with contextlib.suppress(ValueError, RecursionError):  # decode_event names it
                 key = _user_key(json.loads(raw))
-        return decode_event(raw, key=key, now=self.now(), limits=self.limits)
+        return self._sendable(decode_event(raw, key=key, now=self.now(), limits=self.limits))
 
     def fields(self, fields: dict[str, object]) -> Event:
         """Validate an event given as fields (a CSV record); see :meth:`json_line`."""
         raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-        return decode_event(raw, key=_user_key(fields), now=self.now(), limits=self.limits)
+        event = decode_event(raw, key=_user_key(fields), now=self.now(), limits=self.limits)
+        return self._sendable(event)
+
+    def _sendable(self, event: Event) -> Event:
+        encode_event(event, self.limits)  # what is produced must pass the size limit too
+        return event
 
 
 def detect_format(path: Path) -> LogFormat:

@@ -50,9 +50,9 @@ from yarl import URL
 from operators.live_metrics import ShownList
 from operators.profile import UserProfile
 from operators.serving import needs_rerank, rank_for_surface
-from operators.validation import InvalidEvent, decode_event
+from operators.validation import InvalidEvent, decode_event, encode_event
 from pipeline.metrics import assigned_partitions, unfetched_partitions
-from schemas.events import EVENT_ADAPTER, Id, ShortText, event_to_json
+from schemas.events import EVENT_ADAPTER, Id, ShortText
 from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 
 if TYPE_CHECKING:
@@ -858,10 +858,11 @@ class HttpApi:
             key = user.encode() if isinstance(user, str) else None
             try:
                 event = decode_event(raw, key=key, now=now, limits=self.recloop.limits)
+                value = encode_event(event, self.recloop.limits)  # what is produced
             except InvalidEvent as exc:
                 errors.append({"index": index, "error": exc.reason, "detail": exc.detail})
                 continue
-            records.append((event.user_id.encode(), event_to_json(event), event.event_id))
+            records.append((event.user_id.encode(), value, event.event_id))
         return records, errors
 
     # -- operations -----------------------------------------------------------------------

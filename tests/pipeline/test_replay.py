@@ -19,8 +19,9 @@ from operators.catalog import Catalog
 from operators.feedback_loop import LoopConfig, process_event
 from operators.profile import ProfileLimits, UserProfile
 from operators.synthetic import SyntheticWorld
-from operators.validation import ValidationLimits
+from operators.validation import InvalidEvent, ValidationLimits, decode_event
 from pipeline.cli import cli
+from pipeline.clients import encode_line
 from pipeline.replay import (
     CONTEXT_COLUMNS,
     EVENT_COLUMNS,
@@ -627,3 +628,51 @@ def test_the_command_refuses_contradictory_options(
     result = CliRunner().invoke(cli, ["replay", "-q", *args, str(log)])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def _just_under(limit: int) -> dict[str, object]:
+    """A dwell event of exactly ``limit`` bytes as written, longer re-encoded (95000.0)."""
+    body: dict[str, object] = {"event_id": "e1", "user_id": "u1", "type": "dwell", "item_id": "i",
+                               "dwell_ms": 95000, "timestamp": "2026-05-31T10:15:00Z",
+                               "context": {"surface": ""}}  # fmt: skip
+    body["context"] = {"surface": "s" * (limit - len(json.dumps(body, separators=(",", ":"))))}
+    assert len(json.dumps(body, separators=(",", ":"))) == limit
+    return body
+
+
+def test_an_event_whose_bytes_as_sent_are_over_the_limit_is_refused_as_the_worker_would() -> None:
+    limits = ValidationLimits(max_event_bytes=256, max_future_skew_s=300, min_event_year=1990)
+    check = EventCheck(limits, lambda: NOW)
+    body = _just_under(256)
+    line = json.dumps(body, separators=(",", ":")).encode()
+
+    for validate in (lambda: check.json_line(line), lambda: check.fields(body)):
+        with pytest.raises(InvalidEvent) as refused:
+            validate()
+        assert refused.value.reason == "too_large"
+    # the worker refuses what would have been sent
+    with pytest.raises(InvalidEvent, match="over the limit"):
+        decode_event(event_to_json(parse_event(line)), key=b"u1", now=NOW, limits=limits)
+
+
+def test_recloop_produce_checks_each_event_as_the_worker_does() -> None:
+    limits = ValidationLimits(max_event_bytes=256, max_future_skew_s=300, min_event_year=1990)
+    good = json.dumps(_event_fields("e0", "2026-05-31T10:00:00Z"))
+    key, value = encode_line(good, "events", limits, NOW)
+    assert decode_event(value, key=key, now=NOW, limits=limits).event_id == "e0"
+    refused = {
+        "timestamp_in_future": json.dumps(_event_fields("e1", "2099-01-01T00:00:00Z")),
+        "timestamp_too_old": json.dumps(_event_fields("e2", "1970-01-01T00:00:00Z")),
+        "schema_violation": json.dumps(
+            {**_event_fields("e3", "2026-05-31T10:00:00Z"), "user_id": "u\u200b1"}
+        ),
+        "too_large": json.dumps(_just_under(256), separators=(",", ":")),
+    }
+    for reason, line in refused.items():
+        with pytest.raises(ValueError, match=reason):
+            encode_line(line, "events", limits, NOW)
+
+
+def _event_fields(event_id: str, timestamp: str) -> dict[str, object]:
+    return {"event_id": event_id, "user_id": "u1", "type": "click", "item_id": "i1",
+            "timestamp": timestamp}  # fmt: skip

@@ -487,3 +487,22 @@ async def test_the_served_routes_are_the_described_ones(worker: Worker) -> None:
     assert await response.json() == openapi_document()
     on_disk = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert on_disk == openapi_document(), "run: python -m pipeline.web docs/openapi.json"
+
+
+async def test_an_event_over_the_size_limit_as_sent_is_refused_though_it_came_under_it(
+    world: SyntheticWorld,
+) -> None:
+    # what is produced is the event re-encoded (schema_version added, 95000 as 95000.0)
+    body = _event("big", "u1", "dwell", "item-00001", dwell_ms=95000, context={"surface": ""})
+    body["context"] = {"surface": "s" * (256 - len(json.dumps(body, separators=(",", ":"))))}
+    assert len(json.dumps(body, separators=(",", ":"))) == 256
+    w = await _start(
+        world, {"RECLOOP__HTTP__TOKEN": TOKEN, "RECLOOP__LIMITS__MAX_EVENT_BYTES": "256"}
+    )
+    try:
+        response = await w.client.post("/events", json=body, headers=AUTH)
+        assert response.status == 422
+        assert (await response.json())["error"] == "too_large"
+        assert w.publisher.records == []
+    finally:
+        await _stop(w)
