@@ -119,7 +119,12 @@ def produce_lines(
             report.rejected += 1
             report.errors.append(f"line {number}: {exc}")
             continue
-        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:  # the client's local queue is full: let it drain, then retry
+                producer.poll(0.5)
         producer.poll(0)
         report.accepted += 1
     remaining = producer.flush(30)

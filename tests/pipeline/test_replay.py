@@ -676,3 +676,39 @@ def test_recloop_produce_checks_each_event_as_the_worker_does() -> None:
 def _event_fields(event_id: str, timestamp: str) -> dict[str, object]:
     return {"event_id": event_id, "user_id": "u1", "type": "click", "item_id": "i1",
             "timestamp": timestamp}  # fmt: skip
+
+
+def test_recloop_produce_waits_for_a_full_local_queue_instead_of_dying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.clients
+
+    class FullOnce:  # confluent-kafka raises BufferError while its local queue is full
+        def __init__(self, _config: object) -> None:
+            self.sent: list[bytes] = []
+            self.full = True
+
+        def produce(self, _topic: str, *, key: bytes, value: bytes, on_delivery: object) -> None:
+            if self.full:
+                self.full = False
+                raise BufferError("Local: Queue full")
+            self.sent.append(value)
+
+        def poll(self, _timeout: float) -> int:
+            return 0
+
+        def flush(self, _timeout: float) -> int:
+            return 0
+
+    producers: list[FullOnce] = []
+    monkeypatch.setattr(
+        pipeline.clients, "Producer", lambda c: producers.append(FullOnce(c)) or producers[-1]
+    )
+    lines = [json.dumps(_event_fields(f"e{n}", "2026-05-31T10:00:00Z")) for n in range(3)]
+
+    report = pipeline.clients.produce_lines(
+        lines, "events", "events", "127.0.0.1:9", LIMITS, lambda: NOW
+    )
+
+    assert (report.accepted, report.rejected) == (3, 0)
+    assert [parse_event(v).event_id for v in producers[0].sent] == ["e0", "e1", "e2"]
