@@ -267,9 +267,13 @@ def _csv_rows(stream: Stream, start: Position) -> Iterator[_CsvRow]:
     consumed: list[bytes] = []
 
     def text_lines() -> Iterator[str]:
+        at_start = start.offset == 0
         for chunk in stream:
             consumed.append(chunk)
-            yield chunk.decode("utf-8", "surrogateescape")  # bad bytes are reported per row
+            text = chunk.decode("utf-8", "surrogateescape")  # bad bytes are reported per row
+            if at_start:  # a byte-order mark goes before the csv module reads a quote
+                text, at_start = text.removeprefix("\ufeff"), False
+            yield text
 
     reader = csv.reader(text_lines(), strict=True)
     offset, line = start.offset, start.line
@@ -297,8 +301,6 @@ def _csv_columns(row: _CsvRow | None, path: Path) -> list[str]:
     if row.cells is None:
         raise ReplayError(f"{path}: the CSV header (line {row.line}) is unreadable: {row.problem}")
     columns = [c.strip() for c in row.cells]
-    if columns:
-        columns[0] = columns[0].removeprefix("\ufeff")
     known = (*EVENT_COLUMNS, *CONTEXT_COLUMNS)
     unknown = [c for c in columns if c not in known]
     if unknown:
@@ -383,6 +385,21 @@ def _csv_records(
             yield LogRecord(row.line, row.end, disk_at, row.raw, error=exc)
         else:
             yield LogRecord(row.line, row.end, disk_at, row.raw, event=event)
+
+
+def csv_header(path: Path) -> list[str]:
+    """The columns a CSV log's header row names, checked as :func:`read_log` checks them.
+
+    Raises:
+        ReplayError: the file cannot be read, or its header names unknown or repeated
+            columns (a replay refuses such a log before it starts).
+
+    """
+    try:
+        with _open_log(path) as (stream, _disk):
+            return _csv_columns(next(_csv_rows(stream, Position()), None), path)
+    except (OSError, EOFError) as exc:
+        raise ReplayError(f"{path} cannot be read: {exc}") from exc
 
 
 def read_log(
@@ -1244,6 +1261,8 @@ def replay_command(
     try:
         time_range = TimeRange(since, until)
         fmt = detect_format(log_path) if log_format == "auto" else _FORMATS[log_format]
+        if fmt == "csv":  # a bad header refuses the log before anything is sent
+            csv_header(log_path)
     except (ValueError, ReplayError) as exc:
         raise ReplayRefused(str(exc)) from exc
     settings = ctx.find_object(Settings) or Settings()

@@ -211,6 +211,26 @@ def test_a_bad_csv_header_refuses_the_whole_log(tmp_path: Path, header: str, pro
     path.write_text(header + "\ne1,u1,click\n")
     with pytest.raises(ReplayError, match=problem):
         records(path, "csv")
+    # the command refuses to start (exit code 2), before it would reach a broker
+    env = {"RECLOOP__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # nothing listens there
+    for dry in (["--dry-run"], []):
+        result = CliRunner().invoke(cli, ["replay", "-q", *dry, str(path)], env=env)
+        assert result.exit_code == 2, result.output
+        assert problem in result.output
+
+
+def test_a_quoted_csv_header_after_a_byte_order_mark_reads_as_without_it(tmp_path: Path) -> None:
+    rows = ['"event_id","user_id","type","item_id","timestamp"',
+            '"e1","u1","click","i1","2026-01-01T00:00:00Z"']  # fmt: skip
+    plain = tmp_path / "plain.csv"
+    plain.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    marked = tmp_path / "marked.csv"
+    marked.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")  # as Excel writes it
+
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    got = [(r.event, r.error) for r in records(marked, "csv")]
+    assert got == [(r.event, r.error) for r in records(plain, "csv")]
+    assert got[0][0] is not None and got[0][0].event_id == "e1"
 
 
 def test_every_numeric_event_field_is_typed_in_csv() -> None:
