@@ -173,9 +173,11 @@ def loop_config(settings: Settings) -> LoopConfig:
 class WorkerStats:
     """Counters a worker keeps about what it processed."""
 
+    #: events read from the events topic, by outcome (a forget is processed)
     processed: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    #: every record sent to the dead-letter topic (catalog records too), by reason
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     item_updates: int = 0
     forgotten: int = 0
@@ -576,6 +578,7 @@ class Recloop:
                 await self._answer(pending.pop(user_id))
             with processing(source):
                 await self._forget(user_id, event.event_id, event.timestamp)
+            self.stats.processed += 1  # an event read and applied, as every other
             return
         if waiting is None:
             with processing(source):  # a table read looks in the event's partition
@@ -699,7 +702,8 @@ class Recloop:
         partition: int,
         offset: int,
     ) -> None:
-        self.stats.dead_lettered += 1
+        if topic == self.topic_names["events"]:  # the event figures count events only
+            self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[exc.reason] = (
             self.stats.dead_letter_reasons.get(exc.reason, 0) + 1
         )

@@ -400,3 +400,26 @@ def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
         assert (app.app.conf.web_bind, app.app.conf.web_host) == (host, host)
     finally:
         close_pipeline_app(app, fatal)
+
+
+async def test_event_figures_count_events_a_forget_included_and_no_catalog_record(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    from pipeline.metrics import worker_figures
+
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(b'{"item_id": "x"}', key=b"x")  # an invalid catalog record
+    assert worker_figures(recloop)["dead_letter_rate"] is None  # no event read yet
+    forget = json.dumps({"event_id": "f1", "user_id": "u2", "type": "forget",
+                         "timestamp": "2026-11-01T10:00:00Z"}).encode()  # fmt: skip
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u2", "click", "item-00001"), key=b"u2")
+        await agent.put(forget, key=b"u2")
+        await agent.put(b"{", key=b"u2")
+
+    figures = worker_figures(recloop)
+    assert (figures["processed"], figures["duplicates"], figures["dead_lettered"]) == (2, 0, 1)
+    assert figures["dead_letter_rate"] == pytest.approx(1 / 3)
+    # every record sent to the dead-letter topic, by reason
+    assert figures["dead_letter_reasons"] == {"schema_violation": 1, "invalid_json": 1}
+    assert len(emitter.to("dead-letters")) == 2
