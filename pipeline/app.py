@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -255,6 +256,8 @@ class Recloop:
         self.index_path = settings.worker.state_dir / "item-index.bin"
         self.catalog = self.config.new_catalog(self._load_index())
         self._saved_index_changes = self.catalog.index_changes
+        #: one save at a time: the timer's (in a thread) and the final one (at stop)
+        self._saving = threading.Lock()
         kafka = settings.kafka
         self.topic_names = {
             spec.name.removeprefix(kafka.topic_prefix): spec.name for spec in topic_specs(kafka)
@@ -431,36 +434,46 @@ class Recloop:
         return params.new_index(e.dim)
 
     def checkpoint(self) -> None:
-        """Save the ranking model and the item index atomically into the state directory."""
+        """Save the ranking model and the item index atomically into the state directory.
+
+        A save the timer started in a thread finishes first (at shutdown the timer is
+        cancelled, its thread is not), so this one's rename is the last.
+        """
         data = self.model.snapshot()
-        write_atomic(self.model_path, lambda out: out.write(data))
+        self._write_model(data)
         self._checkpointed_updates = self.model.updates
         self.catalog.sync_index()  # what the follower applied since the last query
         changes = self.catalog.index_changes
-        self.catalog.index.save(self.index_path)
+        self._save_index()
         self._saved_index_changes = changes
+
+    def _write_model(self, data: bytes) -> None:
+        with self._saving:
+            write_atomic(self.model_path, lambda out: out.write(data))
+
+    def _save_index(self) -> None:
+        with self._saving:
+            self.catalog.index.save(self.index_path)
 
     async def _checkpoint_timer(self) -> None:
         """Save what changed since the last save: the model and the item index.
 
         The model is copied on the event loop (so no event is half in it) and written,
-        fsynced and renamed in a thread; the index is saved in a thread under its own
-        lock. The disk never holds up the events, only a query that needs the index
-        while it is being saved.
+        fsynced and renamed in a thread. The index is saved in a thread under its own
+        lock, which gives the save a consistent cut; a query that needs the index waits
+        for it. The loop is not free meanwhile either: hnswlib takes the graph's image
+        holding the GIL, which stalls the loop for about that long (tens of
+        milliseconds at 100,000 items, docs/retrieval.md).
         """
         loop = asyncio.get_running_loop()
         if self.model.updates != self._checkpointed_updates:
             updates, data = self.model.updates, self.model.snapshot()
-            await loop.run_in_executor(
-                None, write_atomic, self.model_path, lambda out: out.write(data)
-            )
+            await loop.run_in_executor(None, self._write_model, data)
             self._checkpointed_updates = updates
         self.catalog.sync_index()  # on the loop, where the catalog changes
         if self.catalog.index_changes != self._saved_index_changes:
-            # the whole save (graph image, checksum, fsync, rename) in a thread: the
-            # index's own lock gives it a consistent cut; a query meanwhile waits for it
             changes = self.catalog.index_changes
-            await loop.run_in_executor(None, self.catalog.index.save, self.index_path)
+            await loop.run_in_executor(None, self._save_index)
             self._saved_index_changes = changes
 
     # -- the events agent ---------------------------------------------------------------

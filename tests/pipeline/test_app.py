@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -423,3 +426,30 @@ async def test_event_figures_count_events_a_forget_included_and_no_catalog_recor
     # every record sent to the dead-letter topic, by reason
     assert figures["dead_letter_reasons"] == {"schema_violation": 1, "invalid_json": 1}
     assert len(emitter.to("dead-letters")) == 2
+
+
+def test_the_final_checkpoint_waits_for_a_save_still_running_in_a_thread(tmp_path: Path) -> None:
+    # at stop the timer is cancelled but its thread runs on: two renames of one file
+    app, fatal = pipeline_app(Catalog(), {"RECLOOP__WORKER__STATE_DIR": str(tmp_path)},
+                              RecordingEmitter(), NOW)  # fmt: skip
+    log: list[str] = []
+    started = threading.Event()
+
+    def slow_save(path: Path) -> None:
+        name = threading.current_thread().name
+        log.append(f"{name} starts")
+        started.set()
+        time.sleep(0.3 if name == "timer" else 0.0)
+        log.append(f"{name} ends")
+
+    try:
+        app.catalog.index.save = slow_save  # type: ignore[method-assign]
+        timer = threading.Thread(target=app._save_index, name="timer")
+        timer.start()
+        assert started.wait(5)
+        app.checkpoint()
+        timer.join()
+        assert log == ["timer starts", "timer ends", "MainThread starts", "MainThread ends"]
+        assert app.model_path.exists()
+    finally:
+        close_pipeline_app(app, fatal)
