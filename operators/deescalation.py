@@ -254,6 +254,18 @@ class Reaction:
     adjustments: tuple[Adjustment, ...]
 
 
+def penalty_keys(category: str | None, creator: str | None) -> tuple[str, ...]:
+    """The ``category:`` and ``creator:`` keys a penalty or a pause may name an item by.
+
+    An item without a category (or creator) has no such key, so a key that names
+    ``None`` never catches it.
+    """
+    return tuple(
+        key for key in (f"category:{category}" if category else None,
+                        f"creator:{creator}" if creator else None) if key
+    )  # fmt: skip
+
+
 def _change(
     penalties: dict[str, Penalty], key: str, step: float | None, when: datetime, rule: str,
     basis: tuple[str, ...], reason: str | None, params: DeescalationParams,
@@ -314,8 +326,7 @@ def react(
     """
     current = dict(penalties)
     adjustments: list[Adjustment] = []
-    keys = [k for k in (f"category:{category}" if category else None,
-                        f"creator:{creator}" if creator else None) if k]  # fmt: skip
+    keys = penalty_keys(category, creator)
     if kind == "not_relevant":
         streak, streak_session = (), session
         # seen_it: seen elsewhere, says nothing about the taste; wrong_language: about the

@@ -50,7 +50,12 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.catalog import Catalog, IntArray, ItemState
-from operators.deescalation import DeescalationParams, active_penalties, neighbour_weight
+from operators.deescalation import (
+    DeescalationParams,
+    active_penalties,
+    neighbour_weight,
+    penalty_keys,
+)
 from operators.embedding import Vector, unit
 from operators.model import RankingModel
 from operators.profile import UserProfile
@@ -778,15 +783,8 @@ def _most_similar_like(item_id: str, profile: UserProfile, catalog: Catalog) -> 
 
 
 def _keys_of(state: ItemState) -> tuple[str, ...]:
-    """The ``category:`` and ``creator:`` keys a pause or a penalty may name the item by.
-
-    An item without a category (or creator) has no such key: it is never caught by a key
-    that names ``None``.
-    """
     record = state.record
-    category = f"category:{state.category}" if state.category else None
-    creator = f"creator:{record.creator}" if record is not None and record.creator else None
-    return tuple(k for k in (category, creator) if k is not None)
+    return penalty_keys(state.category, record.creator if record is not None else None)
 
 
 def _penalty_of(state: ItemState, active: dict[str, float]) -> float:

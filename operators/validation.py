@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -175,6 +177,32 @@ def decode_event(
     if key is None:
         raise InvalidEvent("key_mismatch", "the message has no key; key events by user_id")
     return event
+
+
+def user_key(document: object) -> bytes | None:
+    """The key an event given as JSON fields is produced under: its own ``user_id``.
+
+    ``None`` when it has no usable one; the contract check then names the problem.
+    """
+    user = document.get("user_id") if isinstance(document, dict) else None
+    if not isinstance(user, str):
+        return None
+    try:
+        return user.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+
+
+def decode_unkeyed(raw: bytes, *, now: datetime, limits: ValidationLimits) -> Event:
+    """:func:`decode_event` for an event without a message key yet (a log line, a body).
+
+    It is keyed by its own ``user_id``, as a producer keys it.
+    """
+    key = None
+    if len(raw) <= limits.max_event_bytes:  # a larger one is refused unread
+        with contextlib.suppress(ValueError, RecursionError):  # decode_event names it
+            key = user_key(json.loads(raw))
+    return decode_event(raw, key=key, now=now, limits=limits)
 
 
 def encode_event(event: Event, limits: ValidationLimits) -> bytes:

@@ -7,7 +7,6 @@ so a key lands in the same partition whichever client wrote it; and idempotence 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ from typing import Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
-from operators.validation import InvalidEvent, ValidationLimits, decode_event, encode_event
+from operators.validation import InvalidEvent, ValidationLimits, decode_unkeyed, encode_event
 from schemas.catalog import item_to_json, parse_item
 from schemas.snapshot import Snapshot
 
@@ -72,12 +71,7 @@ def encode_line(
     """
     try:
         if kind == "events":
-            raw, parsed = line.encode(), None
-            with contextlib.suppress(ValueError, RecursionError):  # decode_event names it
-                parsed = json.loads(raw) if len(raw) <= limits.max_event_bytes else None
-            user = parsed.get("user_id") if isinstance(parsed, dict) else None
-            key = user.encode() if isinstance(user, str) else None
-            event = decode_event(raw, key=key, now=now, limits=limits)
+            event = decode_unkeyed(line.encode(), now=now, limits=limits)
             return event.user_id.encode(), encode_event(event, limits)
         item = parse_item(line)
         return item.item_id.encode(), item_to_json(item)

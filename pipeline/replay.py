@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import gzip
@@ -58,7 +57,14 @@ import click
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from operators.files import write_atomic
-from operators.validation import InvalidEvent, ValidationLimits, decode_event, encode_event
+from operators.validation import (
+    InvalidEvent,
+    ValidationLimits,
+    decode_event,
+    decode_unkeyed,
+    encode_event,
+    user_key,
+)
 from pipeline.settings import LimitSettings, Settings
 from schemas.events import ITEM_EVENTS, Context, Event, Impression, Preference, event_to_json
 
@@ -131,16 +137,6 @@ def validation_limits(limits: LimitSettings) -> ValidationLimits:
     return ValidationLimits(**{name: getattr(limits, name) for name in names})
 
 
-def _user_key(document: object) -> bytes | None:
-    user = document.get("user_id") if isinstance(document, dict) else None
-    if not isinstance(user, str):
-        return None  # the contract check rejects the event before the key matters
-    try:
-        return user.encode()
-    except UnicodeEncodeError:
-        return None
-
-
 class EventCheck:
     """Validates records as a worker does: the contract, the size limit, event-time plausibility.
 
@@ -161,16 +157,12 @@ class EventCheck:
             InvalidEvent: with the worker's reason.
 
         """
-        key = None
-        if len(raw) <= self.limits.max_event_bytes:
-            with contextlib.suppress(ValueError, RecursionError):  # decode_event names it
-                key = _user_key(json.loads(raw))
-        return self._sendable(decode_event(raw, key=key, now=self.now(), limits=self.limits))
+        return self._sendable(decode_unkeyed(raw, now=self.now(), limits=self.limits))
 
     def fields(self, fields: dict[str, object]) -> Event:
         """Validate an event given as fields (a CSV record); see :meth:`json_line`."""
         raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-        event = decode_event(raw, key=_user_key(fields), now=self.now(), limits=self.limits)
+        event = decode_event(raw, key=user_key(fields), now=self.now(), limits=self.limits)
         return self._sendable(event)
 
     def _sendable(self, event: Event) -> Event:

@@ -50,7 +50,7 @@ from yarl import URL
 from operators.live_metrics import ShownList
 from operators.profile import UserProfile
 from operators.serving import needs_rerank, rank_for_surface
-from operators.validation import InvalidEvent, decode_event, encode_event
+from operators.validation import InvalidEvent, decode_event, encode_event, user_key
 from pipeline.metrics import assigned_partitions, unfetched_partitions
 from schemas.events import EVENT_ADAPTER, Id, ShortText
 from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
@@ -854,10 +854,10 @@ class HttpApi:
             except UnicodeEncodeError as exc:  # a lone surrogate escape (\ud800)
                 errors.append({"index": index, "error": "invalid_utf8", "detail": str(exc)})
                 continue
-            user = element.get("user_id") if isinstance(element, dict) else None
-            key = user.encode() if isinstance(user, str) else None
             try:
-                event = decode_event(raw, key=key, now=now, limits=self.recloop.limits)
+                event = decode_event(
+                    raw, key=user_key(element), now=now, limits=self.recloop.limits
+                )
                 value = encode_event(event, self.recloop.limits)  # what is produced
             except InvalidEvent as exc:
                 errors.append({"index": index, "error": exc.reason, "detail": exc.detail})
