@@ -163,9 +163,18 @@ def unit(vector: Vector) -> Vector | None:
 
 
 def update_user_vector(
-    vector: Sequence[float], item_unit: Vector, strength: float, params: EmbeddingParams
+    vector: Sequence[float],
+    item_unit: Vector,
+    strength: float,
+    params: EmbeddingParams,
+    decay: bool = True,
 ) -> tuple[float, ...]:
-    """The user's embedding after a signal of ``strength`` about an item (unit vector)."""
+    """The user's embedding after a signal of ``strength`` about an item (unit vector).
+
+    ``decay``: whether the signal also fades what the embedding held (``user_decay``);
+    an item only shown adds its weak push without it.
+    """
     base = np.asarray(vector, dtype=np.float64) if len(vector) == params.dim else 0.0
-    updated = np.round(params.user_decay * base + strength * item_unit, DECIMALS)
+    kept = params.user_decay * base if decay else base
+    updated = np.round(kept + strength * item_unit, DECIMALS)
     return tuple(updated.tolist())

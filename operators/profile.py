@@ -219,10 +219,11 @@ def apply_signal(
         limits: bounds on the state.
         blocks: the user asked never to see this item again (``not_relevant``).
         item_unit: the item's unit embedding, when the catalog knows the item; the user's
-            embedding moves towards it (a like) or away from it (a negative signal), but
-            not for an item only shown (``signal.shown_only``): an impression of a list
-            would otherwise decay the embedding once per item and point it away from
-            everything recloop shows, and take a liked item out of the recent likes.
+            embedding moves towards it (a like) or away from it (a negative signal). An
+            item only shown (``signal.shown_only``) pushes it away weakly without fading
+            what it held: an impression of a list would otherwise decay the embedding
+            once per item and turn it away from everything recloop shows; nor does being
+            shown take an item out of the recent likes.
         embedding: the embedding space's parameters (required with ``item_unit``).
 
     """
@@ -241,8 +242,9 @@ def apply_signal(
             consumed = Bloom.empty(limits.consumed_capacity)
         consumed = consumed.add(signal.item_id)
     vector = profile.vector
-    if item_unit is not None and embedding is not None and not signal.shown_only:
-        vector = update_user_vector(vector, item_unit, signal.target * signal.weight, embedding)
+    if item_unit is not None and embedding is not None:
+        vector = update_user_vector(vector, item_unit, signal.target * signal.weight, embedding,
+                                    decay=not signal.shown_only)  # fmt: skip
     blocked = (
         _push(profile.blocked, signal.item_id, limits.max_blocked) if blocks else profile.blocked
     )

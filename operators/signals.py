@@ -29,8 +29,8 @@ class Signal:
     target: float
     weight: float
     explicit: bool = False
-    #: the item was only shown (an impression): a weak negative for the item, which
-    #: moves neither the user's embedding nor their recent likes
+    #: the item was only shown (an impression): a weak negative that does not fade the
+    #: user's embedding (one list would, once per item) nor touch their recent likes
     shown_only: bool = False
 
     @property

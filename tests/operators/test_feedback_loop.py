@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+
 from operators.catalog import Catalog
 from operators.feedback_loop import ItemFeedback, LoopConfig, Step, process_event
 from operators.profile import ProfileLimits, UserProfile
@@ -216,7 +218,7 @@ def test_an_impression_sends_weak_negatives_for_every_item_shown(
     assert _snapshot(step).version == 1
 
 
-def test_being_shown_moves_neither_the_users_embedding_nor_their_recent_likes(
+def test_being_shown_pushes_the_users_embedding_weakly_and_keeps_their_recent_likes(
     catalog: Catalog, config: LoopConfig, generated_at: datetime
 ) -> None:
     liked = [f"item-{n:05d}" for n in range(1, 6)]
@@ -235,7 +237,11 @@ def test_being_shown_moves_neither_the_users_embedding_nor_their_recent_likes(
                                 timestamp=T0, item_ids=shown)  # fmt: skip
         after = process_event(impression, after, catalog, config, generated_at).profile
 
-    assert after.vector == profile.vector
+    # no decay (it took 0.9 per item shown: 0.9^105 of the taste left): the embedding is
+    # what the likes built plus the weak pushes, exactly
+    strength = config.signals.impression_target * config.signals.implicit_weight
+    pushes = 3 * strength * sum(catalog.unit(i) for i in shown)  # type: ignore[misc]
+    assert np.allclose(np.array(after.vector), np.array(profile.vector) + pushes, atol=1e-4)
     assert after.recent_positives == profile.recent_positives
     # the weak negatives are for the items shown, and the categories they are in
     assert any(after.affinity[c] < affinity.get(c, 0.0) for c in after.affinity)
