@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
@@ -83,6 +83,26 @@ def encode_line(
         raise ValueError(f"{where}: {first['msg']}") from None
 
 
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    key: bytes,
+    value: bytes | None,
+    on_delivery: Callable[[Any, Any], None],
+    poll_s: float = 0.05,
+) -> None:
+    """Queue one record, waiting for room when the client's local queue is full.
+
+    confluent-kafka raises ``BufferError`` then; serving delivery reports drains it.
+    """
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(poll_s)
+
+
 def produce_lines(
     lines: Iterable[str],
     topic: str,
@@ -113,12 +133,7 @@ def produce_lines(
             report.rejected += 1
             report.errors.append(f"line {number}: {exc}")
             continue
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:  # the client's local queue is full: let it drain, then retry
-                producer.poll(0.5)
+        produce_waiting(producer, topic, key, value, on_delivery)
         producer.poll(0)
         report.accepted += 1
     remaining = producer.flush(30)

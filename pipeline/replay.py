@@ -1034,10 +1034,11 @@ class KafkaSink:
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
         from confluent_kafka import Producer
 
-        from pipeline.clients import producer_config
+        from pipeline.clients import produce_waiting, producer_config
 
         self._topic = topic
         self._producer = Producer(producer_config(bootstrap_servers))
+        self._produce = produce_waiting
 
     @property
     def topic(self) -> str:
@@ -1050,12 +1051,7 @@ class KafkaSink:
         def report(error: Any, _message: object) -> None:
             delivered(None if error is None else str(error))
 
-        while True:
-            try:
-                self._producer.produce(self._topic, key=key, value=value, on_delivery=report)
-                return
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.05)
+        self._produce(self._producer, self._topic, key, value, report)
 
     def poll(self) -> None:
         """Serve ready delivery reports."""
