@@ -339,6 +339,17 @@ class _TopOrder:
                 del self.members[dropped[2]]
 
 
+
+class IndexWrites(NamedTuple):
+    """Vectors a :class:`Catalog` has yet to write to its index (:meth:`take_index_writes`)."""
+
+    #: the items to (re-)index, in id order
+    ids: list[str]
+    #: their unit embeddings, one row each
+    vectors: npt.NDArray[np.float64]
+    #: how many items were removed from the index already
+    removed: int
+
 class Catalog:
     """Every item's state, in memory, as replicated to this worker, and its item index.
 
@@ -621,17 +632,30 @@ class Catalog:
             How many items were (re-)indexed or removed from the index.
 
         """
+        writes = self.take_index_writes()
+        if writes.ids:
+            self.index.upsert_many(writes.ids, writes.vectors)
+        return self.count_index_writes(writes)
+
+    def take_index_writes(self) -> IndexWrites:
+        """What :meth:`sync_index` would write, with the removals already made.
+
+        For a caller that writes the vectors itself, away from the thread that changes
+        the catalog (a worker's first full build: hnswlib inserts release the GIL), in
+        batches through :meth:`ItemIndex.upsert_many`, then calls
+        :meth:`count_index_writes`. The catalog counts the items as indexed from now on.
+        """
         if not self._dirty:
-            return 0
+            return IndexWrites([], np.zeros((0, self.embedding.dim)), 0)
         ids: list[str] = []
         rows: list[Vector] = []
-        changed = 0
+        removed = 0
         for item_id in sorted(self._dirty):
             state = self._items.get(item_id)
             vector = self.unit(item_id)
             if state is None or vector is None or not state.available:
                 self._indexed.pop(item_id, None)
-                changed += int(self.index.remove(item_id))
+                removed += int(self.index.remove(item_id))
                 continue
             indexed: npt.NDArray[np.floating[Any]] | None = self._indexed.get(item_id)
             if indexed is None and self._loaded:  # maybe in the index loaded from disk
@@ -643,10 +667,13 @@ class Catalog:
             else:
                 self._indexed[item_id] = indexed.astype(np.float64)
         self._dirty.clear()
-        if ids:
-            self.index.upsert_many(ids, np.vstack(rows))
-        self.index_changes += changed + len(ids)
-        return changed + len(ids)
+        vectors = np.vstack(rows) if rows else np.zeros((0, self.embedding.dim))
+        return IndexWrites(ids, vectors, removed)
+
+    def count_index_writes(self, writes: IndexWrites) -> int:
+        """Count ``writes`` (once written) in :attr:`index_changes`; returns how many."""
+        self.index_changes += writes.removed + len(writes.ids)
+        return writes.removed + len(writes.ids)
 
     def prune_index(self) -> int:
         """Drop from the index every item the catalog does not hold (after a restore)."""

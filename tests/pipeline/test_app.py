@@ -453,3 +453,76 @@ def test_the_final_checkpoint_waits_for_a_save_still_running_in_a_thread(tmp_pat
         assert app.model_path.exists()
     finally:
         close_pipeline_app(app, fatal)
+
+
+async def test_the_first_index_build_runs_in_batches_off_the_event_loop() -> None:
+    # a worker joining with a large catalog must keep its loop turning (Kafka heartbeats,
+    # health checks) while hnswlib indexes every item; and no second caller may go on
+    # before the catalog is ready
+    import asyncio
+
+    world = SyntheticWorld.generate(seed=5, n_items=2500, n_users=1, n_categories=5)
+    catalog = Catalog()
+    for item in world.items:
+        catalog.put(ItemState(item_id=item.item_id, record=item))
+    app, fatal = pipeline_app(catalog, {}, RecordingEmitter(), NOW)
+    index = catalog.index
+    writes: list[tuple[str, int, int]] = []  # (thread, items, loop turns so far)
+    turns = 0
+    original = index.upsert_many
+
+    def slow_upsert_many(ids: Any, vectors: Any) -> None:
+        writes.append((threading.current_thread().name, len(ids), turns))
+        time.sleep(0.05)  # a large batch: the loop must not wait for it
+        original(ids, vectors)
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0.005)
+
+    index.upsert_many = slow_upsert_many  # type: ignore[method-assign]
+    drained_before_ready: list[bool] = []
+
+    def drain() -> int:
+        drained_before_ready.append(not app.ready)
+        return 0
+
+    app.follower.drain = drain  # type: ignore[method-assign]
+    try:
+        ticking = asyncio.ensure_future(ticker())
+        await asyncio.gather(app._ensure_catalog(), app._ensure_catalog())
+        ticking.cancel()
+    finally:
+        close_pipeline_app(app, fatal)
+    assert app.ready and len(index) == 2500 and catalog.index_changes == 2500
+    assert [n for _, n, _ in writes] == [1024, 1024, 452]
+    assert all(thread != threading.main_thread().name for thread, _, _ in writes)
+    seen = [t for _, _, t in writes]
+    assert seen == sorted(seen) and seen[-1] > seen[0]  # the loop turned between batches
+    assert drained_before_ready == [False]  # the second caller waited for the start
+
+
+async def test_catching_up_with_a_large_item_state_topic_lets_the_loop_turn() -> None:
+    import asyncio
+
+    from pipeline.catalog_follower import CatalogFollower
+
+    follower = CatalogFollower("127.0.0.1:9", "p.item-state", 1)  # never started: no broker
+    for n in range(5000):
+        state = ItemState(item_id=f"i{n}")
+        follower._queue.put((state.item_id.encode(), state.snapshot(), 0, n))
+    follower._targets = {0: 5000}
+    turns: list[int] = []  # how many records were applied at each turn of the loop
+
+    async def ticker() -> None:
+        while True:
+            turns.append(len(follower.catalog))
+            await asyncio.sleep(0)
+
+    ticking = asyncio.ensure_future(ticker())
+    assert await follower.wait_caught_up(timeout_s=30)
+    ticking.cancel()
+    assert len(follower.catalog) == 5000
+    assert {500, 1000, 4500} <= set(turns)  # the loop turned between slices
