@@ -161,7 +161,10 @@ class EventCheck:
 
     def fields(self, fields: dict[str, object]) -> Event:
         """Validate an event given as fields (a CSV record); see :meth:`json_line`."""
-        raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # a JSON cell's escape of a lone surrogate: as escaped,
+            raw = json.dumps(fields, separators=(",", ":")).encode()  # the check names it
         event = decode_event(raw, key=user_key(fields), now=self.now(), limits=self.limits)
         return self._sendable(event)
 

@@ -732,3 +732,26 @@ def test_recloop_produce_waits_for_a_full_local_queue_instead_of_dying(
 
     assert (report.accepted, report.rejected) == (3, 0)
     assert [parse_event(v).event_id for v in producers[0].sent] == ["e0", "e1", "e2"]
+
+
+def test_a_lone_surrogate_escaped_in_a_csv_json_cell_is_rejected_as_in_a_json_line(
+    tmp_path: Path,
+) -> None:
+    # json.loads turns the cell's escape into a character UTF-8 cannot encode
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "event_id,user_id,type,timestamp,item_ids\n"
+        'e1,u1,impression,2026-01-01T00:00:00Z,"[""\\udc80""]"\n'
+        'e2,u1,impression,2026-01-01T00:01:00Z,"[""i1""]"\n'
+    )
+    line = tmp_path / "log.jsonl"
+    line.write_text(
+        '{"event_id":"e1","user_id":"u1","type":"impression",'
+        '"timestamp":"2026-01-01T00:00:00Z","item_ids":["\\udc80"]}\n'
+    )
+
+    got = records(path, "csv")
+
+    assert got[0].error is not None and got[0].error.reason == "invalid_json"
+    assert got[0].error.reason == records(line, "jsonl")[0].error.reason  # type: ignore[union-attr]
+    assert got[1].event is not None  # and the replay goes on
