@@ -869,7 +869,10 @@ class _Replay:
         exhausted = False
         try:
             for record in read_log(self.path, self.options.log_format, self.check, self.start):
-                if self.interruption.requested or not self._take(record):
+                # a failure a poll reported is final: nothing more is sent after it
+                if self.interruption.requested or self.summary.delivery_failures:
+                    break
+                if not self._take(record):
                     break
                 self._tick(record.disk)
             else:
@@ -911,7 +914,7 @@ class _Replay:
             self.watermark.settle(record.end)
             return True
         self.pacer.wait(event.timestamp)
-        if self.interruption.requested:
+        if self.interruption.requested or summary.delivery_failures:
             return False
         summary.valid += 1
         confirm = self.watermark.expect(record.end)
