@@ -339,7 +339,6 @@ class _TopOrder:
                 del self.members[dropped[2]]
 
 
-
 class IndexWrites(NamedTuple):
     """Vectors a :class:`Catalog` has yet to write to its index (:meth:`take_index_writes`)."""
 
@@ -349,6 +348,7 @@ class IndexWrites(NamedTuple):
     vectors: npt.NDArray[np.float64]
     #: how many items were removed from the index already
     removed: int
+
 
 class Catalog:
     """Every item's state, in memory, as replicated to this worker, and its item index.

@@ -694,7 +694,8 @@ class DeescalationTally:
     skip streak), the user's list just before and just after: the share of the penalised
     category in each. For every dissatisfaction (a not_relevant, or a streak): whether
     the user came back to a like within ``within`` of their next events (re-engagement),
-    and how many events and hours that took (time to resolution).
+    and how many events and hours that took (time to resolution). Each dissatisfaction
+    counts on its own: the user's next like resolves all their open ones.
     """
 
     def __init__(self, sample: int = 1000, within: int = 10) -> None:
@@ -709,7 +710,8 @@ class DeescalationTally:
         self.re_engaged = 0
         self.resolved_events: list[int] = []
         self.resolved_hours: list[float] = []
-        self._open: dict[str, tuple[int, datetime]] = {}
+        #: user -> their open dissatisfactions, oldest first: (events since, event time)
+        self._open: dict[str, list[tuple[int, datetime]]] = {}
 
     def wants_lists(self, event: Event, profile: UserProfile | None, streak_length: int) -> bool:
         """Whether to rank before and after this event: it may adjust (while sampling)."""
@@ -734,21 +736,21 @@ class DeescalationTally:
             not isinstance(event, Rating) or event.value >= 4
         )
         if pending is not None:
-            seen, since = pending
-            seen += 1
-            if liked:
+            counted = [(seen + 1, since) for seen, since in pending]
+            if liked:  # the like resolves every dissatisfaction still open, each on its own
                 del self._open[user]
-                self.re_engaged += int(seen <= self.within)
-                self.resolved_events.append(seen)
-                self.resolved_hours.append((event.timestamp - since).total_seconds() / 3600)
+                for seen, since in counted:
+                    self.re_engaged += int(seen <= self.within)
+                    self.resolved_events.append(seen)
+                    self.resolved_hours.append((event.timestamp - since).total_seconds() / 3600)
             else:
-                self._open[user] = (seen, since)
+                self._open[user] = counted
         rules = {a.rule for a in adjustments}
         if (isinstance(event, NotRelevant) and event.reason != "seen_it") or (
             "skip_streak" in rules
         ):
             self.dissatisfactions += 1
-            self._open.setdefault(user, (0, event.timestamp))
+            self._open.setdefault(user, []).append((0, event.timestamp))
         if "not_relevant" in rules or "skip_streak" in rules:
             self.adjusting += 1
         if before is not None and after is not None:
@@ -782,7 +784,7 @@ class DeescalationTally:
             ),
             "median_events_to_resolution": median(self.resolved_events),
             "median_hours_to_resolution": median(self.resolved_hours),
-            "unresolved": len(self._open),
+            "unresolved": sum(map(len, self._open.values())),
         }
 
 

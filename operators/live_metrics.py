@@ -34,7 +34,8 @@ Definitions (``docs/metrics.md`` has the exported names):
   before and in the list after; a *dissatisfaction* (``not_relevant`` other than
   ``seen_it``, or a completed skip streak) is *resolved* by the user's next like (a click
   or a rating of 4 or more, as in the offline :class:`operators.evaluation.DeescalationTally`)
-  and counts as *re-engaged* when that like came within ``reengage_within`` events.
+  and counts as *re-engaged* when that like came within ``reengage_within`` events of it.
+  Each dissatisfaction counts on its own: a like resolves all of the user's open ones.
 * **Latency**: seconds from the event's Kafka message timestamp (the producer's create
   time, or the broker's append time on topics that use it) to the moment the worker
   handed the snapshot to its producer.
@@ -89,6 +90,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 
 QUANTILES = (0.5, 0.95, 0.99)
 #: The adjustments whose lists are measured before and after.
 MEASURED_RULES = ("not_relevant", "skip_streak")
+#: A user's open dissatisfactions kept, newest: an older one is past any re-engagement
+#: window in use (``reengage_within`` is 10) and is dropped unresolved.
+MAX_OPEN_PER_USER = 32
 
 
 @dataclass(frozen=True)
@@ -243,8 +247,9 @@ class LiveMetrics:
         self.resolved = 0
         self.resolution_events = 0
         self.resolution_seconds = 0.0
-        #: user -> (events since the dissatisfaction, its event time), least recent first
-        self.open: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        #: user -> their open dissatisfactions, oldest first: (events since it, its event
+        #: time); users whose first one is the least recent first
+        self.open: OrderedDict[str, list[tuple[int, float]]] = OrderedDict()
         self.latency = Histogram(window=window)
         self.deescalation_latency = Histogram(window=window)
 
@@ -370,23 +375,27 @@ class LiveMetrics:
         user = event.user_id
         pending = self.open.get(user)
         if pending is not None:
-            seen, since = pending[0] + 1, pending[1]
+            counted = [(seen + 1, since) for seen, since in pending]
             liked = isinstance(event, Click) or (isinstance(event, Rating) and event.value >= 4)
-            if liked:
+            if liked:  # the like resolves every dissatisfaction still open, each on its own
                 del self.open[user]
-                self.resolved += 1
-                self.reengaged += int(seen <= self.params.reengage_within)
-                self.resolution_events += seen
-                self.resolution_seconds += max(0.0, event.timestamp.timestamp() - since)
+                for seen, since in counted:
+                    self.resolved += 1
+                    self.reengaged += int(seen <= self.params.reengage_within)
+                    self.resolution_events += seen
+                    self.resolution_seconds += max(0.0, event.timestamp.timestamp() - since)
             else:
-                self.open[user] = (seen, since)
+                self.open[user] = counted
         rules = {a.rule for a in adjustments}
         explicit = isinstance(event, NotRelevant) and event.reason != "seen_it"
         if not (explicit or "skip_streak" in rules):
             return False
         self.dissatisfactions += 1
-        if user not in self.open:
-            self.open[user] = (0, event.timestamp.timestamp())
+        opened = event.timestamp.timestamp()
+        if user in self.open:  # the oldest beyond the bound can no longer be re-engaged
+            self.open[user] = [*self.open[user], (0, opened)][-MAX_OPEN_PER_USER:]
+        else:
+            self.open[user] = [(0, opened)]
             if len(self.open) > self.params.max_users:
                 self.open.popitem(last=False)
         rule = "not_relevant" if isinstance(event, NotRelevant) else "skip_streak"
@@ -500,7 +509,7 @@ class LiveMetrics:
                 "resolved": self.resolved,
                 "resolution_events": self.resolution_events,
                 "resolution_seconds": self.resolution_seconds,
-                "open": [[u, n, t] for u, (n, t) in self.open.items()],
+                "open": [[u, [[n, t] for n, t in opened]] for u, opened in self.open.items()],
                 "latency": self.latency.state(),
                 "deescalation_latency": self.deescalation_latency.state(),
             },
@@ -527,7 +536,19 @@ class LiveMetrics:
         metrics.recommended_at = OrderedDict((str(i), float(t)) for i, t in raw["recommended_at"])
         metrics.item_events = {str(k): int(v) for k, v in raw["item_events"].items()}
         metrics.adjustments = {(str(r), str(s)): int(n) for r, s, n in raw["adjustments"]}
-        metrics.open = OrderedDict((str(u), (int(n), float(t))) for u, n, t in raw["open"])
+        metrics.open = OrderedDict(_open_entry(entry) for entry in raw["open"])
         metrics.latency.load(raw["latency"])
         metrics.deescalation_latency.load(raw["deescalation_latency"])
         return metrics
+
+
+def _open_entry(entry: list[Any]) -> tuple[str, list[tuple[int, float]]]:
+    """One user's open dissatisfactions as :meth:`LiveMetrics.snapshot` wrote them.
+
+    Snapshots before 2026-11-24 kept one per user: ``[user, events, time]``.
+    """
+    if len(entry) == 3:
+        user, seen, since = entry
+        return str(user), [(int(seen), float(since))]
+    user, opened = entry
+    return str(user), [(int(seen), float(since)) for seen, since in opened]

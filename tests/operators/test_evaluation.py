@@ -472,3 +472,29 @@ def test_the_replay_benchmark_reports_recloop_beside_its_references(
                                             "static_cooccurrence", "cooccurrence"}  # fmt: skip
     assert 0 < figures["recloop_s"] < figures["wall_s"]
     assert 0.0 <= figures["recall_at_10"] <= 1.0 and figures["snapshots"] is False
+
+
+def test_the_tally_resolves_every_open_dissatisfaction_with_the_next_like() -> None:
+    from operators.evaluation import DeescalationTally
+    from schemas.events import Click, NotRelevant, Skip
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    tally = DeescalationTally(within=3)
+    for n in range(3):  # the like comes 4, 3 and 2 events after them
+        tally.observe(NotRelevant(type="not_relevant", event_id=f"n{n}", user_id="u",
+                                  item_id=f"i{n}", timestamp=t + timedelta(minutes=n)),
+                      (), None, None)  # fmt: skip
+    tally.observe(NotRelevant(type="not_relevant", event_id="v", user_id="v", item_id="i0",
+                              timestamp=t), (), None, None)  # fmt: skip
+    assert tally.as_dict()["unresolved"] == 4
+    tally.observe(Skip(type="skip", event_id="s", user_id="u", item_id="i9",
+                       timestamp=t + timedelta(minutes=3)), (), None, None)  # fmt: skip
+    tally.observe(Click(type="click", event_id="c", user_id="u", item_id="i8",
+                        timestamp=t + timedelta(minutes=4)), (), None, None)  # fmt: skip
+
+    figures = tally.as_dict()
+    assert figures["dissatisfactions"] == 4
+    assert figures["re_engagement_within_3_events"] == 0.5  # 2 of u's 3; v's is open
+    assert figures["median_events_to_resolution"] == 3.0
+    assert figures["median_hours_to_resolution"] == 3 / 60
+    assert figures["unresolved"] == 1

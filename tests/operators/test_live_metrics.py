@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -337,6 +338,40 @@ def test_only_the_latest_users_with_an_open_dissatisfaction_are_kept(catalog: Ca
     assert list(metrics.open) == ["v"]
 
 
+def test_each_dissatisfaction_counts_on_its_own_and_one_like_resolves_them_all(
+    catalog: Catalog,
+) -> None:
+    metrics = LiveMetrics(LiveMetricsParams(reengage_within=3))
+    step = Script(metrics, catalog)
+    for n in range(3):  # three in a row: the like comes 4, 3 and 2 events after them
+        step(
+            NotRelevant(type="not_relevant", event_id=f"n{n}", user_id="u", item_id="c",
+                        timestamp=at(n)),
+            profile("u", 5 + n), ["a"], ["a"],
+        )  # fmt: skip
+    old = LiveMetrics.restore(metrics.snapshot())
+    step(Skip(type="skip", event_id="s", user_id="u", item_id="a", timestamp=at(3)),
+         profile("u", 8), ["a"], ["a"])  # fmt: skip
+    step(Click(type="click", event_id="c", user_id="u", item_id="b", timestamp=at(4)),
+         profile("u", 9), ["a"], ["a"])  # fmt: skip
+
+    d = metrics.figures(0.0, len(catalog))["deescalation"]
+    assert (d["dissatisfactions"], d["resolved"], d["reengaged"]) == (3, 3, 2)
+    assert d["reengagement_rate"] == pytest.approx(2 / 3)
+    assert d["mean_events_to_resolution"] == 3.0  # 4, 3 and 2
+    assert not metrics.open
+    assert old.open == {"u": [(2, at(0).timestamp()), (1, at(1).timestamp()),
+                              (0, at(2).timestamp())]}  # fmt: skip
+
+
+def test_a_snapshot_from_before_per_dissatisfaction_counting_restores() -> None:
+    metrics = LiveMetrics()
+    written = json.loads(metrics.snapshot())
+    written["open"] = [["u1", 2, 60.0]]  # one open dissatisfaction per user, as then
+    restored = LiveMetrics.restore(json.dumps(written).encode())
+    assert restored.open == {"u1": [(2, 60.0)]}
+
+
 def test_histogram_buckets_are_cumulative_and_negative_latency_counts_as_zero() -> None:
     histogram = Histogram(bounds=(0.01, 0.1), window=3)
     for value in (-0.5, 0.01, 0.05, 2.0):
@@ -389,8 +424,8 @@ def test_snapshot_and_restore_round_trip_and_carry_on_alike(catalog: Catalog) ->
 
 def test_forget_drops_what_is_kept_about_the_user() -> None:
     metrics = LiveMetrics(LiveMetricsParams())
-    metrics.open["u1"] = (2, 0.0)
-    metrics.open["u2"] = (1, 0.0)
+    metrics.open["u1"] = [(2, 0.0)]
+    metrics.open["u2"] = [(1, 0.0)]
 
     metrics.forget("u1")
     metrics.forget("nobody")
