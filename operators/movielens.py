@@ -377,9 +377,10 @@ def read_items(directory: Path) -> Iterator[ItemRecord]:
                 flags, head = fields[-len(genres) :], fields[: -len(genres)]
                 title = "|".join(head[1:-3])
                 chosen = [g for g, flag in zip(genres, flags, strict=True) if flag.strip() == "1"]
-                yield movie_record(
-                    _int(head[0], f"{path}:{number}"), title, chosen, _release_date(head[-3])
-                )
+                released = _release_date(head[-3])
+                if released == UNKNOWN_DATE:  # no readable date: the title's year, if any
+                    released = _title_year(title)
+                yield movie_record(_int(head[0], f"{path}:{number}"), title, chosen, released)
         return
     path = directory / "movies.csv"
     with path.open(encoding="utf-8", newline="") as handle:
