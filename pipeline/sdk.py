@@ -81,6 +81,26 @@ Start = Literal["earliest", "latest"] | Mapping[int, int]
 
 #: Producer settings the SDK keeps fixed: they are what makes a send safe and well placed.
 _GUARANTEES = ("enable.idempotence", "acks", "partitioner")
+#: librdkafka's other name for one of them
+_ALIASES = {"request.required.acks": "acks"}
+#: values librdkafka reads as the same setting
+_SAME = {"-1": "all", "true": "True"}
+
+
+def _refuse_weaker(extra: Mapping[str, object], base: Mapping[str, object]) -> None:
+    """Raise ``ValueError`` when ``extra`` would change a guarantee, by any of its names.
+
+    librdkafka also reads topic settings from a ``default.topic.config`` dict.
+    """
+    nested = extra.get("default.topic.config")
+    given = [*extra.items(), *(nested.items() if isinstance(nested, Mapping) else ())]
+    for name, value in given:
+        guarded = _ALIASES.get(name, name)
+        if guarded not in _GUARANTEES:
+            continue
+        wanted = str(base[guarded])
+        if _SAME.get(str(value), str(value)) != wanted:
+            raise ValueError(f"{name}={value!r} is not allowed: the SDK keeps {wanted!r}")
 
 
 def _wall_clock() -> datetime:
@@ -252,11 +272,7 @@ class EventProducer:
         bootstrap, kafka, limits = _kafka_target(settings, bootstrap_servers, topic_prefix)
         base = producer_config(bootstrap)
         extra = dict(config or {})
-        for name in _GUARANTEES:
-            if name in extra and str(extra[name]) != str(base[name]):
-                raise ValueError(
-                    f"{name}={extra[name]!r} is not allowed: the SDK keeps {base[name]!r}"
-                )
+        _refuse_weaker(extra, base)
         self.events_topic = kafka.topic("events")
         self.items_topic = kafka.topic("items")
         wanted = {

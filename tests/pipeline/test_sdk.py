@@ -168,9 +168,18 @@ def test_items_are_keyed_by_item_id_and_tombstones_need_an_id(producer: EventPro
 
 
 def test_settings_that_weaken_the_guarantees_are_refused(nowhere: str) -> None:
-    for config in ({"acks": 1}, {"enable.idempotence": False}, {"partitioner": "consistent"}):
+    for config in (
+        {"acks": 1},
+        {"enable.idempotence": False},
+        {"partitioner": "consistent"},
+        {"request.required.acks": 1},  # another name for acks
+        {"default.topic.config": {"partitioner": "consistent_random"}},  # a topic setting
+        {"default.topic.config": {"acks": 0}},
+    ):
         with pytest.raises(ValueError, match="not allowed"):
             EventProducer(bootstrap_servers=nowhere, config=config)
+    for same in ({"acks": -1}, {"enable.idempotence": True}, {"partitioner": "murmur2_random"}):
+        EventProducer(bootstrap_servers=nowhere, config=same).close()  # nothing sent
 
 
 def test_where_to_connect_must_be_given_once(nowhere: str) -> None:
