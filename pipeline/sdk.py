@@ -579,7 +579,8 @@ class SnapshotConsumer:
         group_id: a consumer group whose offsets are committed; ``None`` reads as an
             anonymous, uncommitted group of its own (every partition, nothing remembered).
         start: ``"earliest"`` or ``"latest"`` when the group has no committed offset, or a
-            mapping partition -> offset that overrides commits (other partitions: earliest).
+            mapping partition -> offset that overrides commits the first time the partition
+            is assigned to this consumer (other partitions: earliest).
         on_error: called with each :class:`SnapshotError` instead of raising it.
         config: extra confluent-kafka consumer settings.
 
@@ -623,10 +624,12 @@ class SnapshotConsumer:
         self._closed = False
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        if self._offsets:
-            for tp in partitions:
-                if tp.partition in self._offsets:
-                    tp.offset = self._offsets[tp.partition]
+        # an explicit offset applies once, when its partition first comes to this consumer:
+        # after a rebalance the consumer goes on from where it was (or from the commit)
+        chosen = [tp for tp in partitions if tp.partition in self._offsets]
+        if chosen:
+            for tp in chosen:
+                tp.offset = self._offsets.pop(tp.partition)
             consumer.assign(partitions)
 
     def poll_message(self, timeout_s: float = 1.0) -> SnapshotMessage | None:

@@ -20,6 +20,7 @@ from pipeline.sdk import (
     DeliveryError,
     EventProducer,
     LatestSnapshots,
+    SnapshotConsumer,
     SnapshotMessage,
 )
 from pipeline.settings import KafkaSettings, LimitSettings, Settings
@@ -304,3 +305,25 @@ def test_a_record_over_the_client_size_limit_is_refused_at_once(nowhere: str) ->
         with pytest.raises(DeliveryError, match="refused before sending"):
             producer.impression("u", [f"item-{n:05d}" for n in range(150)])
         assert len(producer) == 0
+
+
+def test_explicit_start_offsets_apply_once_not_again_after_a_rebalance(nowhere: str) -> None:
+    from confluent_kafka import TopicPartition
+
+    class Assigning:
+        def __init__(self) -> None:
+            self.assigned: list[list[tuple[int, int]]] = []
+
+        def assign(self, partitions: list[TopicPartition]) -> None:
+            self.assigned.append([(tp.partition, tp.offset) for tp in partitions])
+
+    consumer = SnapshotConsumer(bootstrap_servers=nowhere, group_id="g", start={0: 120, 1: 98})
+    fake = Assigning()
+    try:
+        first = [TopicPartition(consumer.topic, p) for p in (0, 1)]
+        consumer._on_assign(fake, first)
+        # a rebalance: the group's members change and the partitions come back
+        consumer._on_assign(fake, [TopicPartition(consumer.topic, p) for p in (0, 1, 2)])
+    finally:
+        consumer.close()
+    assert fake.assigned == [[(0, 120), (1, 98)]]  # then the committed positions hold
