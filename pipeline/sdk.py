@@ -284,6 +284,8 @@ class EventProducer:
         self.flush_timeout_s = flush_timeout_s
         self._producer = Producer({**base, "allow.auto.create.topics": False, **extra})
         self._failures: list[Delivery[Any]] = []
+        #: what ``on_delivery`` callbacks raised (each is also logged), oldest first
+        self.callback_errors: list[Exception] = []
         self._pending = 0  # records produced whose delivery report has not been served
         self._closed = False
 
@@ -496,7 +498,13 @@ class EventProducer:
             if error is not None:
                 self._failures.append(delivery)
             if on_delivery is not None:
-                on_delivery(delivery)
+                # an error of the caller's callback must not surface from some later,
+                # unrelated poll inside librdkafka (a send, a flush, close): logged and kept
+                try:
+                    on_delivery(delivery)
+                except Exception as exc:
+                    log.exception("on_delivery callback raised for %s", delivery.describe())
+                    self.callback_errors.append(exc)
 
         deadline = time.monotonic() + self.flush_timeout_s
         while True:

@@ -215,6 +215,21 @@ def test_close_reports_what_was_never_delivered(nowhere: str) -> None:
         producer.click("u", "i")
 
 
+def test_a_callback_that_raises_is_logged_and_kept_never_raised_by_close(nowhere: str) -> None:
+    def broken(delivery: Delivery[object]) -> None:
+        raise LookupError("callback bug")
+
+    producer = EventProducer(
+        bootstrap_servers=nowhere, flush_timeout_s=0.1, clock=lambda: NOW, config=QUIET
+    )
+    first = producer.click("u", "i", on_delivery=broken)
+    second = producer.click("u", "j")
+    with pytest.raises(DeliveryError) as raised:  # what was lost, as without the callback
+        producer.close()
+    assert raised.value.failures == [first, second] and second.failed
+    assert [str(e) for e in producer.callback_errors] == ["callback bug"]
+
+
 def test_a_failing_body_is_not_masked_by_the_close_error(nowhere: str) -> None:
     with (
         pytest.raises(KeyError) as raised,
