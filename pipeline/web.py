@@ -620,7 +620,8 @@ class HttpApi:
             raise HttpError(403, "disabled", "no http.token is configured: this endpoint is off")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
+            # a header's bytes that are not UTF-8 arrive surrogate-escaped: never equal
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
         ):
             raise HttpError(
                 401,

@@ -290,6 +290,23 @@ async def test_bad_posts_get_a_clear_4xx_and_nothing_is_produced(
     assert worker.publisher.records == []
 
 
+async def test_a_token_that_is_not_utf8_is_unauthorized_not_a_server_error(
+    worker: Worker,
+) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.client.server.port)
+    writer.write(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer \xff\xfe\r\nContent-Length: 2\r\n"
+                 b"Connection: close\r\n\r\n{}")  # fmt: skip
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "unauthorized"
+    assert worker.publisher.records == []
+
+
 async def test_a_lone_surrogate_is_an_invalid_event_not_a_server_error(worker: Worker) -> None:
     body = json.dumps(_event("p1", "u\ud800", "click", "item-00001")).encode()
     response = await worker.client.post(
