@@ -547,6 +547,11 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: Methods a route that does not take them answers with 405 (HEAD and OPTIONS stay
+#: the web server's: HEAD of a GET route is answered as the GET).
+_OTHER_METHODS = ("get", "post", "put", "patch", "delete", "search")
+
+
 class HttpApi:
     """The handlers of :data:`OPERATIONS`, bound to one worker.
 
@@ -582,8 +587,25 @@ class HttpApi:
         for op in OPERATIONS:
             by_path.setdefault(op.path, {})[op.method] = self._view_method(op)
         for n, (path, methods) in enumerate(by_path.items()):
-            view = type(f"RecloopView{n}", (faust_web.View,), dict(methods))
+            refused = self._not_allowed(sorted(m.upper() for m in methods))
+            others = {m: refused for m in _OTHER_METHODS if m not in methods}
+            view = type(f"RecloopView{n}", (faust_web.View,), {**others, **methods})
             app.page(path, name=f"recloop-{n}")(view)
+
+    def _not_allowed(self, allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+        """A handler answering 405 in the API's JSON form, naming the methods allowed."""
+
+        async def method(view: Any, request: web.Request, **_match: str) -> web.StreamResponse:
+            response = _json(
+                405,
+                {"error": "method_not_allowed",
+                 "detail": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
+                {"Allow": ", ".join(allowed)},
+            )  # fmt: skip
+            response.headers[SERVED_BY_HEADER] = str(self.recloop.app.conf.canonical_url)
+            return response
+
+        return method
 
     def _view_method(self, op: Operation) -> Callable[..., Awaitable[web.StreamResponse]]:
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = getattr(self, op.handler)
@@ -621,7 +643,8 @@ class HttpApi:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             # a header's bytes that are not UTF-8 arrive surrogate-escaped: never equal
-            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+            given.strip().encode("utf-8", "surrogateescape"),
+            token.encode(),
         ):
             raise HttpError(
                 401,

@@ -523,3 +523,18 @@ async def test_an_event_over_the_size_limit_as_sent_is_refused_though_it_came_un
         assert w.publisher.records == []
     finally:
         await _stop(w)
+
+
+async def test_a_method_a_route_does_not_take_gets_a_json_405_naming_the_allowed_ones(
+    worker: Worker,
+) -> None:
+    for method, path, allowed in (
+        ("GET", "/events", "POST"),
+        ("DELETE", "/users/u1/recommendations", "GET"),
+        ("PUT", "/ping", "GET"),
+    ):
+        response = await worker.client.request(method, path)
+        assert response.status == 405
+        assert response.headers["Allow"] == allowed
+        assert (await response.json())["error"] == "method_not_allowed"
+        assert response.headers[SERVED_BY_HEADER] == "http://127.0.0.1:6066"
