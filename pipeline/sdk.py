@@ -331,7 +331,14 @@ class EventProducer:
         recommendation_id: str | None = None,
         **options: Unpack[EventOptions],
     ) -> Delivery[Impression]:
-        """Send an ``impression``: the items the user was shown, in slot order."""
+        """Send an ``impression``: the items the user was shown, in slot order.
+
+        Raises:
+            TypeError: ``item_ids`` is one string (a list of one id is ``[item_id]``).
+
+        """
+        if isinstance(item_ids, str | bytes):  # list() would make an id of every character
+            raise TypeError("item_ids must be a list of item ids, not one string")
         return self._send_new(
             Impression,
             options,

@@ -342,3 +342,11 @@ def test_explicit_start_offsets_apply_once_not_again_after_a_rebalance(nowhere: 
     finally:
         consumer.close()
     assert fake.assigned == [[(0, 120), (1, 98)]]  # then the committed positions hold
+
+
+def test_an_impression_of_one_string_is_refused_not_split_into_characters(
+    producer: EventProducer,
+) -> None:
+    with pytest.raises(TypeError, match="not one string"):
+        producer.impression("u", "movie-7")
+    assert len(producer) == 0
