@@ -227,6 +227,10 @@ class HttpSettings(Section):
     forward_timeout_s: float = Field(
         default=5.0, gt=0, description="A request routed to the owning worker gives up then."
     )
+    produce_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="POST /events answers 503 when the broker has not acknowledged by then.",
+    )  # fmt: skip
     health_timeout_s: float = Field(
         default=2.0, gt=0, description="How long /healthz waits for the broker's metadata."
     )

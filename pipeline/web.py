@@ -843,7 +843,21 @@ class HttpApi:
                 accepted=0,
             )
         try:
-            await self.publisher.publish([(key, value) for key, value, _ in records])
+            # a broker that is down would keep the request for the producer's own
+            # timeout (20 minutes in Faust); what went out may still arrive: a retry
+            # with the same event ids is safe
+            await asyncio.wait_for(
+                self.publisher.publish([(key, value) for key, value, _ in records]),
+                self.settings.produce_timeout_s,
+            )
+        except TimeoutError:
+            log.warning("POST /events: not acknowledged in %gs", self.settings.produce_timeout_s)
+            raise HttpError(
+                503,
+                "produce_failed",
+                f"the broker did not acknowledge every event within "
+                f"{self.settings.produce_timeout_s:g}s; retry the request: event ids make it safe",
+            ) from None
         except Exception as exc:
             log.warning("POST /events: producing failed: %r", exc)
             raise HttpError(

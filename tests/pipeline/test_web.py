@@ -6,6 +6,8 @@ would produce, and the owner of every user is this worker unless a test says oth
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +39,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class RecordingPublisher:
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     fail: bool = False
+    hang: bool = False
 
     async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         if self.fail:
             raise RuntimeError("broker gone")
+        if self.hang:  # a broker that never answers
+            await asyncio.Event().wait()
         self.records.extend(records)
 
 
@@ -293,8 +298,6 @@ async def test_bad_posts_get_a_clear_4xx_and_nothing_is_produced(
 async def test_a_token_that_is_not_utf8_is_unauthorized_not_a_server_error(
     worker: Worker,
 ) -> None:
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", worker.client.server.port)
     writer.write(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Authorization: Bearer \xff\xfe\r\nContent-Length: 2\r\n"
@@ -322,6 +325,23 @@ async def test_a_broker_that_does_not_acknowledge_is_a_503_to_retry(worker: Work
     worker.publisher.fail = True
     response = await worker.client.post("/events", json=_event("p", "u", "skip", "i"), headers=AUTH)
     assert response.status == 503 and (await response.json())["error"] == "produce_failed"
+
+
+async def test_a_broker_that_never_answers_is_a_503_after_the_produce_timeout(
+    world: SyntheticWorld,
+) -> None:
+    worker = await _start(world, {"RECLOOP__HTTP__TOKEN": TOKEN,
+                                  "RECLOOP__HTTP__PRODUCE_TIMEOUT_S": "0.2"})  # fmt: skip
+    try:
+        worker.publisher.hang = True
+        response = await worker.client.post(
+            "/events", json=_event("p", "u", "skip", "i"), headers=AUTH
+        )
+        assert response.status == 503
+        body = await response.json()
+        assert body["error"] == "produce_failed" and "within 0.2s" in body["detail"]
+    finally:
+        await _stop(worker)
 
 
 async def test_without_a_token_posting_is_off_and_reads_can_be_protected(
