@@ -7,7 +7,6 @@ would produce, and the owner of every user is this worker unless a test says oth
 from __future__ import annotations
 
 import asyncio
-
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
