@@ -40,6 +40,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -311,12 +312,18 @@ def _csv_columns(row: _CsvRow | None, path: Path) -> list[str]:
     return columns
 
 
+#: An integer and a number written as JSON writes them: Python's int() and float() would
+#: also take ``1_0``, `` 3 `` and ``nan``, which a JSON line could not hold.
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
 def _cell(name: str, cell: str) -> object:
     try:
         if name in INTEGER_COLUMNS:
-            return int(cell)
+            return int(cell) if _INTEGER.fullmatch(cell) else cell
         if name in NUMBER_COLUMNS:
-            return float(cell)
+            return float(cell) if _NUMBER.fullmatch(cell) else cell
         if name in JSON_COLUMNS:
             return json.loads(cell)
     except (ValueError, RecursionError):

@@ -758,3 +758,27 @@ def test_a_lone_surrogate_escaped_in_a_csv_json_cell_is_rejected_as_in_a_json_li
     assert got[0].error is not None and got[0].error.reason == "invalid_json"
     assert got[0].error.reason == records(line, "jsonl")[0].error.reason  # type: ignore[union-attr]
     assert got[1].event is not None  # and the replay goes on
+
+
+@pytest.mark.parametrize(
+    ("column", "cell", "typed"),
+    [
+        ("position", "3", 3),
+        ("position", "-2", -2),
+        ("position", "1_0", "1_0"),  # int() would read 10
+        ("position", " 3 ", " 3 "),
+        ("position", "+3", "+3"),
+        ("dwell_ms", "1500", 1500.0),
+        ("dwell_ms", "1.5e3", 1500.0),
+        ("dwell_ms", "1_500", "1_500"),
+        ("dwell_ms", "nan", "nan"),
+        ("dwell_ms", "Infinity", "Infinity"),
+        ("dwell_ms", ".5", ".5"),
+    ],
+)
+def test_csv_numbers_convert_only_as_json_writes_them(
+    column: str, cell: str, typed: object
+) -> None:
+    from pipeline.replay import csv_fields
+
+    assert csv_fields([column], [cell]) == {column: typed}
