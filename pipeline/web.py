@@ -696,13 +696,19 @@ class HttpApi:
                     "surface must be printable text of at most 256 characters",
                     parameter="surface",
                 ) from None
-        if FORWARDED_HEADER not in request.headers:
-            try:
-                owner = self.owner(user_id)
-            except NotReady as exc:
-                raise HttpError(503, "not_ready", f"partition owners unknown: {exc}") from None
-            if owner is not None:
-                return await self._forward(request, owner)
+        try:
+            owner = self.owner(user_id)
+        except NotReady as exc:
+            raise HttpError(503, "not_ready", f"partition owners unknown: {exc}") from None
+        if owner is not None:
+            if FORWARDED_HEADER in request.headers:  # forwarded once already: never again
+                raise HttpError(
+                    503,
+                    "not_ready",
+                    f"this worker does not own {user_id!r}'s partition (it is moving "
+                    "between workers); retry",
+                )
+            return await self._forward(request, owner)
         self._ready()
         return self._latest(user_id, k, surface)
 

@@ -23,7 +23,13 @@ from operators.catalog import Catalog, ItemState
 from operators.synthetic import SyntheticWorld
 from pipeline.app import Recloop
 from pipeline.metrics import LiveCollector
-from pipeline.web import OPERATIONS, SERVED_BY_HEADER, HttpApi, openapi_document
+from pipeline.web import (
+    FORWARDED_HEADER,
+    OPERATIONS,
+    SERVED_BY_HEADER,
+    HttpApi,
+    openapi_document,
+)
 from schemas.events import parse_event
 from schemas.snapshot import parse_snapshot
 from tests.pipeline.conftest import NOW
@@ -385,6 +391,12 @@ async def test_a_user_owned_by_another_worker_is_served_by_it(world: SyntheticWo
         here.owners["u4"] = URL("http://127.0.0.1:9/")  # nobody listens there
         down = await here.client.get("/users/u4/recommendations")
         assert down.status == 503 and (await down.json())["error"] == "owner_unreachable"
+        # a request forwarded to a worker that does not own the user (the partition moved
+        # meanwhile, or a client sent the header) is not answered as an unknown user
+        moved = await here.client.get(
+            "/users/u1/recommendations", headers={FORWARDED_HEADER: "http://127.0.0.1:7002"}
+        )
+        assert moved.status == 503 and (await moved.json())["error"] == "not_ready"
     finally:
         await _stop(here)
         await _stop(owner)
