@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import sys
 import time
@@ -86,7 +87,8 @@ class DemoOptions:
         """The first round played with the drifted tastes."""
         if self.drift_at is None:
             return None
-        return int(self.rounds * self.drift_at) + 1
+        # rounded first: 50 x 0.58 is 28.999999999999996 in floating point
+        return math.floor(round(self.rounds * self.drift_at, 9)) + 1
 
     def check(self) -> None:
         """Raise ``ValueError`` with a clear message when the sizes make no demo."""
@@ -144,7 +146,10 @@ def _connect(
 
 
 def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None) -> int:
-    """Run the closed-loop demo and write its report; returns the exit code (0: complete).
+    """Run the closed-loop demo and write its report; returns the exit code.
+
+    0: every user played every round, or the time budget stopped them (the report says
+    ``complete: false`` and covers the rounds every user finished); 1: the run failed.
 
     Args:
         settings: resolved settings (``kafka.bootstrap_servers`` set); the demo uses its
@@ -205,7 +210,7 @@ def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None
     document = _document(loop, options, run, kafka.topic_prefix, bootstrap, timing, complete)
     _write_reports(document, base)
     _print_end(document, base, out)
-    if not complete:
+    if not complete and not loop.out_of_time:
         print("the run stopped early:\n" + worker.log_tail(), file=out)
         return 1
     return 0
@@ -331,8 +336,12 @@ class _Loop:
         self.sent += 1
 
     def _receive(self, timeout_s: float) -> list[Snapshot]:
+        # poll() returns as soon as one record is there; consume(n, timeout) would wait for
+        # n records or the timeout, and time every snapshot that late
+        first = self.consumer.poll(max(0.001, timeout_s))
+        messages = [first, *self.consumer.consume(500, timeout=0)] if first is not None else []
         received = []
-        for message in self.consumer.consume(500, timeout=max(0.001, timeout_s)):
+        for message in messages:
             now = time.monotonic()  # when the snapshot reached the user
             value = message.value() if message.error() is None else None
             if value is None:
@@ -460,7 +469,7 @@ class _Loop:
         self.elapsed = time.monotonic() - started
         if self.progress is not None:
             self.progress.show(self, final=True)
-        return not self.waiting and self.delivery_failures == 0
+        return not self.out_of_time and not self.waiting and self.delivery_failures == 0
 
     def _stop_in_time(self) -> None:
         """Out of time: send nothing more, collect the snapshots of what was sent."""
