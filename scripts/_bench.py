@@ -51,9 +51,14 @@ def log(message: str) -> None:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    """The ``q`` quantile (0..1) of ``values``, nearest rank: the ``ceil(q n)``-th smallest.
+
+    So the p99 of 100 values is the 99th, not the largest (``q n`` is rounded first:
+    0.95 x 1000 is 950.0000000000001 in floating point).
+    """
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+    rank = math.ceil(round(len(ordered) * q, 9))
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
 def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int | None]:

@@ -140,16 +140,26 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
+def _interval(block: Sequence[Sample]) -> float:
+    """The time between two requests of a block (its requests are due evenly)."""
+    return (block[-1].due - block[0].due) / (len(block) - 1) if len(block) > 1 else 0.0
+
+
 def summarize(blocks: Sequence[Sequence[Sample]]) -> dict[str, Any]:
     """Latency over every request (failures count with the time they took), rates, errors.
 
-    The offered rate is per scheduled second; the achieved one counts the 200 answers
-    over each block's span, from its first due time to its last answer (longer than
-    scheduled when the server fell behind).
+    The offered rate is per scheduled second (a block of n requests ``1 / rate`` apart
+    is n / rate seconds of load); the achieved one counts the 200 answers over each
+    block's span, from its first due time to its last answer or the end of its schedule,
+    whichever is later (longer than scheduled when the server fell behind).
     """
     samples = [s for block in blocks for s in block]
-    scheduled = sum(block[-1].due - block[0].due for block in blocks if block)
-    span = sum(max(s.done for s in block) - block[0].due for block in blocks if block)
+    scheduled = sum(len(block) * _interval(block) for block in blocks if block)
+    span = sum(
+        max(max(s.done for s in block), block[-1].due + _interval(block)) - block[0].due
+        for block in blocks
+        if block
+    )
     ok = [s for s in samples if s.status == 200]
     errors: dict[str, int] = {}
     for s in samples:
