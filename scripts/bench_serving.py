@@ -156,7 +156,7 @@ def summarize(blocks: Sequence[Sequence[Sample]]) -> dict[str, Any]:
     samples = [s for block in blocks for s in block]
     scheduled = sum(len(block) * _interval(block) for block in blocks if block)
     span = sum(
-        max(max(s.done for s in block), block[-1].due + _interval(block)) - block[0].due
+        max(*(s.done for s in block), block[-1].due + _interval(block)) - block[0].due
         for block in blocks
         if block
     )

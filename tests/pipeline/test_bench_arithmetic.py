@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from _bench import percentile  # noqa: E402
-from bench_serving import Sample, summarize  # noqa: E402
+from _bench import percentile
+from bench_serving import Sample, summarize
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pipeline.demo as demo
+from pipeline import demo
 from operators.simulator import SessionClock, Simulation
 from pipeline.demo import DemoOptions, _document, _Loop
 from schemas.snapshot import Snapshot, snapshot_to_json
