@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import demo
 from operators.simulator import SessionClock, Simulation
+from pipeline import demo
 from pipeline.demo import DemoOptions, _document, _Loop
 from schemas.snapshot import Snapshot, snapshot_to_json
 
