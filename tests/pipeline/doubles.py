@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,19 @@ class FixedCatalog:
 
     def stop(self) -> None:
         pass
+
+
+async def until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Let the loop run until ``done()`` (an agent finishing a batch), at most ``timeout_s``.
+
+    Faust's test context returns from ``put`` once the stream has read the event; an
+    agent that batches may still be working on it when the test goes on (or stops it).
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not done():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not done after {timeout_s} s")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

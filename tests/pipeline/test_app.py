@@ -27,6 +27,7 @@ from tests.pipeline.doubles import (
     StoredRecords,
     close_pipeline_app,
     pipeline_app,
+    until,
 )
 
 
@@ -284,6 +285,7 @@ async def test_each_table_write_of_a_batch_goes_to_its_own_events_partition(
         await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=1)
         await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2", partition=0)
         await agent.put(_event("e3", "u1", "click", "item-00003"), key=b"u1", partition=1)
+        await until(lambda: len(written) == 4)  # the batch of three is done
     assert sorted(written) == [
         ("snapshots", "u1", 1),
         ("snapshots", "u2", 0),
@@ -349,6 +351,7 @@ async def test_offsets_the_stream_skipped_are_read_back_and_applied_before_the_r
         await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=0)
         agent.sent_offset = 3  # offsets 1 and 2 never reach the agent
         last = await agent.put(_event("e4", "u1", "click", "item-00004"), key=b"u1", partition=0)
+        await until(lambda: last.message.acked)
     assert stored.asked == [(topic, 0, 1, 3)]
     profile = UserProfile.restore(recloop.users["u1"])
     assert profile.recent_event_ids == ("e1", "e2", "e3", "e4")
