@@ -13,12 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from operators.catalog import ItemParams
 from operators.deescalation import DeescalationParams
@@ -45,6 +53,16 @@ class KafkaSettings(Section):
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     min_insync_replicas: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_can_be_in_sync(self) -> KafkaSettings:
+        # more in-sync replicas than replicas: every acks=all write would be refused
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) must be at most "
+                f"replication_factor ({self.replication_factor})"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """The full name of one of recloop's topics."""
@@ -88,11 +106,22 @@ class WorkerSettings(Section):
         description="How often a worker tells the group it is alive (under a third of "
         "session_timeout_s).",
     )  # fmt: skip
-    log_level: str = "warn"
+    log_level: Literal["debug", "info", "warn", "warning", "error", "critical"] = Field(
+        default="warn", description="The worker's log level (Faust's names, any case)."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _heartbeats_fit_in_a_session(self) -> WorkerSettings:
-        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+        heartbeats = self.heartbeat_interval_s * 3
+        # a third exactly is allowed: 2.2 x 3 is 6.6000000000000005 in floating point
+        if heartbeats > self.session_timeout_s and not math.isclose(
+            heartbeats, self.session_timeout_s
+        ):
             raise ValueError(
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most a third "
                 f"of session_timeout_s ({self.session_timeout_s})"
@@ -300,6 +329,13 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         if isinstance(node.get(path[-1]), dict):
             raise SettingsError(f"{key} would replace the whole section {path[-1]!r}")
         value = env[key]
+        bare = value.strip()
+        if (bare.startswith("#") or " #" in bare or "\t#" in bare) and bare[:1] not in "'\"":
+            # YAML would read the rest as a comment: a token cut short, or dropped
+            raise SettingsError(
+                f"{key}: ' #' starts a YAML comment, which would cut the value short; "
+                "quote it (\"'...'\") to keep every character"
+            )
         try:
             # YAML scalars, as in the file: "8" is 8, "true" is True; quote to keep a string
             node[path[-1]] = yaml.safe_load(value) if value != "" else None

@@ -6,6 +6,7 @@ configuration the parent resolved (broker address, topic prefix, state directory
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,8 +44,13 @@ class WorkerProcess:
     def start(self) -> None:
         """Launch the worker process (returns at once; it joins the group in the background)."""
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
+        # the token stays out of the file (docs/settings.md): the child gets it in its env
+        dumped = self.settings.model_dump(mode="json", exclude={"http": {"token"}})
+        self.config_path.write_text(yaml.safe_dump(dumped))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
+        token = self.settings.http.token
+        if token is not None:  # quoted: the child reads env values as YAML scalars
+            env["RECLOOP__HTTP__TOKEN"] = json.dumps(token)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._stopping = False
         with self.log_path.open("ab") as log:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -149,6 +151,11 @@ def test_an_unknown_key_in_the_environment_is_an_error(name: str, bad_key: str) 
         pytest.param("worker:\n  web_enabled: maybe\n", id="word-for-bool"),
         pytest.param("ranking:\n  k: 500\n", id="k-over-200"),
         pytest.param("limits:\n  max_event_bytes: 10\n", id="tiny-event-limit"),
+        pytest.param("worker:\n  log_level: verbose\n", id="unknown-log-level"),
+        pytest.param(
+            "kafka:\n  replication_factor: 2\n  min_insync_replicas: 3\n",
+            id="more-in-sync-than-replicas",
+        ),
     ],
 )
 def test_a_wrong_type_or_value_in_the_file_is_an_error(tmp_path: Path, text: str) -> None:
@@ -221,6 +228,40 @@ def test_heartbeats_must_fit_three_times_in_a_session() -> None:
     env = {"RECLOOP__WORKER__SESSION_TIMEOUT_S": "9", "RECLOOP__WORKER__HEARTBEAT_INTERVAL_S": "4"}
     with pytest.raises(SettingsError, match="at most a third of session_timeout_s"):
         load_settings(None, env)
+    for heartbeat, session in (("2.2", "6.6"), ("2.1", "6.3"), ("3.3", "9.9")):  # a third exactly
+        env = {"RECLOOP__WORKER__SESSION_TIMEOUT_S": session,
+               "RECLOOP__WORKER__HEARTBEAT_INTERVAL_S": heartbeat}  # fmt: skip
+        assert load_settings(None, env).worker.heartbeat_interval_s == float(heartbeat)
+
+
+def test_a_log_level_is_one_faust_knows_in_any_case() -> None:
+    assert load_settings(None, {"RECLOOP__WORKER__LOG_LEVEL": "INFO"}).worker.log_level == "info"
+
+
+@pytest.mark.parametrize("value", ["abcdefghijklmnop #qrstuvwxyz", "#abcdefghijklmnopqr"])
+def test_an_environment_value_yaml_would_cut_at_a_comment_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="YAML comment"):
+        load_settings(None, {"RECLOOP__HTTP__TOKEN": value})
+    quoted = load_settings(None, {"RECLOOP__HTTP__TOKEN": f"'{value}'"})
+    assert quoted.http.token == value  # quoted, every character is kept
+
+
+def test_a_worker_process_gets_the_token_in_its_environment_not_in_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from pipeline.worker_process import WorkerProcess
+
+    token = "s3cret 'token' \"with\" #quotes"
+    settings = load_settings(None, {"RECLOOP__HTTP__TOKEN": json.dumps(token)})
+    launched: dict[str, Any] = {}
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: launched.update(kw) or None)
+    WorkerProcess(settings, tmp_path / "worker.yaml", tmp_path / "worker.log").start()
+
+    assert "s3cret" not in (tmp_path / "worker.yaml").read_text()
+    child = load_settings(tmp_path / "worker.yaml", launched["env"])
+    assert child.http.token == token and child == settings
 
 
 def test_the_group_session_settings_reach_faust(recloop: Recloop) -> None:
