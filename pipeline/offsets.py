@@ -91,6 +91,9 @@ class KafkaRecordFetcher:
                 "group.id": f"recloop-refill-{uuid.uuid4().hex}",  # never joined: assign only
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # a range that retention cut into starts where the partition now starts
+                # (the default, the log's end, would skip what it still holds)
+                "auto.offset.reset": "earliest",
             }
         )
         records: list[Fetched] = []
