@@ -40,7 +40,7 @@ ENV_PREFIX = "RECLOOP__"
 class Section(BaseModel):
     """Frozen, no unknown keys: a typo in a settings file is an error, not a silent default."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class KafkaSettings(Section):

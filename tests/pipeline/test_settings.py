@@ -170,6 +170,8 @@ def test_a_wrong_type_or_value_in_the_file_is_an_error(tmp_path: Path, text: str
         pytest.param("RECLOOP__KAFKA__PARTITIONS", "", id="empty-for-required-int"),
         pytest.param("RECLOOP__WORKER__WEB_PORT", "-1", id="negative-port"),
         pytest.param("RECLOOP__KAFKA", "5", id="scalar-for-section"),
+        pytest.param("RECLOOP__WORKER__COMMIT_INTERVAL_S", ".inf", id="infinite-interval"),
+        pytest.param("RECLOOP__HTTP__FORWARD_TIMEOUT_S", ".nan", id="nan-timeout"),
     ],
 )
 def test_a_wrong_type_in_the_environment_is_an_error(name: str, value: str) -> None:
