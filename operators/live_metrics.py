@@ -90,8 +90,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 
 QUANTILES = (0.5, 0.95, 0.99)
 #: The adjustments whose lists are measured before and after.
 MEASURED_RULES = ("not_relevant", "skip_streak")
-#: A user's open dissatisfactions kept, newest: an older one is past any re-engagement
-#: window in use (``reengage_within`` is 10) and is dropped unresolved.
+#: A user's open dissatisfactions kept, newest (or ``reengage_within`` + 1 when that is
+#: more): an older one is past the re-engagement window and is dropped unresolved.
 MAX_OPEN_PER_USER = 32
 
 
@@ -393,7 +393,8 @@ class LiveMetrics:
         self.dissatisfactions += 1
         opened = event.timestamp.timestamp()
         if user in self.open:  # the oldest beyond the bound can no longer be re-engaged
-            self.open[user] = [*self.open[user], (0, opened)][-MAX_OPEN_PER_USER:]
+            kept = max(MAX_OPEN_PER_USER, self.params.reengage_within + 1)
+            self.open[user] = [*self.open[user], (0, opened)][-kept:]
         else:
             self.open[user] = [(0, opened)]
             if len(self.open) > self.params.max_users:

@@ -210,10 +210,15 @@ def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None
     document = _document(loop, options, run, kafka.topic_prefix, bootstrap, timing, complete)
     _write_reports(document, base)
     _print_end(document, base, out)
-    if not complete and not loop.out_of_time:
+    code = _exit_code(loop, complete)
+    if code:
         print("the run stopped early:\n" + worker.log_tail(), file=out)
-        return 1
-    return 0
+    return code
+
+
+def _exit_code(loop: _Loop, complete: bool) -> int:
+    """1 when the run failed: events lost, or stopped early by anything but the budget."""
+    return int(bool(loop.delivery_failures) or (not complete and not loop.out_of_time))
 
 
 def _print_end(document: dict[str, Any], base: Path, out: TextIO) -> None:

@@ -640,7 +640,8 @@ class SnapshotConsumer:
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # an explicit offset applies once, when its partition first comes to this consumer:
-        # after a rebalance the consumer goes on from where it was (or from the commit)
+        # after a rebalance of a named group the consumer goes on from the group's commit
+        # (an anonymous group has this consumer alone: it never rebalances)
         chosen = [tp for tp in partitions if tp.partition in self._offsets]
         if chosen:
             for tp in chosen:

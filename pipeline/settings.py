@@ -56,8 +56,9 @@ class KafkaSettings(Section):
 
     @model_validator(mode="after")
     def _replicas_can_be_in_sync(self) -> KafkaSettings:
-        # more in-sync replicas than replicas: every acks=all write would be refused
-        if self.min_insync_replicas > self.replication_factor:
+        # more in-sync replicas than replicas: every acks=all write would be refused (the
+        # setting is only applied to topics with more than one replica)
+        if 1 < self.replication_factor < self.min_insync_replicas:
             raise ValueError(
                 f"min_insync_replicas ({self.min_insync_replicas}) must be at most "
                 f"replication_factor ({self.replication_factor})"
@@ -106,9 +107,9 @@ class WorkerSettings(Section):
         description="How often a worker tells the group it is alive (under a third of "
         "session_timeout_s).",
     )  # fmt: skip
-    log_level: Literal["debug", "info", "warn", "warning", "error", "critical"] = Field(
-        default="warn", description="The worker's log level (Faust's names, any case)."
-    )
+    log_level: Literal[
+        "debug", "info", "warn", "warning", "error", "critical", "fatal", "notset"
+    ] = Field(default="warn", description="The worker's log level (Faust's names, any case).")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -50,7 +50,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP__")}
         token = self.settings.http.token
         if token is not None:  # quoted: the child reads env values as YAML scalars
-            env["RECLOOP__HTTP__TOKEN"] = json.dumps(token)
+            env["RECLOOP__HTTP__TOKEN"] = json.dumps(token, ensure_ascii=False)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._stopping = False
         with self.log_path.open("ab") as log:

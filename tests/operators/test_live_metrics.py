@@ -431,3 +431,17 @@ def test_forget_drops_what_is_kept_about_the_user() -> None:
     metrics.forget("nobody")
 
     assert list(metrics.open) == ["u2"]
+
+
+def test_a_long_re_engagement_window_keeps_every_dissatisfaction_it_can_still_resolve(
+    catalog: Catalog,
+) -> None:
+    metrics = LiveMetrics(LiveMetricsParams(reengage_within=50))
+    step = Script(metrics, catalog)
+    for n in range(40):
+        step(NotRelevant(type="not_relevant", event_id=f"n{n}", user_id="u", item_id="c",
+                         timestamp=at(n)), profile("u", 5 + n), ["a"], ["a"])  # fmt: skip
+    step(Click(type="click", event_id="c", user_id="u", item_id="b", timestamp=at(41)),
+         profile("u", 46), ["a"], ["a"])  # fmt: skip
+    d = metrics.figures(0.0, len(catalog))["deescalation"]
+    assert (d["dissatisfactions"], d["resolved"], d["reengaged"]) == (40, 40, 40)

@@ -94,3 +94,16 @@ def test_the_drift_round_is_not_lost_to_floating_point() -> None:
     assert DemoOptions(rounds=50, drift_at=0.58).drift_round == 30  # 28.999999999999996 + 1
     assert DemoOptions(rounds=100, drift_at=0.57).drift_round == 58
     assert DemoOptions(rounds=25, drift_at=0.6).drift_round == 16
+
+
+def test_delivery_failures_fail_the_run_even_when_the_time_budget_stopped_it(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(demo, "DRAIN_S", 0.0)
+    loop, _, _ = _loop()
+    loop.deadline = 0.0
+    loop.run()
+    loop.delivery_failures = 3
+    assert demo._exit_code(loop, complete=False) == 1
+    loop.delivery_failures = 0
+    assert demo._exit_code(loop, complete=False) == 0  # the budget alone: the report says so

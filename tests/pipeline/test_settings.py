@@ -236,6 +236,12 @@ def test_heartbeats_must_fit_three_times_in_a_session() -> None:
         assert load_settings(None, env).worker.heartbeat_interval_s == float(heartbeat)
 
 
+def test_min_insync_replicas_is_only_bounded_where_it_is_applied() -> None:
+    # a production file's 2, run locally with one replica: the topics get no such setting
+    env = {"RECLOOP__KAFKA__REPLICATION_FACTOR": "1", "RECLOOP__KAFKA__MIN_INSYNC_REPLICAS": "2"}
+    assert load_settings(None, env).kafka.min_insync_replicas == 2
+
+
 def test_a_log_level_is_one_faust_knows_in_any_case() -> None:
     assert load_settings(None, {"RECLOOP__WORKER__LOG_LEVEL": "INFO"}).worker.log_level == "info"
 
@@ -255,8 +261,8 @@ def test_a_worker_process_gets_the_token_in_its_environment_not_in_its_file(
 
     from pipeline.worker_process import WorkerProcess
 
-    token = "s3cret 'token' \"with\" #quotes"
-    settings = load_settings(None, {"RECLOOP__HTTP__TOKEN": json.dumps(token)})
+    token = "s3cret 'token' \"with\" #quotes, \u00fc and \U0001f511"
+    settings = load_settings(None, {"RECLOOP__HTTP__TOKEN": json.dumps(token, ensure_ascii=False)})
     launched: dict[str, Any] = {}
     monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: launched.update(kw) or None)
     WorkerProcess(settings, tmp_path / "worker.yaml", tmp_path / "worker.log").start()
