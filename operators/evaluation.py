@@ -54,7 +54,7 @@ import math
 import statistics
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -687,6 +687,42 @@ class LoopRecommender:
         return kept
 
 
+def is_like(event: Event) -> bool:
+    """Whether the event is a like that resolves a dissatisfaction: a click, 4+ stars."""
+    return isinstance(event, Click) or (isinstance(event, Rating) and event.value >= 4)
+
+
+def fold_dissatisfaction(
+    opened: MutableMapping[str, list[tuple[int, float]]],
+    user: str,
+    t: float,
+    *,
+    liked: bool,
+    dissatisfied: bool,
+    keep: int | None = None,
+) -> list[tuple[int, float]]:
+    """Fold one of ``user``'s events into their open dissatisfactions (``opened[user]``).
+
+    Each open one counts the event. A like resolves them all, each on its own: they are
+    returned as (events it took, event time it was opened at). A dissatisfying event then
+    opens one more, at ``t``; the ``keep`` newest are kept (all when ``None``). The live
+    metrics and :class:`DeescalationTally` count re-engagement alike through this.
+    """
+    resolved: list[tuple[int, float]] = []
+    pending = opened.get(user)
+    if pending is not None:
+        counted = [(seen + 1, since) for seen, since in pending]
+        if liked:
+            del opened[user]
+            resolved = counted
+        else:
+            opened[user] = counted
+    if dissatisfied:
+        kept = [*opened.get(user, ()), (0, t)]
+        opened[user] = kept[-keep:] if keep is not None else kept
+    return resolved
+
+
 class DeescalationTally:
     """What de-escalation did in a replay: the list before and after, and what followed.
 
@@ -710,8 +746,7 @@ class DeescalationTally:
         self.re_engaged = 0
         self.resolved_events: list[int] = []
         self.resolved_hours: list[float] = []
-        #: user -> their open dissatisfactions, oldest first: (events since, event time)
-        self._open: dict[str, list[tuple[int, datetime]]] = {}
+        self._open: dict[str, list[tuple[int, float]]] = {}  # see fold_dissatisfaction
 
     def wants_lists(self, event: Event, profile: UserProfile | None, streak_length: int) -> bool:
         """Whether to rank before and after this event: it may adjust (while sampling)."""
@@ -730,27 +765,18 @@ class DeescalationTally:
         after: list[str | None] | None,
     ) -> None:
         """Count one applied event, given the categories of the lists before and after it."""
-        user = event.user_id
-        pending = self._open.get(user)
-        liked = isinstance(event, Click | Rating) and (
-            not isinstance(event, Rating) or event.value >= 4
-        )
-        if pending is not None:
-            counted = [(seen + 1, since) for seen, since in pending]
-            if liked:  # the like resolves every dissatisfaction still open, each on its own
-                del self._open[user]
-                for seen, since in counted:
-                    self.re_engaged += int(seen <= self.within)
-                    self.resolved_events.append(seen)
-                    self.resolved_hours.append((event.timestamp - since).total_seconds() / 3600)
-            else:
-                self._open[user] = counted
         rules = {a.rule for a in adjustments}
-        if (isinstance(event, NotRelevant) and event.reason != "seen_it") or (
+        dissatisfied = (isinstance(event, NotRelevant) and event.reason != "seen_it") or (
             "skip_streak" in rules
+        )
+        t = event.timestamp.timestamp()
+        for seen, since in fold_dissatisfaction(
+            self._open, event.user_id, t, liked=is_like(event), dissatisfied=dissatisfied
         ):
-            self.dissatisfactions += 1
-            self._open.setdefault(user, []).append((0, event.timestamp))
+            self.re_engaged += int(seen <= self.within)
+            self.resolved_events.append(seen)
+            self.resolved_hours.append((t - since) / 3600)
+        self.dissatisfactions += int(dissatisfied)
         if "not_relevant" in rules or "skip_streak" in rules:
             self.adjusting += 1
         if before is not None and after is not None:

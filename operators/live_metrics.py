@@ -77,7 +77,13 @@ import numpy as np
 
 from operators.catalog import Catalog
 from operators.deescalation import Adjustment, base_key
-from operators.evaluation import UNKNOWN_CATEGORY, intra_list_diversity, self_information
+from operators.evaluation import (
+    UNKNOWN_CATEGORY,
+    fold_dissatisfaction,
+    intra_list_diversity,
+    is_like,
+    self_information,
+)
 from operators.profile import UserProfile
 from operators.signals import SignalRules, signal_of
 from schemas.events import ITEM_EVENTS, Click, Dwell, Event, Impression, NotRelevant, Rating
@@ -372,33 +378,23 @@ class LiveMetrics:
         for a in adjustments:
             key = (a.rule, a.reason or "none")
             self.adjustments[key] = self.adjustments.get(key, 0) + 1
-        user = event.user_id
-        pending = self.open.get(user)
-        if pending is not None:
-            counted = [(seen + 1, since) for seen, since in pending]
-            liked = isinstance(event, Click) or (isinstance(event, Rating) and event.value >= 4)
-            if liked:  # the like resolves every dissatisfaction still open, each on its own
-                del self.open[user]
-                for seen, since in counted:
-                    self.resolved += 1
-                    self.reengaged += int(seen <= self.params.reengage_within)
-                    self.resolution_events += seen
-                    self.resolution_seconds += max(0.0, event.timestamp.timestamp() - since)
-            else:
-                self.open[user] = counted
         rules = {a.rule for a in adjustments}
         explicit = isinstance(event, NotRelevant) and event.reason != "seen_it"
-        if not (explicit or "skip_streak" in rules):
+        dissatisfied = explicit or "skip_streak" in rules
+        t = event.timestamp.timestamp()
+        for seen, since in fold_dissatisfaction(
+            self.open, event.user_id, t, liked=is_like(event), dissatisfied=dissatisfied,
+            keep=max(MAX_OPEN_PER_USER, self.params.reengage_within + 1),
+        ):  # fmt: skip
+            self.resolved += 1
+            self.reengaged += int(seen <= self.params.reengage_within)
+            self.resolution_events += seen
+            self.resolution_seconds += max(0.0, t - since)
+        if not dissatisfied:
             return False
         self.dissatisfactions += 1
-        opened = event.timestamp.timestamp()
-        if user in self.open:  # the oldest beyond the bound can no longer be re-engaged
-            kept = max(MAX_OPEN_PER_USER, self.params.reengage_within + 1)
-            self.open[user] = [*self.open[user], (0, opened)][-kept:]
-        else:
-            self.open[user] = [(0, opened)]
-            if len(self.open) > self.params.max_users:
-                self.open.popitem(last=False)
+        if len(self.open) > self.params.max_users:  # the least recent user is forgotten
+            self.open.popitem(last=False)
         rule = "not_relevant" if isinstance(event, NotRelevant) else "skip_streak"
         penalised = {
             base_key(a.key).split(":", 1)[1]

@@ -513,8 +513,8 @@ class Recloop:
 
     async def _start_catalog(self) -> None:
         loop = asyncio.get_running_loop()
-        # the loop keeps serving meanwhile (Kafka heartbeats, health checks): the follower
-        # waits for the topic's metadata in a thread, the index is written from one
+        # the loop keeps serving meanwhile (health checks, scrapes, the item agents): the
+        # follower waits for the topic's metadata in a thread, the index is written from one
         await loop.run_in_executor(None, self.follower.start)
         if not await self.follower.wait_caught_up():
             log.warning("catalog follower did not catch up in time; ranking on what it has")

@@ -602,7 +602,7 @@ class HttpApi:
                  "detail": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
                 {"Allow": ", ".join(allowed)},
             )  # fmt: skip
-            response.headers[SERVED_BY_HEADER] = str(self.recloop.app.conf.canonical_url)
+            self._stamp(response)
             return response
 
         return method
@@ -631,10 +631,14 @@ class HttpApi:
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = _json(500, {"error": "internal_error", "detail": "see the worker's log"})
-        if SERVED_BY_HEADER not in response.headers:  # a forwarded answer keeps the owner's
-            response.headers[SERVED_BY_HEADER] = str(self.recloop.app.conf.canonical_url)
+        self._stamp(response)
         self.recloop.exporter.http_requests.labels(op.handler, str(response.status)).inc()
         return response
+
+    def _stamp(self, response: web.StreamResponse) -> None:
+        """Name this worker in the answer (a forwarded answer keeps the owner's name)."""
+        if SERVED_BY_HEADER not in response.headers:
+            response.headers[SERVED_BY_HEADER] = str(self.recloop.app.conf.canonical_url)
 
     def _authorize(self, request: web.Request) -> None:
         token = self.settings.token
@@ -856,21 +860,18 @@ class HttpApi:
                 self.publisher.publish([(key, value) for key, value, _ in records]),
                 self.settings.produce_timeout_s,
             )
-        except TimeoutError:
-            log.warning("POST /events: not acknowledged in %gs", self.settings.produce_timeout_s)
-            raise HttpError(
-                503,
-                "produce_failed",
-                f"the broker did not acknowledge every event within "
-                f"{self.settings.produce_timeout_s:g}s; retry the request: event ids make it safe",
-            ) from None
         except Exception as exc:
-            log.warning("POST /events: producing failed: %r", exc)
+            why = (
+                f"within {self.settings.produce_timeout_s:g}s"
+                if isinstance(exc, TimeoutError)
+                else f"({exc!r})"
+            )
+            log.warning("POST /events: producing failed: not acknowledged %s", why)
             raise HttpError(
                 503,
                 "produce_failed",
-                f"the broker did not acknowledge every event ({exc!r}); retry "
-                "the request: event ids make it safe",
+                f"the broker did not acknowledge every event {why}; retry the request: "
+                "event ids make it safe",
             ) from None
         return _json(202, {"accepted": len(records), "event_ids": [e for _, _, e in records]})
 
