@@ -345,6 +345,19 @@ def _apply_penalties(
     return sorted(rescored, key=lambda r: (-r[0], r[1])), caps
 
 
+def _rest_of(
+    found: Candidates, scores: list[float], live: npt.NDArray[np.bool_], ranked: set[str],
+    profile: UserProfile,
+) -> list[Row]:  # fmt: skip
+    """The live candidates not in ``ranked`` the user has not consumed, as rows."""
+    ids = found.ids
+    return [
+        (scores[n], ids[n], found.states[ids[n]])
+        for n in np.flatnonzero(live).tolist()
+        if ids[n] not in ranked and not profile.has_consumed(ids[n])
+    ]
+
+
 def _keep_one_of_each(exploit: list[Row], rows: list[Row], caps: dict[str, int]) -> list[Row]:
     """Never a ban: a penalised category the list held keeps its best item in the list.
 
@@ -921,8 +934,17 @@ def rank_rows(
     explored_ids = {row[1] for row in explored}
     if len(exploit) + len(explored) < params.k:
         taken = chosen | explored_ids
+        missing = params.k - len(exploit) - len(explored)
         extra = [r for r in _diversify(ranked, params.k, cap, caps) if r[1] not in taken]
-        exploit += extra[: params.k - len(exploit) - len(explored)]
+        if len(extra) < missing and caps:
+            # the head ran dry under a de-escalation cap (a user who liked little else):
+            # the rest of the candidates fill the list, never a penalised category past
+            # its cap, so "not relevant" never leaves the user a list of two items
+            more = _rest_of(found, scores, live, {r[1] for r in rows}, profile)
+            wider = sorted([*ranked, *_apply_penalties(more, active, params.k, near)[0]],
+                           key=order)  # fmt: skip
+            extra = [r for r in _diversify(wider, params.k, cap, caps) if r[1] not in taken]
+        exploit += extra[:missing]
     if caps:
         exploit = _keep_one_of_each(exploit, rows, caps)
     return Ranking([*exploit, *explored], frozenset(explored_ids), found)

@@ -571,3 +571,23 @@ def test_a_not_relevant_that_empties_a_tiny_catalog_does_not_break_the_prompt() 
         "more_like", "something_different", "pause_category",
     ]  # fmt: skip
     assert prompt.choices[2].category == "thriller"
+
+
+def test_not_relevant_never_leaves_a_short_list_when_other_items_are_there() -> None:
+    # a user who liked nothing but thrillers, in a catalog of 200 striped three by three
+    # (scripts/bench_deescalation.py's): the best forty candidates are nearly all
+    # thrillers, and capping them used to leave two to four items in the list
+    catalog = Catalog()
+    for record in striped_catalog(200, created_at=T0 - timedelta(days=400), width=3):
+        catalog.put(ItemState(record.item_id, record=record))
+    user = User(catalog)
+    for n in (0, 4, 8, 12, 16, 20):
+        before = user.send(Click, f"i{n:03d}")
+    assert before.snapshot is not None and len(before.snapshot.items) == 10
+
+    after = user.send(NotRelevant, "i024", reason="not_interested")
+
+    assert after.snapshot is not None and len(after.snapshot.items) == 10
+    assert 1 <= _count(after, "thriller") <= 3  # capped, never none
+    shown = [item.item_id for item in after.snapshot.items]
+    assert len(set(shown)) == 10 and not {"i000", "i004", "i024"} & set(shown)
