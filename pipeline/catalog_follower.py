@@ -17,7 +17,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from operators.catalog import Catalog, ItemState
-from pipeline.clients import end_offset
+from pipeline.clients import end_offset, poll_ready
 
 log = logging.getLogger(__name__)
 #: Records applied between two turns of the event loop while catching up (about 40 ms).
@@ -108,12 +108,7 @@ class CatalogFollower:
     def _poll(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                # poll returns as soon as one record is there (consume would wait for a
-                # full batch until its timeout); then take whatever else is already in
-                first = consumer.poll(timeout=0.2)
-                if first is None:
-                    continue
-                for message in [first, *consumer.consume(num_messages=500, timeout=0)]:
+                for message in poll_ready(consumer, 0.2):
                     error = message.error()
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:

@@ -26,6 +26,17 @@ Kind = Literal["events", "items"]
 log = logging.getLogger(__name__)
 
 
+def poll_ready(consumer: Any, timeout_s: float, more: int = 500) -> list[Any]:
+    """The records already fetched: waits up to ``timeout_s`` for the first, not for more.
+
+    ``poll`` returns as soon as one record is there, while ``consume(n, timeout)`` would
+    wait for ``n`` records or the whole timeout; so poll for the first, then take up to
+    ``more`` already in without waiting. Empty when nothing came in time.
+    """
+    first = consumer.poll(timeout_s)
+    return [first, *consumer.consume(num_messages=more, timeout=0)] if first is not None else []
+
+
 def producer_config(bootstrap_servers: str) -> dict[str, object]:
     """Settings every recloop producer uses."""
     return {

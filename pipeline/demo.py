@@ -45,7 +45,7 @@ from confluent_kafka.admin import AdminClient
 
 from operators.files import write_atomic
 from operators.simulator import Scoreboard, SessionClock, Simulation, percentiles
-from pipeline.clients import producer_config, wait_for_records
+from pipeline.clients import poll_ready, producer_config, wait_for_records
 from pipeline.settings import Settings
 from pipeline.topics import create_topics
 from pipeline.worker_process import WorkerProcess
@@ -341,12 +341,9 @@ class _Loop:
         self.sent += 1
 
     def _receive(self, timeout_s: float) -> list[Snapshot]:
-        # poll() returns as soon as one record is there; consume(n, timeout) would wait for
-        # n records or the timeout, and time every snapshot that late
-        first = self.consumer.poll(max(0.001, timeout_s))
-        messages = [first, *self.consumer.consume(500, timeout=0)] if first is not None else []
         received = []
-        for message in messages:
+        # each snapshot is timed when it arrives, never after waiting for a full batch
+        for message in poll_ready(self.consumer, max(0.001, timeout_s)):
             now = time.monotonic()  # when the snapshot reached the user
             value = message.value() if message.error() is None else None
             if value is None:
