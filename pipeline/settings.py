@@ -249,7 +249,8 @@ class HttpSettings(Section):
         description="Bearer token for POST /events; unset disables posting (403).",
     )
     protect_reads: bool = Field(
-        default=False, description="Require the token on the GET endpoints too (not /healthz)."
+        default=False,
+        description="Require the token on the recommendations and similar-items GETs too.",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=256, le=64 * 1024 * 1024)
     max_batch: int = Field(default=500, ge=1, le=100_000, description="Events per POST.")

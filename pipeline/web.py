@@ -228,7 +228,8 @@ OPERATIONS: tuple[Operation, ...] = (
             415: Answer("The body is not `application/json` (`unsupported_media_type`)."),
             422: Answer(
                 "An event is invalid: `error` is its reason (as on the dead-letter "
-                "topic), `index` its place in the batch, `errors` every invalid one.",
+                "topic), `index` its place in the batch, `errors` the first 100 invalid "
+                "ones, `rejected` how many there were.",
                 "EventErrors",
             ),
             503: Answer("The broker did not acknowledge (`produce_failed`); retry."),
