@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -89,30 +88,6 @@ def _reason_for(exc: ValidationError) -> tuple[str, str]:
     return "schema_violation", message
 
 
-#: Invisible characters the schema's pattern (C0/C1 controls only) lets through, yet no
-#: printable id holds: zero-width characters, bidirectional controls (which make one id
-#: display as another), line and paragraph separators, the byte order mark.
-_INVISIBLE = re.compile("[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-#: The event's free-text and id fields (``item_ids`` and ``context`` are looked into).
-_TEXT_FIELDS = ("event_id", "user_id", "item_id", "recommendation_id", "category", "creator",
-                "prompt_id")  # fmt: skip
-
-
-def _invisible_character(event: Event) -> tuple[str, str] | None:
-    """The first field holding an invisible character, and that character, if any."""
-    values: list[tuple[str, object]] = [(name, getattr(event, name, None)) for name in _TEXT_FIELDS]
-    values.extend((f"item_ids.{n}", v) for n, v in enumerate(getattr(event, "item_ids", ())))
-    if event.context is not None:
-        context = event.context
-        values.extend(
-            (f"context.{k}", getattr(context, k)) for k in ("surface", "device", "session_id")
-        )
-    for name, value in values:
-        if isinstance(value, str) and (found := _INVISIBLE.search(value)):
-            return name, found.group()
-    return None
-
-
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
@@ -149,14 +124,6 @@ def decode_event(
         if reason == "invalid_json" and not _is_utf8(raw):
             reason = "invalid_utf8"
         raise InvalidEvent(reason, detail) from None
-    invisible = _invisible_character(event)
-    if invisible is not None:
-        name, char = invisible
-        raise InvalidEvent(
-            "schema_violation",
-            f"{name}: holds the invisible character U+{ord(char):04X}; ids and text fields "
-            "must be printable",
-        )
     if event.timestamp > now + timedelta(seconds=limits.max_future_skew_s):
         raise InvalidEvent(
             "timestamp_in_future",

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AfterValidator, Field, TypeAdapter
 
-from schemas.events import SCHEMA_VERSION, Contract, Id, ShortText
+from schemas.events import SCHEMA_VERSION, Contract, Id, IsoDateTime, ShortText, visible
 
-Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+Tag = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"),
+    AfterValidator(visible),
+]
 
 
 class ItemRecord(Contract):
@@ -31,7 +35,8 @@ class ItemRecord(Contract):
     tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
     creator: Id | None = None
     title: ShortText | None = None
-    created_at: AwareDatetime
+    # lax only so a string reaches iso_8601, which refuses a Unix time
+    created_at: IsoDateTime = Field(strict=False)
     duration_ms: Annotated[float, Field(gt=0, le=86_400_000)] | None = Field(
         default=None, description="Expected consumption time; dwell is judged against it."
     )

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -25,6 +26,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -41,22 +43,62 @@ SCHEMA_VERSION: Literal[1] = 1
 ID_MAX_BYTES = 128
 
 
+#: Invisible characters the schema's pattern (C0/C1 controls only) lets through, yet no
+#: printable id holds: zero-width characters, bidirectional controls (which make one id
+#: display as another), line and paragraph separators, the byte order mark.
+_INVISIBLE = re.compile("[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def visible(value: str) -> str:
+    """``value`` unchanged; raises ``ValueError`` when it holds an invisible character."""
+    if found := _INVISIBLE.search(value):
+        raise ValueError(
+            f"holds the invisible character U+{ord(found.group()):04X}; ids and labels "
+            "must be printable"
+        )
+    return value
+
+
 def _id_fits(value: str) -> str:
     # max_length counts characters; a character takes up to 4 bytes in UTF-8, and the
     # size bound of a user's state (docs/architecture.md) counts bytes
     if len(value.encode()) > ID_MAX_BYTES:
         raise ValueError(f"an id takes at most {ID_MAX_BYTES} bytes in UTF-8")
-    return value
+    return visible(value)
 
 
-#: Ids are printable: no C0 or C1 control characters, at most 128 characters and 128
-#: bytes in UTF-8 (the JSON Schema can only say the former).
+#: Ids are printable: no C0 or C1 control characters and no invisible ones, at most 128
+#: characters and 128 bytes in UTF-8 (the JSON Schema can only say the first and third).
 Id = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"),
     AfterValidator(_id_fits),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+#: A short text that names something (a surface, a device, a tag): printable, as an id is.
+Label = Annotated[ShortText, AfterValidator(visible)]
+
+
+def iso_8601(value: object) -> object:
+    """Let only an ISO 8601 string (or a datetime) through to pydantic's datetime parsing.
+
+    pydantic also reads 1767225600 or "1767225600" as Unix time; the contract (and its
+    JSON Schema's date-time format) asks for ISO 8601, so no seconds-or-milliseconds
+    guess ever reaches the event clock or an item's creation time.
+    """
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 string with a UTC offset")
+    try:  # anything Python reads as a number ("1.7e9", "1_767_225_600", "inf")
+        float(value)
+    except ValueError:
+        return value
+    raise ValueError("must be ISO 8601 with a UTC offset, not a Unix time")
+
+
+#: A timezone-aware time written in ISO 8601, never a Unix time.
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
 
 NotRelevantReason = Literal[
     "not_interested", "seen_it", "offensive", "too_many_of_these", "wrong_language", "other"
@@ -80,8 +122,8 @@ class Contract(BaseModel):
 class Context(Contract):
     """Where the event happened; every field is optional."""
 
-    surface: ShortText | None = None
-    device: ShortText | None = None
+    surface: Label | None = None
+    device: Label | None = None
     session_id: Id | None = None
 
 
@@ -91,27 +133,12 @@ class EventBase(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: Id
     user_id: Id
-    # lax only so a string reaches the check below; the check itself is stricter
-    timestamp: AwareDatetime = Field(
+    # lax only so a string reaches iso_8601; the check itself is stricter
+    timestamp: IsoDateTime = Field(
         description="Event time, ISO 8601 with a UTC offset.", strict=False
     )
     context: Context | None = None
 
-    @field_validator("timestamp", mode="before")
-    @classmethod
-    def _timestamp_is_iso_8601(cls, value: object) -> object:
-        # pydantic also reads 1767225600 or "1767225600" as Unix time; the contract (and
-        # its JSON Schema's date-time format) asks for ISO 8601, so no seconds-or-
-        # milliseconds guess ever reaches the event clock
-        if isinstance(value, datetime):
-            return value
-        if not isinstance(value, str):
-            raise ValueError("timestamp must be an ISO 8601 string with a UTC offset")
-        try:  # anything Python reads as a number ("1.7e9", "1_767_225_600", "inf")
-            float(value)
-        except ValueError:
-            return value
-        raise ValueError("timestamp must be ISO 8601 with a UTC offset, not a Unix time")
 
 
 class ItemEventBase(EventBase):

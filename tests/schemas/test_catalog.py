@@ -100,6 +100,21 @@ def test_a_withdrawn_item_says_so(item_doc: dict[str, Any]) -> None:
             {"schema_version": 2}, "literal_error", ("schema_version",), id="schema-version-2"
         ),
         pytest.param({"price": 3}, "extra_forbidden", ("price",), id="extra-field"),
+        # the event contract's id rules: an item an event could never name is refused
+        pytest.param({"item_id": "movie\u200b7"}, "value_error", ("item_id",), id="id-zero-width"),
+        pytest.param(
+            {"category": "thriller\u202e"}, "value_error", ("category",), id="category-bidi"
+        ),
+        pytest.param({"creator": "studio\ufeff0"}, "value_error", ("creator",), id="creator-bom"),
+        pytest.param({"tags": ["ok", "noir\u2066"]}, "value_error", ("tags", 1), id="tag-bidi"),
+        # Unix times, which pydantic alone would guess at ("17672256000" is the year 2530)
+        pytest.param(
+            {"created_at": "17672256000"}, "value_error", ("created_at",), id="created_at-unix"
+        ),
+        pytest.param({"created_at": "1.7e9"}, "value_error", ("created_at",), id="created_at-1.7e9"),
+        pytest.param(
+            {"created_at": 1767225600}, "value_error", ("created_at",), id="created_at-number"
+        ),
     ],
 )
 def test_the_contract_rejects_a_bad_record_and_says_where(
