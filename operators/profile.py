@@ -229,11 +229,17 @@ def apply_signal(
     """
     affinity = dict(profile.affinity)
     if category is not None:
-        affinity[category] = affinity.get(category, 0.0) + signal.target * signal.weight
+        felt = affinity[category] = affinity.get(category, 0.0) + signal.target * signal.weight
         if len(affinity) > limits.max_categories:
-            # keep the categories the user feels most strongly about, either way
-            strongest = sorted(affinity.items(), key=lambda kv: abs(kv[1]), reverse=True)
-            affinity = dict(strongest[: limits.max_categories])
+            # keep the categories the user feels most strongly about, either way, and the
+            # one just felt: trimming it would lock a new interest out for good once every
+            # kept category is as strong as one signal
+            others = sorted(
+                ((c, a) for c, a in affinity.items() if c != category),
+                key=lambda kv: abs(kv[1]), reverse=True,
+            )  # fmt: skip
+            affinity = dict(others[: limits.max_categories - 1])
+            affinity[category] = felt
     history = profile.history
     consumed = profile.consumed
     if signal.target > 0 or signal.explicit or blocks:

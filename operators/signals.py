@@ -96,8 +96,12 @@ def signal_of(event: Event, expected_ms: float | None, rules: SignalRules) -> Si
 
 
 def impression_signals(event: Impression, rules: SignalRules) -> list[Signal]:
-    """Weak negatives for every item shown; a later click outweighs them."""
+    """Weak negatives for every item shown, once each; a later click outweighs them.
+
+    An item listed in several slots was still shown once: one event must not weigh as
+    much as many (a client repeating an id 200 times would otherwise outweigh ten clicks).
+    """
     return [
         Signal(item_id, rules.impression_target, rules.implicit_weight, shown_only=True)
-        for item_id in event.item_ids
+        for item_id in dict.fromkeys(event.item_ids)
     ]

@@ -172,13 +172,28 @@ def test_the_default_bounds_hold_too() -> None:
 
 
 def test_over_the_category_bound_the_strongest_feelings_survive_either_way() -> None:
-    limits = ProfileLimits(max_categories=2)
+    limits = ProfileLimits(max_categories=3)
     profile = UserProfile.new("u")
     profile = apply_signal(profile, Signal("i1", 1.0, 1.0), "loved", limits)
     profile = apply_signal(profile, Signal("i2", -1.0, 0.9), "hated", limits)
     profile = apply_signal(profile, Signal("i3", 0.3, 0.75), "meh", limits)
+    profile = apply_signal(profile, Signal("i4", 1.0, 0.75), "new", limits)
 
-    assert set(profile.affinity) == {"loved", "hated"}
+    assert set(profile.affinity) == {"loved", "hated", "new"}
+
+
+def test_a_new_interest_gets_in_when_every_kept_category_is_as_strong() -> None:
+    # every kept category holds one click's worth; the newcomer's first click ties with
+    # them, and it must not be the one trimmed, or no new interest could ever get in
+    limits = ProfileLimits(max_categories=4)
+    profile = UserProfile.new("u")
+    for n, category in enumerate(["a", "b", "c", "d"]):
+        profile = apply_signal(profile, _like(f"i{n}"), category, limits)
+    for n in range(10):
+        profile = apply_signal(profile, _like(f"anime-{n}"), "anime", limits)
+
+    assert profile.affinity["anime"] == pytest.approx(10 * 1.0 * 0.75)
+    assert len(profile.affinity) == 4
 
 
 def test_folds_return_new_profiles_and_leave_the_old_one_alone() -> None:

@@ -179,6 +179,17 @@ def test_an_impression_is_a_weak_negative_for_every_item_shown_in_order() -> Non
     assert all(abs(s.target) < abs(_signal(_skip()).target) for s in signals)
 
 
+def test_an_item_listed_in_several_slots_counts_once() -> None:
+    shown = Impression(
+        type="impression", event_id="e", user_id="u", timestamp=T,
+        item_ids=["a", "b", "a", "a", "c", "b"],
+    )  # fmt: skip
+
+    signals = impression_signals(shown, RULES)
+
+    assert [s.item_id for s in signals] == ["a", "b", "c"]
+
+
 def test_a_click_outweighs_the_impression_that_showed_the_item() -> None:
     shown = Impression(type="impression", event_id="e", user_id="u", timestamp=T, item_ids=["i"])
     (impression,) = impression_signals(shown, RULES)
