@@ -140,7 +140,6 @@ class EventBase(Contract):
     context: Context | None = None
 
 
-
 class ItemEventBase(EventBase):
     """An event about one item, optionally attributed to the recommendation that showed it."""
 

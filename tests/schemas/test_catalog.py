@@ -111,7 +111,9 @@ def test_a_withdrawn_item_says_so(item_doc: dict[str, Any]) -> None:
         pytest.param(
             {"created_at": "17672256000"}, "value_error", ("created_at",), id="created_at-unix"
         ),
-        pytest.param({"created_at": "1.7e9"}, "value_error", ("created_at",), id="created_at-1.7e9"),
+        pytest.param(
+            {"created_at": "1.7e9"}, "value_error", ("created_at",), id="created_at-1.7e9"
+        ),
         pytest.param(
             {"created_at": 1767225600}, "value_error", ("created_at",), id="created_at-number"
         ),
