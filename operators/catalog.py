@@ -263,8 +263,8 @@ class ItemColumns(NamedTuple):
     feedback_events: npt.NDArray[np.int64]
     popularity: Vector
     popularity_t: Vector
-    #: whether the catalog holds the row's item
-    present: npt.NDArray[np.bool_]
+    #: whether the catalog holds the row's item and may recommend it (``ItemState.available``)
+    available: npt.NDArray[np.bool_]
     #: the item's category, as its position in :meth:`Catalog.categories` (0: none)
     category: npt.NDArray[np.int64]
 
@@ -403,7 +403,7 @@ class Catalog:
             feedback_events=np.zeros(1024, dtype=np.int64),
             popularity=np.zeros(1024),
             popularity_t=np.zeros(1024),
-            present=np.zeros(1024, dtype=np.bool_),
+            available=np.zeros(1024, dtype=np.bool_),
             category=np.zeros(1024, dtype=np.int64),
         )
         # every category an item has had, numbered in order of appearance; code 0 stands
@@ -476,7 +476,7 @@ class Catalog:
         columns.feedback_events[row] = state.feedback_events
         columns.popularity[row] = state.popularity
         columns.popularity_t[row] = state.popularity_t
-        columns.present[row] = True
+        columns.available[row] = state.available
         columns.category[row] = self._category_code(state.category)
         if (
             old is None

@@ -138,8 +138,8 @@ def _covisit_scores(
 ) -> tuple[IntArray, Vector]:  # fmt: skip
     """Every co-visited item's score: its sources' weighted counts, damped by its popularity.
 
-    Returns the catalog rows (ascending) of the co-visited items the catalog holds and
-    ``excluded`` leaves in, and their scores (see the module docstring).
+    Returns the catalog rows (ascending) of the co-visited items the catalog may recommend
+    and ``excluded`` leaves in, and their scores (see the module docstring).
     """
     if not sources:
         return np.zeros(0, dtype=np.intp), np.zeros(0)
@@ -152,8 +152,10 @@ def _covisit_scores(
     # weight x count, as a loop would multiply them
     contributions = np.repeat([weight for _, weight in sources], lengths) * counts
     columns = catalog.columns()
-    unique, raw = _sum_by_row(rows, contributions, len(columns.present))
-    kept = columns.present[unique]
+    unique, raw = _sum_by_row(rows, contributions, len(columns.available))
+    # a withdrawn item can never be shown: it must neither take a place in the cut nor set
+    # the scale every candidate's co-visitation is normalised to
+    kept = columns.available[unique]
     excluded_rows = catalog.rows(excluded)
     at = np.minimum(np.searchsorted(unique, excluded_rows), len(unique) - 1)
     kept[at[unique[at] == excluded_rows]] = False
@@ -289,6 +291,38 @@ def _diversify(
             return chosen
     # not enough variety among the candidates: fill with the best of the rest
     return chosen + spill[: k - len(chosen)]
+
+
+def _rerank(
+    rows: list[Row], reranked: list[str], found: Candidates, model: RankingModel, weight: float
+) -> None:
+    """Blend the model's probability into the first rows (``reranked``), then re-sort.
+
+    Two stages: the model re-ranks the heuristic's best (the kind of candidates it learned
+    from), never the long tail it has not seen; re-ranked rows stay above the floor of the
+    head, so the rest only fills in when the head is short.
+    """
+    floor = rows[len(reranked) - 1][0] if reranked else 0.0
+    probabilities = model.score_many([found.features[i] for i in reranked])
+    for n, p in enumerate(probabilities):
+        s, i, state = rows[n]
+        rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
+    rows.sort(key=lambda r: (-r[0], r[1]))
+
+
+def _category_cap(profile: UserProfile, params: RankingParams) -> int | None:
+    """How many items of one category a list may hold: a new user gets the stricter cap."""
+    cold = (profile.consumed.count if profile.consumed is not None else 0) < (
+        params.cold_start_items
+    )
+    caps = [c for c in (params.category_cap, params.cold_start_category_cap if cold else None) if c]
+    return min(caps) if caps else None
+
+
+def _over(rows: list[Row], cap: int) -> bool:
+    """Whether some category fills more than ``cap`` of ``rows``."""
+    counts = Counter(row[2].category for row in rows)
+    return bool(counts) and max(counts.values()) > cap
 
 
 def _near_dislikes(
@@ -882,16 +916,16 @@ def rank_rows(
         for position, item_id in enumerate(ids):
             if not paused.isdisjoint(_keys_of(found.states[item_id])):
                 live[position] = False
-    cold = (profile.consumed.count if profile.consumed is not None else 0) < (
-        params.cold_start_items
-    )
-    cap = params.category_cap or (params.cold_start_category_cap if cold else None)
+    cap = _category_cap(profile, params)
     active = (
         active_penalties(profile.penalties, now_t, surface, deescalation, part)
         if deescalation is not None and profile.penalties
         else {}
     )
-    wanted = params.k * 4 if cap or active else params.k
+    near = _near_dislikes([ids[n] for n in np.flatnonzero(live).tolist()], profile, catalog,
+                          now_t, deescalation)  # fmt: skip
+    # a cap or a penalty reorders the head: look past the first k for what moves up
+    wanted = params.k * 4 if cap or active or near else params.k
     use_model = (
         model is not None and params.model_weight > 0 and model.updates >= params.model_warmup
     )
@@ -905,23 +939,23 @@ def rank_rows(
     rows: list[Row] = [(scores[n], ids[n], found.states[ids[n]]) for n in positions]
     if use_model:
         assert model is not None
-        # two stages: the model re-ranks the heuristic's best (the kind of candidates it
-        # learned from), never the long tail it has not seen; re-ranked rows stay above
-        # the floor of the head, so the rest only fills in when the head is short
-        reranked = head[: params.model_rerank]
-        floor = rows[len(reranked) - 1][0] if reranked else 0.0
-        weight = params.model_weight
-        probabilities = model.score_many([found.features[i] for i in reranked])
-        for n, p in enumerate(probabilities):
-            s, i, state = rows[n]
-            rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)
-        rows.sort(key=order)
-    near = _near_dislikes([ids[n] for n in np.flatnonzero(live).tolist()], profile, catalog,
-                          now_t, deescalation)  # fmt: skip
+        _rerank(rows, head[: params.model_rerank], found, model, params.model_weight)
     rows, caps = _apply_penalties(rows, active, params.k, near)
     ranked = rows[:wanted]
+
+    def widened() -> list[Row]:  # the head and every other live candidate, penalised alike
+        more = _rest_of(found, scores, live, {r[1] for r in rows}, profile)
+        return sorted([*ranked, *_apply_penalties(more, active, params.k, near)[0]], key=order)
+
     n_explore = exploration_slots(profile, params)
-    exploit = _diversify(ranked, params.k - n_explore, cap, caps)
+    exploit_slots = params.k - n_explore
+    exploit = _diversify(ranked, exploit_slots, cap, caps)
+    wide = False
+    if cap is not None and (len(exploit) < exploit_slots or _over(exploit, cap)):
+        # the head lacks variety (a new user whose best forty are one category): the other
+        # candidates are searched for more categories before the cap gives way
+        ranked, wide = widened(), True
+        exploit = _diversify(ranked, exploit_slots, cap, caps)
     chosen = {row[1] for row in exploit}
     # exploration brings back nothing a penalty covers (a capped category included)
     explored = _explore(
@@ -936,14 +970,11 @@ def rank_rows(
         taken = chosen | explored_ids
         missing = params.k - len(exploit) - len(explored)
         extra = [r for r in _diversify(ranked, params.k, cap, caps) if r[1] not in taken]
-        if len(extra) < missing and caps:
+        if len(extra) < missing and caps and not wide:
             # the head ran dry under a de-escalation cap (a user who liked little else):
             # the rest of the candidates fill the list, never a penalised category past
             # its cap, so "not relevant" never leaves the user a list of two items
-            more = _rest_of(found, scores, live, {r[1] for r in rows}, profile)
-            wider = sorted([*ranked, *_apply_penalties(more, active, params.k, near)[0]],
-                           key=order)  # fmt: skip
-            extra = [r for r in _diversify(wider, params.k, cap, caps) if r[1] not in taken]
+            extra = [r for r in _diversify(widened(), params.k, cap, caps) if r[1] not in taken]
         exploit += extra[:missing]
     if caps:
         exploit = _keep_one_of_each(exploit, rows, caps)

@@ -258,7 +258,7 @@ def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None
         assert [catalog.row_id(row) for row in rows] == list(state.neighbours)
     assert [catalog.row_id(row) for row in first.tolist()] == ["item-00001", "unseen", "item-00002"]
     unseen = catalog.rows(["unseen"])[0]
-    assert unseen > 0 and not catalog.columns().present[unseen]  # a row, but no item
+    assert unseen > 0 and not catalog.columns().available[unseen]  # a row, but no item
     assert catalog.unit("unseen") is None
 
 

@@ -10,9 +10,17 @@ import pytest
 
 from operators.bloom import Bloom
 from operators.catalog import Catalog, ItemState
+from operators.deescalation import DeescalationParams
 from operators.profile import UserProfile
-from operators.ranking import RankingParams, exploration_slots, rank_items, rank_rows
+from operators.ranking import (
+    RankingParams,
+    candidate_features,
+    exploration_slots,
+    rank_items,
+    rank_rows,
+)
 from operators.synthetic import SyntheticWorld
+from schemas.catalog import ItemRecord
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
@@ -375,6 +383,87 @@ def test_a_new_user_gets_popular_items_from_several_categories(catalog: Catalog)
     assert max(categories.count(c) for c in set(categories)) <= DEFAULTS.cold_start_category_cap
     assert len(set(categories)) >= 4
     assert "popular in" in " ".join(ranked[0].reasons)
+
+
+def _one_category_leads(n: int = 300) -> Catalog:
+    """``n`` items over five categories; drama's, a fifth of them, are all more popular."""
+    catalog = Catalog()
+    categories = ["drama", "comedy", "horror", "news", "sport"]
+    for k in range(n):
+        record = ItemRecord(item_id=f"i{k:03d}", category=categories[k % 5],
+                            created_at=T0 - timedelta(days=100))  # fmt: skip
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+        _boost(catalog, record.item_id, times=6 if k % 5 == 0 else 1)
+    return catalog
+
+
+@pytest.mark.parametrize("category_cap", [None, 3, 5])
+def test_the_caps_hold_when_the_best_forty_candidates_are_all_one_category(
+    category_cap: int | None,
+) -> None:
+    # the head the caps used to look at (4 x k) held only drama, so the list was all drama;
+    # and a category_cap above the cold-start cap switched the stricter one off
+    catalog = _one_category_leads()
+    params = replace(DEFAULTS, category_cap=category_cap)
+
+    categories = [item.category for item in rank_items(UserProfile.new("u"), catalog, NOW, params)]
+
+    assert len(categories) == params.k
+    assert max(categories.count(c) for c in set(categories)) <= DEFAULTS.cold_start_category_cap
+
+
+def test_a_category_cap_reaches_past_a_head_of_one_category_for_a_known_user() -> None:
+    catalog = _one_category_leads()
+    known = _consumed(UserProfile.new("u"), 50)
+    params = replace(PARAMS, category_cap=3)
+
+    categories = [item.category for item in rank_items(known, catalog, NOW, params)]
+
+    assert len(categories) == 10 and categories.count("drama") == 3
+
+
+def test_items_close_to_a_dislike_make_way_for_the_next_best_beyond_the_first_k() -> None:
+    # a not_relevant that sets no category penalty (wrong_language) still sinks the items
+    # close to the disliked one: the next best, past the first k, take their places
+    catalog = Catalog()
+
+    def put(item_id: str, category: str, creator: str, likes: int) -> None:
+        record = ItemRecord(item_id=item_id, category=category, creator=creator,
+                            tags=[f"t-{creator}"], created_at=T0 - timedelta(days=100))  # fmt: skip
+        catalog.put(ItemState(item_id=item_id, record=record))
+        _boost(catalog, item_id, times=likes)
+
+    put("bad", "drama", "studio-x", 0)
+    for n in range(10):
+        put(f"x{n}", "drama", "studio-x", 30 - n)  # the best ten: close to "bad"
+        put(f"o{n}", f"cat{n}", f"other{n}", 18 - n)  # the next best, unlike it
+    profile = replace(_consumed(UserProfile.new("u"), 5), blocked=("bad",),
+                      disliked=(("bad", NOW),))  # fmt: skip
+
+    rules = DeescalationParams()
+    shown = [i.item_id for i in rank_items(profile, catalog, NOW, PARAMS, deescalation=rules)]
+    plain = [i.item_id for i in rank_items(replace(profile, disliked=()), catalog, NOW, PARAMS,
+                                           deescalation=rules)]  # fmt: skip
+
+    assert plain == [f"x{n}" for n in range(10)]
+    assert sum(i.startswith("o") for i in shown) >= 5
+
+
+def test_a_withdrawn_item_sets_no_scale_for_the_co_visitation_of_the_others(
+    catalog: Catalog,
+) -> None:
+    _covisit(catalog, "item-00001", "item-00010", times=20)  # the strongest, then withdrawn
+    _covisit(catalog, "item-00001", "item-00011", times=2)
+    withdrawn = catalog.get("item-00010")
+    assert withdrawn is not None and withdrawn.record is not None
+    catalog.put(withdrawn.with_record(withdrawn.record.model_copy(update={"available": False})))
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00001",),
+                      history=("item-00001",))  # fmt: skip
+
+    found = candidate_features(profile, catalog, NOW, PARAMS)
+
+    assert "item-00010" not in found.features
+    assert found.features["item-00011"]["covisit"] == 1.0  # the best candidate's
 
 
 def test_items_consumed_before_the_history_stay_out(catalog: Catalog) -> None:
