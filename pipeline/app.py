@@ -46,7 +46,7 @@ from operators.profile import ProfileLimits, UserProfile, next_snapshot_version
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
 from operators.validation import InvalidEvent, ValidationLimits, decode_event
-from pipeline.catalog_follower import CatalogFollower
+from pipeline.catalog_follower import _CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
 from pipeline.settings import Section, Settings
@@ -59,6 +59,10 @@ from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 log = logging.getLogger(__name__)
 
 _ITEM_ID: TypeAdapter[str] = TypeAdapter(Id)
+#: How often a worker applies the item state its follower queued, whether or not events
+#: arrive: the follower's fetch waits up to 10 ms, so an item change still reaches the
+#: catalog (ranking, the HTTP API, the metrics) of a worker with no traffic in milliseconds
+_FOLLOW_INTERVAL_S = 0.01
 #: Items a worker's first index build writes per batch: the index's lock is held for one
 #: batch (a quarter of a second or so), when a health check or a scrape may wait for it.
 _BUILD_BATCH = 1024
@@ -138,8 +142,8 @@ class CatalogSource(Protocol):
     async def wait_caught_up(self, timeout_s: float = 60.0) -> bool:
         """Wait until what existed at start has been applied."""
 
-    def drain(self) -> int:
-        """Apply what arrived since the last call."""
+    def drain(self, limit: int | None = None) -> int:
+        """Apply what arrived since the last call (at most ``limit`` records)."""
 
     def stop(self) -> None:
         """Stop following."""
@@ -336,6 +340,7 @@ class Recloop:
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
+        self.app.timer(_FOLLOW_INTERVAL_S, name="follow-items", traced=False)(self._follow_timer)
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -510,6 +515,22 @@ class Recloop:
                     await self._start_catalog()
                     return
         self.follower.drain()
+
+    async def _follow_timer(self) -> None:
+        """Apply the item state the follower queued, on a worker whose events are quiet too.
+
+        Before the worker is ready the start applies what arrives (and the first index
+        build needs the catalog unchanged). A large backlog is applied a slice at a time,
+        the loop turning in between. A failure stops the worker at once, as one in the
+        events agent's drain does, never through Faust's orderly shutdown.
+        """
+        if not self.ready:
+            return
+        try:
+            while self.follower.drain(_CATCH_UP_SLICE) == _CATCH_UP_SLICE:
+                await asyncio.sleep(0)
+        except Exception as exc:
+            self.on_fatal(exc)
 
     async def _start_catalog(self) -> None:
         loop = asyncio.get_running_loop()

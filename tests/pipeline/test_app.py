@@ -19,6 +19,7 @@ from operators.synthetic import SyntheticWorld
 from operators.validation import decode_event
 from pipeline.app import Recloop
 from pipeline.offsets import Fetched
+from schemas.catalog import ItemRecord
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
 from tests.pipeline.doubles import (
@@ -396,6 +397,44 @@ async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(
     assert fine.message.acked and not failed.message.acked
 
 
+async def test_a_worker_with_no_events_still_takes_in_new_items(world: SyntheticWorld) -> None:
+    # the catalog follower's queue used to be applied only before a batch of events: on a
+    # worker whose events partitions were quiet, a new item never reached its catalog
+    # (its HTTP API and metrics) and the queue kept every update
+    import asyncio
+
+    from pipeline.catalog_follower import CatalogFollower
+
+    app, fatal = pipeline_app(Catalog(), {}, RecordingEmitter(), NOW)
+    follower = CatalogFollower("127.0.0.1:9", "p.item-state", 1, app.catalog)  # no broker
+    follower.start = lambda timeout_s=30.0: None  # type: ignore[method-assign]
+    app.follower = follower
+    offsets = iter(range(10_000))
+
+    def published(item: ItemRecord) -> None:  # by an item agent; the follower queued it
+        state = ItemState(item_id=item.item_id, record=item)
+        follower._queue.put((item.item_id.encode(), state.snapshot(), 0, next(offsets)))
+
+    (timer,) = [t for t in app.app._app_tasks if t.__name__ == "_follow_timer"]
+    ticking = asyncio.ensure_future(timer())  # as the worker runs it, every 10 ms
+    try:
+        for item in world.items[:10]:
+            published(item)
+        await asyncio.sleep(0.05)
+        assert len(follower.catalog) == 0  # the start applies it, then builds the index
+        await app._ensure_catalog()  # the worker's first event: it is ready
+        assert len(follower.catalog) == 10
+        for n in range(1200):  # more than a slice, and no event comes
+            published(world.items[10 + n % 30])
+        await until(lambda: len(follower.catalog) == 40)
+        await until(follower._queue.empty)
+        new = world.items[-1].item_id
+        assert new in [i for i, _ in follower.catalog.neighbours(world.items[10].item_id, 40)]
+    finally:
+        ticking.cancel()
+        close_pipeline_app(app, fatal)
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
     # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says
@@ -488,7 +527,7 @@ async def test_the_first_index_build_runs_in_batches_off_the_event_loop() -> Non
     index.upsert_many = slow_upsert_many  # type: ignore[method-assign]
     drained_before_ready: list[bool] = []
 
-    def drain() -> int:
+    def drain(limit: int | None = None) -> int:
         drained_before_ready.append(not app.ready)
         return 0
 
