@@ -205,7 +205,7 @@ class WorkerStats:
     processed: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    #: every record sent to the dead-letter topic (catalog records too), by reason
+    #: every record sent to the dead-letter topic (catalog and item feedback too), by reason
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     item_updates: int = 0
     forgotten: int = 0
@@ -846,7 +846,19 @@ class Recloop:
             if key is None or raw is None:
                 log.error("item feedback without key or value; recloop never writes such records")
                 continue
-            feedback = ItemFeedback.from_json(raw)
+            try:
+                feedback = ItemFeedback.from_json(raw)
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                # recloop writes these records, yet one from a newer worker (a kind this
+                # one does not know, in a rolling upgrade) or a damaged one must not stop
+                # the worker: unacknowledged, it would stop it again after every restart
+                message = source.message
+                invalid = InvalidEvent(
+                    "schema_violation", f"item-feedback record: {type(exc).__name__}: {exc}"
+                )
+                await self._dead_letter(key, raw, invalid, message.topic, message.partition,
+                                        message.offset)  # fmt: skip
+                continue
             seen = folded.get(feedback.item_id)
             if seen is not None:
                 state = seen[2]

@@ -315,6 +315,34 @@ async def test_item_feedback_in_one_batch_republishes_each_item_once(
     assert ItemState.restore(recloop.items[a]).positives == 2
 
 
+@pytest.mark.parametrize("batch", [(4, 10_000.0)])
+async def test_an_unreadable_item_feedback_record_is_dead_lettered_and_the_rest_applied(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # it stopped the worker, unacknowledged: after a restart it came first, and stopped it
+    # again; a kind this worker does not know comes from a newer one in a rolling upgrade
+    item = world.items[2].item_id
+    good = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1"}).encode()  # fmt: skip
+    bad = [
+        json.dumps({"item_id": item}).encode(),
+        b"not json",
+        good.replace(b'"e1"', b'"e2", "kind": "impression"'),
+    ]
+    async with recloop.item_feedback_agent.test_context() as agent:
+        first = [await agent.put(raw, key=item.encode()) for raw in bad]
+        last = await agent.put(good, key=item.encode())
+        await until(lambda: last.message.acked)
+    assert all(event.message.acked for event in first)
+    letters = emitter.to("dead-letters")
+    assert [d.value for d in letters] == bad  # original bytes, untouched
+    assert {d.headers["recloop.dlq.reason"] for d in letters} == {b"schema_violation"}
+    assert all(d.headers["recloop.dlq.topic"] == b"p.item-feedback" for d in letters)
+    (state,) = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
+    assert (state.item_id, state.positives) == (item, 1)
+
+
 async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_buffer(
     recloop: Recloop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
