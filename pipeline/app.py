@@ -498,13 +498,31 @@ class Recloop:
         loop = asyncio.get_running_loop()
         if self.model.updates != self._checkpointed_updates:
             updates, data = self.model.updates, self.model.snapshot()
-            await loop.run_in_executor(None, self._write_model, data)
-            self._checkpointed_updates = updates
+            if await self._saved(loop, "ranking model", self._write_model, data):
+                self._checkpointed_updates = updates
         self.catalog.sync_index()  # on the loop, where the catalog changes
         if self.catalog.index_changes != self._saved_index_changes:
             changes = self.catalog.index_changes
-            await loop.run_in_executor(None, self._save_index)
-            self._saved_index_changes = changes
+            if await self._saved(loop, "item index", self._save_index):
+                self._saved_index_changes = changes
+
+    async def _saved(
+        self, loop: asyncio.AbstractEventLoop, what: str, save: Callable[..., None], *args: Any
+    ) -> bool:
+        """Run one save of the timer in a thread; ``False`` when the disk refused it.
+
+        A full disk costs the checkpoint, never the worker: an exception out of a timer
+        takes Faust's orderly shutdown, which commits events nobody processed. The
+        previous file stays (the writes are atomic) and the next tick tries again.
+        """
+        try:
+            await loop.run_in_executor(None, save, *args)
+        except OSError as exc:
+            log.error("could not save the %s to %s (%s); the previous checkpoint is kept, "
+                      "the next one tries again", what, self.settings.worker.state_dir,
+                      exc.strerror or exc)  # fmt: skip
+            return False
+        return True
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:

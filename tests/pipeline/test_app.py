@@ -23,6 +23,7 @@ from schemas.catalog import ItemRecord
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
 from tests.pipeline.doubles import (
+    FixedCatalog,
     ProducerBuffer,
     RecordingEmitter,
     StoredRecords,
@@ -521,6 +522,42 @@ def test_the_final_checkpoint_waits_for_a_save_still_running_in_a_thread(tmp_pat
         timer.join()
         assert log == ["timer starts", "timer ends", "MainThread starts", "MainThread ends"]
         assert app.model_path.exists()
+    finally:
+        close_pipeline_app(app, fatal)
+
+
+async def test_a_checkpoint_the_disk_refuses_costs_the_worker_nothing_and_is_tried_again(
+    tmp_path: Path, world: SyntheticWorld, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # the OSError left the timer, which took Faust's orderly shutdown: it commits events
+    # nobody processed; and the saves' bookkeeping said saved
+    import errno
+
+    import pipeline.app
+
+    app, fatal = pipeline_app(Catalog(), {"RECLOOP__WORKER__STATE_DIR": str(tmp_path)},
+                              RecordingEmitter(), NOW)  # fmt: skip
+    app.follower = FixedCatalog(app.catalog)  # the catalog whose index the worker saves
+    for item in world.items:
+        app.catalog.put(ItemState(item_id=item.item_id, record=item))
+    try:
+        async with app.events_agent.test_context() as agent:
+            await agent.put(_event("e1", "u1", "click", world.items[0].item_id), key=b"u1")
+        assert app.ready and app.model.updates > 0
+
+        def full(*args: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as disk:
+            disk.setattr(pipeline.app, "write_atomic", full)
+            disk.setattr(app.catalog.index, "save", full)
+            await app._checkpoint_timer()  # raised out of the timer
+        assert not app.model_path.exists() and not app.index_path.exists()
+        assert caplog.text.count("No space left on device") == 2
+        await app._checkpoint_timer()  # space was freed: the next tick saves both
+        assert RankingModel.restore(app.model_path.read_bytes()).updates == app.model.updates
+        assert app.index_path.exists()
     finally:
         close_pipeline_app(app, fatal)
 
