@@ -50,7 +50,7 @@ from pipeline.catalog_follower import _CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
 from pipeline.settings import Section, Settings
-from pipeline.topics import topic_specs
+from pipeline.topics import replica_config, topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
 from schemas.events import Event, Forget, Id
@@ -320,23 +320,11 @@ class Recloop:
         self.events_topic = self._raw_topic("events")
         self.catalog_topic = self._raw_topic("items")
         self.item_feedback_topic = self._raw_topic("item-feedback")
-        self.users = self.app.Table(
-            "users",
-            key_type=str,
-            value_type=bytes,
-            partitions=kafka.partitions,
-        )
-        self.items = self.app.Table(
-            "items",
-            key_type=str,
-            value_type=bytes,
-            partitions=kafka.partitions,
-        )
+        self.users = self._table("users")
+        self.items = self._table("items")
         # the last offset each agent finished per input partition (pipeline/offsets.py)
         self.progress = Progress(
-            self.app,
-            self.app.Table("progress", key_type=str, value_type=bytes, partitions=kafka.partitions),
-            record_fetcher or KafkaRecordFetcher(bootstrap),
+            self.app, self._table("progress"), record_fetcher or KafkaRecordFetcher(bootstrap)
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
@@ -355,9 +343,7 @@ class Recloop:
         self.ready = False
         # the latest snapshot per user (surface, list, JSON: pipeline.web.encode_latest),
         # changelogged like the users table, so the owner of a user can always serve it
-        self.snapshots = self.app.Table(
-            "snapshots", key_type=str, value_type=bytes, partitions=settings.kafka.partitions
-        )
+        self.snapshots = self._table("snapshots")
         m = settings.metrics
         self.live_metrics = LiveMetrics(
             LiveMetricsParams(
@@ -418,6 +404,19 @@ class Recloop:
             if not self._metrics_failed:  # once: the counter tells how often
                 self._metrics_failed = True
                 log.exception("live metrics failed on event %s", event.event_id)
+
+    def _table(self, name: str) -> Any:
+        """A table of bytes by string key, its changelog replicated as recloop's topics are.
+
+        Faust declares the changelog itself, so it needs ``min.insync.replicas`` passed
+        here; without it ``acks=all`` could count one copy of the state that must survive
+        the loss of a machine.
+        """
+        kafka = self.settings.kafka
+        return self.app.Table(
+            name, key_type=str, value_type=bytes, partitions=kafka.partitions,
+            extra_topic_configs=replica_config(kafka),
+        )  # fmt: skip
 
     def _raw_topic(self, name: str) -> Any:
         return self.app.topic(

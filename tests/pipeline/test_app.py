@@ -464,6 +464,35 @@ async def test_a_worker_with_no_events_still_takes_in_new_items(world: Synthetic
         close_pipeline_app(app, fatal)
 
 
+@pytest.mark.parametrize(("replicas", "config"), [(3, {"min.insync.replicas": "2"}), (1, {})])
+async def test_table_changelogs_are_declared_with_the_topics_in_sync_replicas(
+    replicas: int, config: dict[str, str]
+) -> None:
+    # Faust declares the changelogs, the state that must survive the loss of a machine;
+    # they got no min.insync.replicas, so acks=all could count a single copy
+    env = {"RECLOOP__KAFKA__REPLICATION_FACTOR": str(replicas),
+           "RECLOOP__KAFKA__MIN_INSYNC_REPLICAS": "2"}  # fmt: skip
+    app, fatal = pipeline_app(Catalog(), env, RecordingEmitter(), NOW)
+    declared: dict[str, tuple[int, dict[str, str]]] = {}
+
+    class Producer:  # what the broker is asked for
+        async def create_topic(self, topic: str, replication: int, config: dict[str, str],
+                               **kw: Any) -> None:  # fmt: skip
+            declared[topic] = (replication, dict(config))
+
+    async def producer() -> Producer:
+        return Producer()
+
+    try:
+        for table in (app.users, app.items, app.snapshots, app.progress.table):
+            table.changelog_topic._get_producer = producer
+            await table.changelog_topic.declare()
+    finally:
+        close_pipeline_app(app, fatal)
+    names = ("users", "items", "snapshots", "progress")
+    assert declared == {f"recloop-{name}-changelog": (replicas, config) for name in names}
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
     # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says
