@@ -791,9 +791,12 @@ class Recloop:
         self.stats.dead_letter_reasons[exc.reason] = (
             self.stats.dead_letter_reasons.get(exc.reason, 0) + 1
         )
+        # at most 2000 bytes, cut between characters: a header that is not UTF-8 fails
+        # the consumer that decodes it
+        detail = exc.detail.encode("utf-8", "replace")[:2000].decode("utf-8", "ignore")
         headers = [
             ("recloop.dlq.reason", exc.reason.encode()),
-            ("recloop.dlq.detail", exc.detail.encode("utf-8", "replace")[:2000]),
+            ("recloop.dlq.detail", detail.encode()),
             ("recloop.dlq.topic", topic.encode()),
             ("recloop.dlq.partition", str(partition).encode()),
             ("recloop.dlq.offset", str(offset).encode()),

@@ -113,6 +113,19 @@ async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_proce
     assert recloop.stats.dead_lettered == len(bad) and recloop.stats.processed == 1
 
 
+async def test_a_long_dead_letter_detail_is_cut_between_characters(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    # cut at 2000 bytes, it could end inside a character: a consumer decoding it failed
+    raw = _event("e1", "u1", "é" * 3000, "i1")
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(raw, key=b"u1")
+    (letter,) = emitter.to("dead-letters")
+    detail = letter.headers["recloop.dlq.detail"].decode()  # UTF-8, whole characters
+    assert letter.headers["recloop.dlq.reason"] == b"unknown_type"
+    assert 1990 < len(detail.encode()) <= 2000 and detail.endswith("é")
+
+
 async def test_a_duplicate_event_is_applied_once(
     recloop: Recloop, emitter: RecordingEmitter
 ) -> None:
