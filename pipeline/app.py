@@ -45,7 +45,7 @@ from operators.model import RankingModel
 from operators.profile import ProfileLimits, UserProfile, next_snapshot_version
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
-from operators.validation import InvalidEvent, ValidationLimits, decode_event
+from operators.validation import InvalidEvent, ValidationLimits, decode_event, reason_for
 from pipeline.catalog_follower import _CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
@@ -849,7 +849,8 @@ class Recloop:
             if record is None:  # a tombstone names its item by the key alone
                 _item_key(key)
         except ValidationError as exc:
-            invalid = InvalidEvent("schema_violation", f"catalog record: {exc}")
+            reason, detail = reason_for(exc, raw or b"")  # only a record is validated
+            invalid = InvalidEvent(reason, f"catalog record: {detail}")
             await self._dead_letter(key, raw, invalid, topic, partition, offset)
             return
         except InvalidEvent as exc:

@@ -177,7 +177,35 @@ async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     assert states[1].record == item and states[1].popularity == 1.0 and states[1].positives == 1
     letters = emitter.to("dead-letters")
     assert [d.value for d in letters] == [b'{"item_id": "x"}']
-    assert letters[0].headers["recloop.dlq.reason"] == b"schema_violation"
+    assert letters[0].headers["recloop.dlq.reason"] == b"missing_field"
+
+
+async def test_invalid_catalog_records_are_dead_lettered_with_the_reasons_events_get(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # each was a schema_violation, so the reason did not say what to fix
+    record = json.loads(world.items[0].model_dump_json())
+
+    def item(item_id: str, **changes: object) -> bytes:
+        fields = {**record, "item_id": item_id, **changes}
+        return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
+
+    bad = [
+        (b"i1", b"{not json", "invalid_json"),
+        (b"i2", b"\xff\xfe", "invalid_utf8"),
+        (b"i3", item("i3", colour="red"), "unexpected_field"),
+        (b"i4", item("i4", category=None), "missing_field"),
+        (b"i5", item("i5", schema_version=2), "unsupported_schema_version"),
+        (b"i6", item("i6", duration_ms=-1), "schema_violation"),
+    ]
+    async with recloop.catalog_agent.test_context() as agent:
+        for key, raw, _ in bad:
+            await agent.put(raw, key=key)
+    letters = emitter.to("dead-letters")
+    assert [d.headers["recloop.dlq.reason"].decode() for d in letters] == [r for _, _, r in bad]
+    assert [d.value for d in letters] == [raw for _, raw, _ in bad]  # original bytes
+    assert all(d.headers["recloop.dlq.detail"].startswith(b"catalog record: ") for d in letters)
+    assert not emitter.to("item-state")
 
 
 async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
@@ -537,7 +565,7 @@ async def test_event_figures_count_events_a_forget_included_and_no_catalog_recor
     assert (figures["processed"], figures["duplicates"], figures["dead_lettered"]) == (2, 0, 1)
     assert figures["dead_letter_rate"] == pytest.approx(1 / 3)
     # every record sent to the dead-letter topic, by reason
-    assert figures["dead_letter_reasons"] == {"schema_violation": 1, "invalid_json": 1}
+    assert figures["dead_letter_reasons"] == {"missing_field": 1, "invalid_json": 1}
     assert len(emitter.to("dead-letters")) == 2
 
 
