@@ -861,25 +861,28 @@ class Recloop:
 
     async def handle_item_feedback(self, batch: Sequence[Any]) -> None:
         """Fold a batch of users' signals into the items' states; republish each item once."""
-        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
+        decoded: list[tuple[Any, bytes, ItemFeedback]] = []
         for source in batch:
             key, raw = source.message.key, source.value
             if key is None or raw is None:
                 log.error("item feedback without key or value; recloop never writes such records")
                 continue
             try:
-                feedback = ItemFeedback.from_json(raw)
+                decoded.append((source, key, ItemFeedback.from_json(raw)))
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 # recloop writes these records, yet one from a newer worker (a kind this
                 # one does not know, in a rolling upgrade) or a damaged one must not stop
-                # the worker: unacknowledged, it would stop it again after every restart
+                # the worker: unacknowledged, it would stop it again after every restart.
+                # Sent before any item state is read: the catalog agent may run during
+                # the await, and a state read before it would undo its change
                 message = source.message
                 invalid = InvalidEvent(
                     "schema_violation", f"item-feedback record: {type(exc).__name__}: {exc}"
                 )
                 await self._dead_letter(key, raw, invalid, message.topic, message.partition,
                                         message.offset)  # fmt: skip
-                continue
+        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
+        for source, key, feedback in decoded:
             seen = folded.get(feedback.item_id)
             if seen is not None:
                 state = seen[2]

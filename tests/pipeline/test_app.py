@@ -385,6 +385,38 @@ async def test_an_unreadable_item_feedback_record_is_dead_lettered_and_the_rest_
     assert (state.item_id, state.positives) == (item, 1)
 
 
+@pytest.mark.parametrize("batch", [(2, 10_000.0)])
+async def test_dead_lettering_item_feedback_never_undoes_a_catalog_change_made_meanwhile(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # the catalog agent runs while the item-feedback agent awaits a send: a state read
+    # before the dead letter went out was written back over the catalog's change
+    item = world.items[2]
+    renamed = item.model_copy(update={"title": "renamed"})
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
+    send = emitter.send
+
+    async def catalog_changes_meanwhile(topic: str, *args: Any, **kw: Any) -> None:
+        if topic.endswith("dead-letters"):  # as handle_catalog_record does, for the rename
+            stored = ItemState.restore(recloop.items.data[item.item_id])
+            recloop.items.data[item.item_id] = stored.with_record(renamed).snapshot()
+        await send(topic, *args, **kw)
+
+    monkeypatch.setattr(emitter, "send", catalog_changes_meanwhile)
+    like = json.dumps({"item_id": item.item_id, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1"}).encode()  # fmt: skip
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(like, key=item.item_id.encode())
+        last = await agent.put(b"not json", key=item.item_id.encode())
+        await until(lambda: last.message.acked)
+    state = ItemState.restore(emitter.to("item-state")[-1].value or b"")
+    assert state.record == renamed and state.positives == 1
+    assert ItemState.restore(recloop.items[item.item_id]).record == renamed
+
+
 async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_buffer(
     recloop: Recloop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
