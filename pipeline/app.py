@@ -839,7 +839,7 @@ class Recloop:
     async def handle_catalog_record(
         self, key: bytes | None, raw: bytes | None, topic: str, partition: int, offset: int
     ) -> None:
-        """Fold one catalog record (or tombstone) into the item's state and republish it."""
+        """Fold one catalog record into the item's state and republish it; a tombstone deletes."""
         try:
             if key is None:
                 raise InvalidEvent("key_mismatch", "catalog records must be keyed by item_id")
@@ -857,7 +857,17 @@ class Recloop:
             await self._dead_letter(key, raw, exc, topic, partition, offset)
             return
         assert key is not None
-        await self._publish_item(key, self._item_state(key.decode()).with_record(record))
+        item_id = key.decode()
+        if record is None:
+            # the item is gone, and so is what was learned about it: its state leaves
+            # the items table and, by a tombstone on item-state, every worker's catalog
+            # (``available: false`` withdraws an item and keeps its state)
+            if item_id in self.items:
+                del self.items[item_id]
+            self.stats.item_updates += 1
+            await self.emitter.send(self.topic_names["item-state"], key, None)
+            return
+        await self._publish_item(key, self._item_state(item_id).with_record(record))
 
     async def handle_item_feedback(self, batch: Sequence[Any]) -> None:
         """Fold a batch of users' signals into the items' states; republish each item once."""

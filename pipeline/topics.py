@@ -7,7 +7,8 @@ topic (after prefix)    key        what it carries
                                    rating (JSON, ``schemas/json/event``)
 ``items``               item id    catalog records (compacted; null = removed)
 ``item-feedback``       item id    per-item signals from the events agent
-``item-state``          item id    item state every worker follows (compacted)
+``item-state``          item id    item state every worker follows (compacted;
+                                   null = deleted)
 ``snapshots``           user id    ranked recommendations (compacted)
 ``dead-letters``        as given   invalid events, original bytes, reason headers
 ``audit``               user id    every de-escalation adjustment (basis, change,

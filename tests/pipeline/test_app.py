@@ -208,6 +208,32 @@ async def test_invalid_catalog_records_are_dead_lettered_with_the_reasons_events
     assert not emitter.to("item-state")
 
 
+async def test_a_catalog_tombstone_deletes_the_items_state_on_every_worker(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # it republished the state with no record: every worker kept it (and what was
+    # learned about the item) for ever, and a tombstone for an id never seen created one
+    from pipeline.catalog_follower import CatalogFollower
+
+    item = world.items[2].item_id
+    like = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1", "user_id": "u1"}).encode()  # fmt: skip
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(world.items[2].model_dump_json().encode(), key=item.encode())
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(like, key=item.encode())
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(None, key=item.encode())
+        await agent.put(None, key=b"never-catalogued")
+    assert item not in recloop.items and "never-catalogued" not in recloop.items
+    worker = CatalogFollower("127.0.0.1:9", "p.item-state", 1)  # another worker's, no broker
+    for offset, sent in enumerate(emitter.to("item-state")):
+        worker._queue.put((sent.key, sent.value, 0, offset))
+    worker.drain()
+    assert len(worker.catalog) == 0
+
+
 async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
     recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
 ) -> None:
@@ -222,7 +248,7 @@ async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_letter
     assert [d.key for d in letters] == [b"\xff\xfe", b"a\x00b"]
     assert {d.headers["recloop.dlq.reason"] for d in letters} == {b"key_mismatch"}
     states = [s.value for s in emitter.to("item-state")]
-    assert len(states) == 2 and ItemState.restore(states[1] or b"").record is None
+    assert len(states) == 2 and states[1] is None
 
 
 async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
