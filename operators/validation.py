@@ -96,6 +96,18 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
+def reason_for(exc: ValidationError, raw: bytes) -> tuple[str, str]:
+    """The dead-letter reason (one of :data:`REASONS`) and detail of a refused record.
+
+    For any record the contract's models refused (events, catalog records): ``raw`` is
+    what they were given, so JSON that fails because its bytes are not UTF-8 is named so.
+    """
+    reason, detail = _reason_for(exc)
+    if reason == "invalid_json" and not _is_utf8(raw):
+        reason = "invalid_utf8"
+    return reason, detail
+
+
 def decode_event(
     raw: bytes | None, *, key: bytes | None, now: datetime, limits: ValidationLimits
 ) -> Event:
@@ -120,10 +132,7 @@ def decode_event(
     try:
         event = parse_event(raw)
     except ValidationError as exc:
-        reason, detail = _reason_for(exc)
-        if reason == "invalid_json" and not _is_utf8(raw):
-            reason = "invalid_utf8"
-        raise InvalidEvent(reason, detail) from None
+        raise InvalidEvent(*reason_for(exc, raw)) from None
     if event.timestamp > now + timedelta(seconds=limits.max_future_skew_s):
         raise InvalidEvent(
             "timestamp_in_future",

@@ -45,12 +45,12 @@ from operators.model import RankingModel
 from operators.profile import ProfileLimits, UserProfile, next_snapshot_version
 from operators.ranking import RankingParams
 from operators.signals import SignalRules
-from operators.validation import InvalidEvent, ValidationLimits, decode_event
-from pipeline.catalog_follower import CatalogFollower
+from operators.validation import InvalidEvent, ValidationLimits, decode_event, reason_for
+from pipeline.catalog_follower import _CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
 from pipeline.settings import Section, Settings
-from pipeline.topics import topic_specs
+from pipeline.topics import replica_config, topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
 from schemas.events import Event, Forget, Id
@@ -59,6 +59,10 @@ from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 log = logging.getLogger(__name__)
 
 _ITEM_ID: TypeAdapter[str] = TypeAdapter(Id)
+#: How often a worker applies the item state its follower queued, whether or not events
+#: arrive: the follower's fetch waits up to 10 ms, so an item change still reaches the
+#: catalog (ranking, the HTTP API, the metrics) of a worker with no traffic in milliseconds
+_FOLLOW_INTERVAL_S = 0.01
 #: Items a worker's first index build writes per batch: the index's lock is held for one
 #: batch (a quarter of a second or so), when a health check or a scrape may wait for it.
 _BUILD_BATCH = 1024
@@ -138,8 +142,8 @@ class CatalogSource(Protocol):
     async def wait_caught_up(self, timeout_s: float = 60.0) -> bool:
         """Wait until what existed at start has been applied."""
 
-    def drain(self) -> int:
-        """Apply what arrived since the last call."""
+    def drain(self, limit: int | None = None) -> int:
+        """Apply what arrived since the last call (at most ``limit`` records)."""
 
     def stop(self) -> None:
         """Stop following."""
@@ -201,7 +205,7 @@ class WorkerStats:
     processed: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    #: every record sent to the dead-letter topic (catalog records too), by reason
+    #: every record sent to the dead-letter topic (catalog and item feedback too), by reason
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     item_updates: int = 0
     forgotten: int = 0
@@ -316,26 +320,15 @@ class Recloop:
         self.events_topic = self._raw_topic("events")
         self.catalog_topic = self._raw_topic("items")
         self.item_feedback_topic = self._raw_topic("item-feedback")
-        self.users = self.app.Table(
-            "users",
-            key_type=str,
-            value_type=bytes,
-            partitions=kafka.partitions,
-        )
-        self.items = self.app.Table(
-            "items",
-            key_type=str,
-            value_type=bytes,
-            partitions=kafka.partitions,
-        )
+        self.users = self._table("users")
+        self.items = self._table("items")
         # the last offset each agent finished per input partition (pipeline/offsets.py)
         self.progress = Progress(
-            self.app,
-            self.app.Table("progress", key_type=str, value_type=bytes, partitions=kafka.partitions),
-            record_fetcher or KafkaRecordFetcher(bootstrap),
+            self.app, self._table("progress"), record_fetcher or KafkaRecordFetcher(bootstrap)
         )
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
+        self.app.timer(_FOLLOW_INTERVAL_S, name="follow-items", traced=False)(self._follow_timer)
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -350,9 +343,7 @@ class Recloop:
         self.ready = False
         # the latest snapshot per user (surface, list, JSON: pipeline.web.encode_latest),
         # changelogged like the users table, so the owner of a user can always serve it
-        self.snapshots = self.app.Table(
-            "snapshots", key_type=str, value_type=bytes, partitions=settings.kafka.partitions
-        )
+        self.snapshots = self._table("snapshots")
         m = settings.metrics
         self.live_metrics = LiveMetrics(
             LiveMetricsParams(
@@ -413,6 +404,19 @@ class Recloop:
             if not self._metrics_failed:  # once: the counter tells how often
                 self._metrics_failed = True
                 log.exception("live metrics failed on event %s", event.event_id)
+
+    def _table(self, name: str) -> Any:
+        """A table of bytes by string key, its changelog replicated as recloop's topics are.
+
+        Faust declares the changelog itself, so it needs ``min.insync.replicas`` passed
+        here; without it ``acks=all`` could count one copy of the state that must survive
+        the loss of a machine.
+        """
+        kafka = self.settings.kafka
+        return self.app.Table(
+            name, key_type=str, value_type=bytes, partitions=kafka.partitions,
+            extra_topic_configs=replica_config(kafka),
+        )  # fmt: skip
 
     def _raw_topic(self, name: str) -> Any:
         return self.app.topic(
@@ -493,13 +497,31 @@ class Recloop:
         loop = asyncio.get_running_loop()
         if self.model.updates != self._checkpointed_updates:
             updates, data = self.model.updates, self.model.snapshot()
-            await loop.run_in_executor(None, self._write_model, data)
-            self._checkpointed_updates = updates
+            if await self._saved(loop, "ranking model", self._write_model, data):
+                self._checkpointed_updates = updates
         self.catalog.sync_index()  # on the loop, where the catalog changes
         if self.catalog.index_changes != self._saved_index_changes:
             changes = self.catalog.index_changes
-            await loop.run_in_executor(None, self._save_index)
-            self._saved_index_changes = changes
+            if await self._saved(loop, "item index", self._save_index):
+                self._saved_index_changes = changes
+
+    async def _saved(
+        self, loop: asyncio.AbstractEventLoop, what: str, save: Callable[..., None], *args: Any
+    ) -> bool:
+        """Run one save of the timer in a thread; ``False`` when the disk refused it.
+
+        A full disk costs the checkpoint, never the worker: an exception out of a timer
+        takes Faust's orderly shutdown, which commits events nobody processed. The
+        previous file stays (the writes are atomic) and the next tick tries again.
+        """
+        try:
+            await loop.run_in_executor(None, save, *args)
+        except OSError as exc:
+            log.error("could not save the %s to %s (%s); the previous checkpoint is kept, "
+                      "the next one tries again", what, self.settings.worker.state_dir,
+                      exc.strerror or exc)  # fmt: skip
+            return False
+        return True
 
     # -- the events agent ---------------------------------------------------------------
     async def _ensure_catalog(self) -> None:
@@ -510,6 +532,22 @@ class Recloop:
                     await self._start_catalog()
                     return
         self.follower.drain()
+
+    async def _follow_timer(self) -> None:
+        """Apply the item state the follower queued, on a worker whose events are quiet too.
+
+        Before the worker is ready the start applies what arrives (and the first index
+        build needs the catalog unchanged). A large backlog is applied a slice at a time,
+        the loop turning in between. A failure stops the worker at once, as one in the
+        events agent's drain does, never through Faust's orderly shutdown.
+        """
+        if not self.ready:
+            return
+        try:
+            while self.follower.drain(_CATCH_UP_SLICE) == _CATCH_UP_SLICE:
+                await asyncio.sleep(0)
+        except Exception as exc:
+            self.on_fatal(exc)
 
     async def _start_catalog(self) -> None:
         loop = asyncio.get_running_loop()
@@ -753,9 +791,12 @@ class Recloop:
         self.stats.dead_letter_reasons[exc.reason] = (
             self.stats.dead_letter_reasons.get(exc.reason, 0) + 1
         )
+        # at most 2000 bytes, cut between characters: a header that is not UTF-8 fails
+        # the consumer that decodes it
+        detail = exc.detail.encode("utf-8", "replace")[:2000].decode("utf-8", "ignore")
         headers = [
             ("recloop.dlq.reason", exc.reason.encode()),
-            ("recloop.dlq.detail", exc.detail.encode("utf-8", "replace")[:2000]),
+            ("recloop.dlq.detail", detail.encode()),
             ("recloop.dlq.topic", topic.encode()),
             ("recloop.dlq.partition", str(partition).encode()),
             ("recloop.dlq.offset", str(offset).encode()),
@@ -798,7 +839,7 @@ class Recloop:
     async def handle_catalog_record(
         self, key: bytes | None, raw: bytes | None, topic: str, partition: int, offset: int
     ) -> None:
-        """Fold one catalog record (or tombstone) into the item's state and republish it."""
+        """Fold one catalog record into the item's state and republish it; a tombstone deletes."""
         try:
             if key is None:
                 raise InvalidEvent("key_mismatch", "catalog records must be keyed by item_id")
@@ -808,24 +849,50 @@ class Recloop:
             if record is None:  # a tombstone names its item by the key alone
                 _item_key(key)
         except ValidationError as exc:
-            invalid = InvalidEvent("schema_violation", f"catalog record: {exc}")
+            reason, detail = reason_for(exc, raw or b"")  # only a record is validated
+            invalid = InvalidEvent(reason, f"catalog record: {detail}")
             await self._dead_letter(key, raw, invalid, topic, partition, offset)
             return
         except InvalidEvent as exc:
             await self._dead_letter(key, raw, exc, topic, partition, offset)
             return
         assert key is not None
-        await self._publish_item(key, self._item_state(key.decode()).with_record(record))
+        item_id = key.decode()
+        if record is None:
+            # the item is gone, and so is what was learned about it: its state leaves
+            # the items table and, by a tombstone on item-state, every worker's catalog
+            # (``available: false`` withdraws an item and keeps its state)
+            if item_id in self.items:
+                del self.items[item_id]
+            self.stats.item_updates += 1
+            await self.emitter.send(self.topic_names["item-state"], key, None)
+            return
+        await self._publish_item(key, self._item_state(item_id).with_record(record))
 
     async def handle_item_feedback(self, batch: Sequence[Any]) -> None:
         """Fold a batch of users' signals into the items' states; republish each item once."""
-        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
+        decoded: list[tuple[Any, bytes, ItemFeedback]] = []
         for source in batch:
             key, raw = source.message.key, source.value
             if key is None or raw is None:
                 log.error("item feedback without key or value; recloop never writes such records")
                 continue
-            feedback = ItemFeedback.from_json(raw)
+            try:
+                decoded.append((source, key, ItemFeedback.from_json(raw)))
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                # recloop writes these records, yet one from a newer worker (a kind this
+                # one does not know, in a rolling upgrade) or a damaged one must not stop
+                # the worker: unacknowledged, it would stop it again after every restart.
+                # Sent before any item state is read: the catalog agent may run during
+                # the await, and a state read before it would undo its change
+                message = source.message
+                invalid = InvalidEvent(
+                    "schema_violation", f"item-feedback record: {type(exc).__name__}: {exc}"
+                )
+                await self._dead_letter(key, raw, invalid, message.topic, message.partition,
+                                        message.offset)  # fmt: skip
+        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
+        for source, key, feedback in decoded:
             seen = folded.get(feedback.item_id)
             if seen is not None:
                 state = seen[2]

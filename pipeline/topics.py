@@ -7,7 +7,8 @@ topic (after prefix)    key        what it carries
                                    rating (JSON, ``schemas/json/event``)
 ``items``               item id    catalog records (compacted; null = removed)
 ``item-feedback``       item id    per-item signals from the events agent
-``item-state``          item id    item state every worker follows (compacted)
+``item-state``          item id    item state every worker follows (compacted;
+                                   null = deleted)
 ``snapshots``           user id    ranked recommendations (compacted)
 ``dead-letters``        as given   invalid events, original bytes, reason headers
 ``audit``               user id    every de-escalation adjustment (basis, change,
@@ -52,6 +53,17 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
+def replica_config(kafka: KafkaSettings) -> dict[str, str]:
+    """What every topic recloop writes needs for its replicas, changelogs included.
+
+    ``min.insync.replicas`` when there is more than one replica: ``acks=all`` then waits
+    for that many copies (with one, the broker's default of one is all there is).
+    """
+    if kafka.replication_factor > 1:
+        return {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    return {}
+
+
 def create_topics(
     kafka: KafkaSettings, bootstrap_servers: str, timeout_s: float = 30.0
 ) -> list[str]:
@@ -74,9 +86,7 @@ def create_topics(
                     f"{kafka.partitions}; co-partitioned topics must agree"
                 )
             continue
-        config = dict(spec.config)
-        if kafka.replication_factor > 1:
-            config["min.insync.replicas"] = str(kafka.min_insync_replicas)
+        config = {**spec.config, **replica_config(kafka)}
         wanted.append(
             NewTopic(spec.name, kafka.partitions, kafka.replication_factor, config=config)
         )

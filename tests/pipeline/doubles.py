@@ -77,7 +77,7 @@ class FixedCatalog:
     async def wait_caught_up(self, timeout_s: float = 60.0) -> bool:
         return True
 
-    def drain(self) -> int:
+    def drain(self, limit: int | None = None) -> int:
         return 0
 
     def stop(self) -> None:

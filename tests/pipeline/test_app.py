@@ -19,9 +19,11 @@ from operators.synthetic import SyntheticWorld
 from operators.validation import decode_event
 from pipeline.app import Recloop
 from pipeline.offsets import Fetched
+from schemas.catalog import ItemRecord
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
 from tests.pipeline.doubles import (
+    FixedCatalog,
     ProducerBuffer,
     RecordingEmitter,
     StoredRecords,
@@ -111,6 +113,19 @@ async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_proce
     assert recloop.stats.dead_lettered == len(bad) and recloop.stats.processed == 1
 
 
+async def test_a_long_dead_letter_detail_is_cut_between_characters(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    # cut at 2000 bytes, it could end inside a character: a consumer decoding it failed
+    raw = _event("e1", "u1", "é" * 3000, "i1")
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(raw, key=b"u1")
+    (letter,) = emitter.to("dead-letters")
+    detail = letter.headers["recloop.dlq.detail"].decode()  # UTF-8, whole characters
+    assert letter.headers["recloop.dlq.reason"] == b"unknown_type"
+    assert 1990 < len(detail.encode()) <= 2000 and detail.endswith("é")
+
+
 async def test_a_duplicate_event_is_applied_once(
     recloop: Recloop, emitter: RecordingEmitter
 ) -> None:
@@ -162,7 +177,61 @@ async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     assert states[1].record == item and states[1].popularity == 1.0 and states[1].positives == 1
     letters = emitter.to("dead-letters")
     assert [d.value for d in letters] == [b'{"item_id": "x"}']
-    assert letters[0].headers["recloop.dlq.reason"] == b"schema_violation"
+    assert letters[0].headers["recloop.dlq.reason"] == b"missing_field"
+
+
+async def test_invalid_catalog_records_are_dead_lettered_with_the_reasons_events_get(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # each was a schema_violation, so the reason did not say what to fix
+    record = json.loads(world.items[0].model_dump_json())
+
+    def item(item_id: str, **changes: object) -> bytes:
+        fields = {**record, "item_id": item_id, **changes}
+        return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
+
+    bad = [
+        (b"i1", b"{not json", "invalid_json"),
+        (b"i2", b"\xff\xfe", "invalid_utf8"),
+        (b"i3", item("i3", colour="red"), "unexpected_field"),
+        (b"i4", item("i4", category=None), "missing_field"),
+        (b"i5", item("i5", schema_version=2), "unsupported_schema_version"),
+        (b"i6", item("i6", duration_ms=-1), "schema_violation"),
+    ]
+    async with recloop.catalog_agent.test_context() as agent:
+        for key, raw, _ in bad:
+            await agent.put(raw, key=key)
+    letters = emitter.to("dead-letters")
+    assert [d.headers["recloop.dlq.reason"].decode() for d in letters] == [r for _, _, r in bad]
+    assert [d.value for d in letters] == [raw for _, raw, _ in bad]  # original bytes
+    assert all(d.headers["recloop.dlq.detail"].startswith(b"catalog record: ") for d in letters)
+    assert not emitter.to("item-state")
+
+
+async def test_a_catalog_tombstone_deletes_the_items_state_on_every_worker(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # it republished the state with no record: every worker kept it (and what was
+    # learned about the item) for ever, and a tombstone for an id never seen created one
+    from pipeline.catalog_follower import CatalogFollower
+
+    item = world.items[2].item_id
+    like = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1", "user_id": "u1"}).encode()  # fmt: skip
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(world.items[2].model_dump_json().encode(), key=item.encode())
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(like, key=item.encode())
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(None, key=item.encode())
+        await agent.put(None, key=b"never-catalogued")
+    assert item not in recloop.items and "never-catalogued" not in recloop.items
+    worker = CatalogFollower("127.0.0.1:9", "p.item-state", 1)  # another worker's, no broker
+    for offset, sent in enumerate(emitter.to("item-state")):
+        worker._queue.put((sent.key, sent.value, 0, offset))
+    worker.drain()
+    assert len(worker.catalog) == 0
 
 
 async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
@@ -179,7 +248,7 @@ async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_letter
     assert [d.key for d in letters] == [b"\xff\xfe", b"a\x00b"]
     assert {d.headers["recloop.dlq.reason"] for d in letters} == {b"key_mismatch"}
     states = [s.value for s in emitter.to("item-state")]
-    assert len(states) == 2 and ItemState.restore(states[1] or b"").record is None
+    assert len(states) == 2 and states[1] is None
 
 
 async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
@@ -314,6 +383,66 @@ async def test_item_feedback_in_one_batch_republishes_each_item_once(
     assert ItemState.restore(recloop.items[a]).positives == 2
 
 
+@pytest.mark.parametrize("batch", [(4, 10_000.0)])
+async def test_an_unreadable_item_feedback_record_is_dead_lettered_and_the_rest_applied(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # it stopped the worker, unacknowledged: after a restart it came first, and stopped it
+    # again; a kind this worker does not know comes from a newer one in a rolling upgrade
+    item = world.items[2].item_id
+    good = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1"}).encode()  # fmt: skip
+    bad = [
+        json.dumps({"item_id": item}).encode(),
+        b"not json",
+        good.replace(b'"e1"', b'"e2", "kind": "impression"'),
+    ]
+    async with recloop.item_feedback_agent.test_context() as agent:
+        first = [await agent.put(raw, key=item.encode()) for raw in bad]
+        last = await agent.put(good, key=item.encode())
+        await until(lambda: last.message.acked)
+    assert all(event.message.acked for event in first)
+    letters = emitter.to("dead-letters")
+    assert [d.value for d in letters] == bad  # original bytes, untouched
+    assert {d.headers["recloop.dlq.reason"] for d in letters} == {b"schema_violation"}
+    assert all(d.headers["recloop.dlq.topic"] == b"p.item-feedback" for d in letters)
+    (state,) = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
+    assert (state.item_id, state.positives) == (item, 1)
+
+
+@pytest.mark.parametrize("batch", [(2, 10_000.0)])
+async def test_dead_lettering_item_feedback_never_undoes_a_catalog_change_made_meanwhile(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # the catalog agent runs while the item-feedback agent awaits a send: a state read
+    # before the dead letter went out was written back over the catalog's change
+    item = world.items[2]
+    renamed = item.model_copy(update={"title": "renamed"})
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
+    send = emitter.send
+
+    async def catalog_changes_meanwhile(topic: str, *args: Any, **kw: Any) -> None:
+        if topic.endswith("dead-letters"):  # as handle_catalog_record does, for the rename
+            stored = ItemState.restore(recloop.items.data[item.item_id])
+            recloop.items.data[item.item_id] = stored.with_record(renamed).snapshot()
+        await send(topic, *args, **kw)
+
+    monkeypatch.setattr(emitter, "send", catalog_changes_meanwhile)
+    like = json.dumps({"item_id": item.item_id, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00",
+                       "event_id": "e1"}).encode()  # fmt: skip
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(like, key=item.item_id.encode())
+        last = await agent.put(b"not json", key=item.item_id.encode())
+        await until(lambda: last.message.acked)
+    state = ItemState.restore(emitter.to("item-state")[-1].value or b"")
+    assert state.record == renamed and state.positives == 1
+    assert ItemState.restore(recloop.items[item.item_id]).record == renamed
+
+
 async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_buffer(
     recloop: Recloop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -396,6 +525,73 @@ async def test_a_batch_that_fails_is_never_acknowledged_and_stops_the_worker(
     assert fine.message.acked and not failed.message.acked
 
 
+async def test_a_worker_with_no_events_still_takes_in_new_items(world: SyntheticWorld) -> None:
+    # the catalog follower's queue used to be applied only before a batch of events: on a
+    # worker whose events partitions were quiet, a new item never reached its catalog
+    # (its HTTP API and metrics) and the queue kept every update
+    import asyncio
+
+    from pipeline.catalog_follower import CatalogFollower
+
+    app, fatal = pipeline_app(Catalog(), {}, RecordingEmitter(), NOW)
+    follower = CatalogFollower("127.0.0.1:9", "p.item-state", 1, app.catalog)  # no broker
+    follower.start = lambda timeout_s=30.0: None  # type: ignore[method-assign]
+    app.follower = follower
+    offsets = iter(range(10_000))
+
+    def published(item: ItemRecord) -> None:  # by an item agent; the follower queued it
+        state = ItemState(item_id=item.item_id, record=item)
+        follower._queue.put((item.item_id.encode(), state.snapshot(), 0, next(offsets)))
+
+    (timer,) = [t for t in app.app._app_tasks if t.__name__ == "_follow_timer"]
+    ticking = asyncio.ensure_future(timer())  # as the worker runs it, every 10 ms
+    try:
+        for item in world.items[:10]:
+            published(item)
+        await asyncio.sleep(0.05)
+        assert len(follower.catalog) == 0  # the start applies it, then builds the index
+        await app._ensure_catalog()  # the worker's first event: it is ready
+        assert len(follower.catalog) == 10
+        for n in range(1200):  # more than a slice, and no event comes
+            published(world.items[10 + n % 30])
+        await until(lambda: len(follower.catalog) == 40)
+        await until(follower._queue.empty)
+        new = world.items[-1].item_id
+        assert new in [i for i, _ in follower.catalog.neighbours(world.items[10].item_id, 40)]
+    finally:
+        ticking.cancel()
+        close_pipeline_app(app, fatal)
+
+
+@pytest.mark.parametrize(("replicas", "config"), [(3, {"min.insync.replicas": "2"}), (1, {})])
+async def test_table_changelogs_are_declared_with_the_topics_in_sync_replicas(
+    replicas: int, config: dict[str, str]
+) -> None:
+    # Faust declares the changelogs, the state that must survive the loss of a machine;
+    # they got no min.insync.replicas, so acks=all could count a single copy
+    env = {"RECLOOP__KAFKA__REPLICATION_FACTOR": str(replicas),
+           "RECLOOP__KAFKA__MIN_INSYNC_REPLICAS": "2"}  # fmt: skip
+    app, fatal = pipeline_app(Catalog(), env, RecordingEmitter(), NOW)
+    declared: dict[str, tuple[int, dict[str, str]]] = {}
+
+    class Producer:  # what the broker is asked for
+        async def create_topic(self, topic: str, replication: int, config: dict[str, str],
+                               **kw: Any) -> None:  # fmt: skip
+            declared[topic] = (replication, dict(config))
+
+    async def producer() -> Producer:
+        return Producer()
+
+    try:
+        for table in (app.users, app.items, app.snapshots, app.progress.table):
+            table.changelog_topic._get_producer = producer
+            await table.changelog_topic.declare()
+    finally:
+        close_pipeline_app(app, fatal)
+    names = ("users", "items", "snapshots", "progress")
+    assert declared == {f"recloop-{name}-changelog": (replicas, config) for name in names}
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
     # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says
@@ -427,7 +623,7 @@ async def test_event_figures_count_events_a_forget_included_and_no_catalog_recor
     assert (figures["processed"], figures["duplicates"], figures["dead_lettered"]) == (2, 0, 1)
     assert figures["dead_letter_rate"] == pytest.approx(1 / 3)
     # every record sent to the dead-letter topic, by reason
-    assert figures["dead_letter_reasons"] == {"schema_violation": 1, "invalid_json": 1}
+    assert figures["dead_letter_reasons"] == {"missing_field": 1, "invalid_json": 1}
     assert len(emitter.to("dead-letters")) == 2
 
 
@@ -454,6 +650,42 @@ def test_the_final_checkpoint_waits_for_a_save_still_running_in_a_thread(tmp_pat
         timer.join()
         assert log == ["timer starts", "timer ends", "MainThread starts", "MainThread ends"]
         assert app.model_path.exists()
+    finally:
+        close_pipeline_app(app, fatal)
+
+
+async def test_a_checkpoint_the_disk_refuses_costs_the_worker_nothing_and_is_tried_again(
+    tmp_path: Path, world: SyntheticWorld, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # the OSError left the timer, which took Faust's orderly shutdown: it commits events
+    # nobody processed; and the saves' bookkeeping said saved
+    import errno
+
+    import pipeline.app
+
+    app, fatal = pipeline_app(Catalog(), {"RECLOOP__WORKER__STATE_DIR": str(tmp_path)},
+                              RecordingEmitter(), NOW)  # fmt: skip
+    app.follower = FixedCatalog(app.catalog)  # the catalog whose index the worker saves
+    for item in world.items:
+        app.catalog.put(ItemState(item_id=item.item_id, record=item))
+    try:
+        async with app.events_agent.test_context() as agent:
+            await agent.put(_event("e1", "u1", "click", world.items[0].item_id), key=b"u1")
+        assert app.ready and app.model.updates > 0
+
+        def full(*args: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as disk:
+            disk.setattr(pipeline.app, "write_atomic", full)
+            disk.setattr(app.catalog.index, "save", full)
+            await app._checkpoint_timer()  # raised out of the timer
+        assert not app.model_path.exists() and not app.index_path.exists()
+        assert caplog.text.count("No space left on device") == 2
+        await app._checkpoint_timer()  # space was freed: the next tick saves both
+        assert RankingModel.restore(app.model_path.read_bytes()).updates == app.model.updates
+        assert app.index_path.exists()
     finally:
         close_pipeline_app(app, fatal)
 
@@ -488,7 +720,7 @@ async def test_the_first_index_build_runs_in_batches_off_the_event_loop() -> Non
     index.upsert_many = slow_upsert_many  # type: ignore[method-assign]
     drained_before_ready: list[bool] = []
 
-    def drain() -> int:
+    def drain(limit: int | None = None) -> int:
         drained_before_ready.append(not app.ready)
         return 0
 
