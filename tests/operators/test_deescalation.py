@@ -227,6 +227,52 @@ def test_a_late_not_relevant_in_the_loop_deepens_and_reports_the_penalty_at_its_
     assert adjustment.expires_at == relaxes_at(after, newest.timestamp(), PARAMS)
 
 
+def test_a_late_event_leaves_the_tags_as_they_stand_at_the_users_newest_time() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")  # thriller, day 0
+    nine_days = 9 * 24 * 60
+    now = user.send(NotRelevant, "i01", minutes=nine_days)  # comedy, day 9: thriller faded
+    assert "category_deprioritized:thriller" not in now.profile.tags
+
+    late = user.send(Click, "i02", minutes=-nine_days)  # a drama click from day 0, late
+
+    # the faded thriller tag stays gone and the comedy one keeps its expiry
+    assert late.profile.tags == now.profile.tags
+
+
+def test_a_late_not_relevant_states_its_span_from_the_users_newest_time() -> None:
+    user, _ = _thriller_fan()
+    newest = user.t
+    five_days = 5 * 24 * 60
+
+    late = user.send(NotRelevant, "i24", minutes=-five_days, reason="not_interested")
+
+    assert late.snapshot is not None and late.snapshot.notice is not None
+    notice = late.snapshot.notice
+    # the penalty runs from the late event's time: under a day of it is left by now
+    assert notice.relaxes_at is not None
+    assert timedelta(0) < notice.relaxes_at - newest < timedelta(days=1)
+    assert notice.change == ("showing fewer thriller for the next 20 hours; "
+                             "showing fewer items by studio-0 for the next 20 hours")  # fmt: skip
+    assert late.profile.tags["category_deprioritized:thriller"] == notice.relaxes_at.isoformat()
+
+
+def test_a_late_events_prompt_is_spaced_from_the_users_newest_time() -> None:
+    user = User(_catalog())
+    for n in (0, 4, 8, 12, 16, 20):
+        user.send(Click, f"i{n:02d}", context=Context(session_id="s9"))
+    newest = user.t
+    five_days = 5 * 24 * 60
+
+    late = user.send(NotRelevant, "i24", minutes=-five_days, context=Context(session_id="s1"))
+    soon = user.send(NotRelevant, "i01", minutes=five_days + 1, context=Context(session_id="s9"))
+
+    assert late.snapshot is not None and late.snapshot.prompt is not None
+    assert late.profile.prompted == ((newest.timestamp(), "s1"),)  # asked at the user's now
+    # a minute after the user's now, within prompt_gap_s of that prompt: not asked again
+    assert soon.snapshot is not None and soon.snapshot.prompt is None
+
+
 def test_penalty_arithmetic() -> None:
     penalties = deepen({}, "category:a", 0.5, 0.0, PARAMS)
 
