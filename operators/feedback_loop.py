@@ -409,6 +409,7 @@ def rank_now(
 
 
 def current_snapshot(
+    event: Event,
     profile: UserProfile,
     catalog: Catalog,
     config: LoopConfig,
@@ -418,16 +419,19 @@ def current_snapshot(
     """The snapshot of the user's latest applied event, ranked anew from their profile.
 
     For when the one that event produced was lost (a crash between writing the profile
-    and its snapshot): the same version and source event, the list ranked from the same
-    state at the user's newest time; a notice or prompt it carried is not rebuilt.
+    and its snapshot), and ``event`` (that latest event, delivered again) is at hand: the
+    same version, source event and event time, the list ranked from the same state at the
+    user's newest time for the event's surface, as :func:`answer` ranked it; a notice or
+    prompt it carried is not rebuilt.
     """
-    now, items = rank_now(profile, catalog, config, generated_at, model)
+    surface = event.context.surface if event.context else None
+    _, items = rank_now(profile, catalog, config, event.timestamp, model, surface)
     return Snapshot(
         user_id=profile.user_id,
         version=profile.snapshot_version,
         generated_at=generated_at,
-        event_time=now,
-        source_event_id=profile.recent_event_ids[-1],
+        event_time=event.timestamp,
+        source_event_id=event.event_id,
         model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
         items=items,
     )
