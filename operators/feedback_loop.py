@@ -49,6 +49,7 @@ from operators.ranking import (
     RankingParams,
     candidate_features,
     heuristic_head,
+    newest,
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
@@ -136,7 +137,7 @@ def _feedback_for(
 ) -> list[ItemFeedback]:
     """The item-side records one signal produces: its own, and co-visits when newly liked."""
     co_items = (
-        tuple(r for r in before.recent_positives[-window:] if r != signal.item_id)
+        tuple(r for r in newest(before.recent_positives, window) if r != signal.item_id)
         if newly_liked
         else ()
     )
@@ -289,7 +290,7 @@ def _deescalate(
     disliked = profile.disliked
     if kind == "not_relevant" and getattr(event, "reason", None) != "seen_it":
         entry = (signal.item_id, event.timestamp.timestamp())
-        disliked = (*disliked, entry)[-config.deescalation.max_disliked :]
+        disliked = newest((*disliked, entry), config.deescalation.max_disliked)
     if (
         reaction.penalties == profile.penalties
         and reaction.streak == profile.streak

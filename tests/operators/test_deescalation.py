@@ -562,6 +562,33 @@ def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
     assert with_near["i01"] == without["i01"]
 
 
+def test_max_disliked_zero_keeps_no_dislike_and_sinks_no_neighbour() -> None:
+    catalog = _catalog()
+    tags = ["heist", "noir", "rain", "night", "city", "jazz"]
+    for item_id in ("i44", "i45"):  # a thriller and a comedy with the same six tags
+        state = catalog.get(item_id)
+        assert state is not None and state.record is not None
+        catalog.put(state.with_record(state.record.model_copy(update={"tags": tags})))
+    none_kept = replace(PARAMS, neighbour_similarity=0.3, max_disliked=0)
+    user = User(catalog, LoopConfig(deescalation=none_kept))
+    for n in (0, 4, 8, 12, 16, 20):
+        user.send(Click, f"i{n:02d}")
+    for n in (44, 28, 32):
+        user.send(NotRelevant, f"i{n:02d}")
+    assert user.profile is not None and user.profile.disliked == ()  # not every one of them
+    from operators.ranking import rank_items
+
+    t = user.t.timestamp()
+    params = replace(user.config.ranking, k=80, explore_min=0.0, explore_max=0.0)
+    far = replace(none_kept, neighbour_step=0.0)
+    kept_none = {x.item_id: x.score for x in rank_items(user.profile, catalog, t, params,
+                                                        deescalation=none_kept)}  # fmt: skip
+    without = {x.item_id: x.score for x in rank_items(user.profile, catalog, t, params,
+                                                      deescalation=far)}  # fmt: skip
+    # the comedy that looks like the disliked thriller does not sink
+    assert kept_none["i45"] == without["i45"]
+
+
 def test_skips_far_apart_make_no_streak_and_wrong_language_spares_the_category() -> None:
     user, _ = _thriller_fan()
     user.send(Skip, "i24")

@@ -406,6 +406,18 @@ def test_the_covisit_window_bounds_the_fan_out(catalog: Catalog, generated_at: d
     assert len(steps[-1].feedback) == 3
 
 
+def test_a_covisit_window_of_zero_counts_a_like_with_no_other(
+    catalog: Catalog, generated_at: datetime
+) -> None:
+    config = LoopConfig(covisit_window=0)
+    events: list[Event] = [
+        _click(f"e{n}", f"item-{n:05d}", T0 + timedelta(minutes=n)) for n in range(1, 6)
+    ]
+    steps = _run(events, catalog, config, generated_at)
+
+    assert [record.co_items for record in steps[-1].feedback] == [()]  # no covisit records
+
+
 def test_a_disliked_item_leaves_the_recent_likes(
     catalog: Catalog, config: LoopConfig, generated_at: datetime
 ) -> None:
