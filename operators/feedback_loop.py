@@ -364,7 +364,9 @@ def answer(
     # a late event changes the list the user sees now: ranked at the user's newest time,
     # and its notice and prompt speak of that time too
     now, items = rank_now(updated, catalog, config, event.timestamp, model, surface)
-    prompt = _prompt(event, updated, items, bool(adjustments), now, catalog, config.deescalation)
+    # a like that relaxes a penalty ("contradicted") is no miss: nothing to ask about
+    missed = any(a.rule != "contradicted" for a in adjustments)
+    prompt = _prompt(event, updated, items, missed, now, catalog, config.deescalation)
     if prompt is not None:
         session = event.context.session_id if event.context else None
         asked = (now.timestamp(), session or "")
@@ -439,18 +441,19 @@ def current_snapshot(
 
 
 def _prompt(
-    event: Event, profile: UserProfile, items: list[RankedItem], adjusted: bool, now: datetime,
+    event: Event, profile: UserProfile, items: list[RankedItem], missed: bool, now: datetime,
     catalog: Catalog, params: DeescalationParams,
 ) -> Prompt | None:  # fmt: skip
     """One clarifying choice, when recloop is unsure and the user receptive; else ``None``.
 
     Unsure: this event told recloop its lists missed (a not_relevant, a skip streak, a
-    request for something different), so its confidence in them is low. Receptive: not
+    request for something different; not a like that relaxed a penalty), so its
+    confidence in them is low. Receptive: not
     opted out, not in a frustration streak, a few events in, and the per-session,
     per-day and spacing limits allow it at ``now``, the user's newest event time (a late
     event is answered now, so it is asked now).
     """
-    if not adjusted or profile.prompts_off or profile.streak or profile.events_applied < 3:
+    if not missed or profile.prompts_off or profile.streak or profile.events_applied < 3:
         return None
     if isinstance(event, Preference):  # the user is steering already
         return None

@@ -422,6 +422,19 @@ def test_a_prompt_follows_an_adjustment_within_its_limits() -> None:
     assert len(other.profile.prompted) == 2
 
 
+def test_a_like_that_relaxes_a_penalty_is_told_but_not_asked_about() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24", context=Context(session_id="s1"))
+
+    like = user.send(Click, "i28", minutes=60, context=Context(session_id="s2"))
+
+    assert [a.rule for a in like.adjustments if a.key == "category:thriller"] == ["contradicted"]
+    assert like.snapshot is not None and like.snapshot.notice is not None
+    assert like.snapshot.notice.kind == "preferences_relaxed"
+    # no prompt offering to pause the category just liked, and the budget is kept
+    assert like.snapshot.prompt is None and len(like.profile.prompted) == 1
+
+
 def test_no_prompt_in_a_streak_too_soon_or_after_opting_out() -> None:
     user, _ = _thriller_fan()
     user.send(Skip, "i24", context=Context(session_id="s"))
