@@ -67,6 +67,10 @@ __all__ = [
 ]
 
 
+#: recent prompts a profile keeps at the least (more when the prompt limits are higher)
+_PROMPTS_KEPT = 20
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """Everything the per-event logic needs to know, derived once from the settings."""
@@ -370,7 +374,10 @@ def answer(
     if prompt is not None:
         session = event.context.session_id if event.context else None
         asked = (now.timestamp(), session or "")
-        updated = updated.evolve(prompted=(*updated.prompted, asked)[-20:])
+        # may_prompt counts these: keep as many as the per-day and per-session limits
+        rules = config.deescalation
+        kept = max(_PROMPTS_KEPT, rules.prompts_per_day, rules.prompts_per_session)
+        updated = updated.evolve(prompted=newest((*updated.prompted, asked), kept))
     notice = _notice(adjustments, event, now, catalog, updated) if adjustments else None
     if updated.explanations_off:  # the user opted out: no notice (nor reasons, above)
         notice = None

@@ -453,6 +453,20 @@ def test_no_prompt_in_a_streak_too_soon_or_after_opting_out() -> None:
     assert soon.snapshot is not None and soon.snapshot.prompt is None
 
 
+def test_a_daily_prompt_limit_above_twenty_holds() -> None:
+    rules = replace(PARAMS, prompts_per_day=25, prompts_per_session=100, prompt_gap_s=60.0)
+    user = User(_catalog(), LoopConfig(deescalation=rules))
+    for n in (0, 4, 8):
+        user.send(Click, f"i{n:02d}")
+
+    # a not_relevant every two minutes for two hours, each a miss the prompt may follow
+    steps = [user.send(NotRelevant, f"i{(4 * k + 1 + k % 2) % 80:02d}", minutes=2)
+             for k in range(60)]  # fmt: skip
+
+    assert sum(step.snapshot is not None and step.snapshot.prompt is not None
+               for step in steps) == 25  # fmt: skip
+
+
 def test_opting_out_of_explanations_keeps_the_same_recommendations() -> None:
     explained, _ = _thriller_fan()
     silent, _ = _thriller_fan()
