@@ -49,6 +49,7 @@ from operators.ranking import (
     RankingParams,
     candidate_features,
     heuristic_head,
+    newest,
     rank_items,
 )
 from operators.signals import Signal, SignalRules, impression_signals, signal_of
@@ -64,6 +65,10 @@ __all__ = [
     "process_event",
     "rank_now",
 ]
+
+
+#: recent prompts a profile keeps at the least (more when the prompt limits are higher)
+_PROMPTS_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ def _feedback_for(
 ) -> list[ItemFeedback]:
     """The item-side records one signal produces: its own, and co-visits when newly liked."""
     co_items = (
-        tuple(r for r in before.recent_positives[-window:] if r != signal.item_id)
+        tuple(r for r in newest(before.recent_positives, window) if r != signal.item_id)
         if newly_liked
         else ()
     )
@@ -225,9 +230,19 @@ def apply_event(
             _learn_from_like(model, before, signal.item_id, event, catalog, config.ranking)
         feedback.extend(records)
     if adjustments or updated.tags:
-        tags = tags_at(updated.penalties, event.timestamp.timestamp(), config.deescalation)
+        # at the user's newest time, not a late event's own: a penalty does not decay
+        # before its time, so an older time would state later expiries and bring back
+        # tags that have faded
+        now = _user_now(updated, event.timestamp)
+        tags = tags_at(updated.penalties, now.timestamp(), config.deescalation)
         updated = updated.evolve(tags=tags)
     return Applied(updated, tuple(feedback), False, tuple(adjustments))
+
+
+def _user_now(profile: UserProfile, before_any: datetime) -> datetime:
+    """The user's clock: their newest event time (``before_any`` for a user without events)."""
+    last = profile.last_event_at
+    return datetime.fromisoformat(last) if last is not None else before_any
 
 
 def _preference(
@@ -279,7 +294,7 @@ def _deescalate(
     disliked = profile.disliked
     if kind == "not_relevant" and getattr(event, "reason", None) != "seen_it":
         entry = (signal.item_id, event.timestamp.timestamp())
-        disliked = (*disliked, entry)[-config.deescalation.max_disliked :]
+        disliked = newest((*disliked, entry), config.deescalation.max_disliked)
     if (
         reaction.penalties == profile.penalties
         and reaction.streak == profile.streak
@@ -350,14 +365,20 @@ def answer(
     """
     updated = profile
     surface = event.context.surface if event.context else None
-    # a late event changes the list the user sees now: ranked at the user's newest time
-    _, items = rank_now(updated, catalog, config, event.timestamp, model, surface)
-    prompt = _prompt(event, updated, items, bool(adjustments), catalog, config.deescalation)
+    # a late event changes the list the user sees now: ranked at the user's newest time,
+    # and its notice and prompt speak of that time too
+    now, items = rank_now(updated, catalog, config, event.timestamp, model, surface)
+    # a like that relaxes a penalty ("contradicted") is no miss: nothing to ask about
+    missed = any(a.rule != "contradicted" for a in adjustments)
+    prompt = _prompt(event, updated, items, missed, now, catalog, config.deescalation)
     if prompt is not None:
         session = event.context.session_id if event.context else None
-        asked = (event.timestamp.timestamp(), session or "")
-        updated = updated.evolve(prompted=(*updated.prompted, asked)[-20:])
-    notice = _notice(adjustments, event, catalog, updated) if adjustments else None
+        asked = (now.timestamp(), session or "")
+        # may_prompt counts these: keep as many as the per-day and per-session limits
+        rules = config.deescalation
+        kept = max(_PROMPTS_KEPT, rules.prompts_per_day, rules.prompts_per_session)
+        updated = updated.evolve(prompted=newest((*updated.prompted, asked), kept))
+    notice = _notice(adjustments, event, now, catalog, updated) if adjustments else None
     if updated.explanations_off:  # the user opted out: no notice (nor reasons, above)
         notice = None
     snapshot = Snapshot(
@@ -388,8 +409,7 @@ def rank_now(
     changes the list the user sees now), ``before_any`` for a user without events, in the
     part of the day of that time. A user who opted out of explanations gets no reasons.
     """
-    last = profile.last_event_at
-    now = datetime.fromisoformat(last) if last is not None else before_any
+    now = _user_now(profile, before_any)
     rules = config.deescalation
     items = rank_items(profile, catalog, now.timestamp(), config.ranking, model, rules, surface,
                        part_of_day(now, rules))  # fmt: skip
@@ -399,6 +419,7 @@ def rank_now(
 
 
 def current_snapshot(
+    event: Event,
     profile: UserProfile,
     catalog: Catalog,
     config: LoopConfig,
@@ -408,38 +429,43 @@ def current_snapshot(
     """The snapshot of the user's latest applied event, ranked anew from their profile.
 
     For when the one that event produced was lost (a crash between writing the profile
-    and its snapshot): the same version and source event, the list ranked from the same
-    state at the user's newest time; a notice or prompt it carried is not rebuilt.
+    and its snapshot), and ``event`` (that latest event, delivered again) is at hand: the
+    same version, source event and event time, the list ranked from the same state at the
+    user's newest time for the event's surface, as :func:`answer` ranked it; a notice or
+    prompt it carried is not rebuilt.
     """
-    now, items = rank_now(profile, catalog, config, generated_at, model)
+    surface = event.context.surface if event.context else None
+    _, items = rank_now(profile, catalog, config, event.timestamp, model, surface)
     return Snapshot(
         user_id=profile.user_id,
         version=profile.snapshot_version,
         generated_at=generated_at,
-        event_time=now,
-        source_event_id=profile.recent_event_ids[-1],
+        event_time=event.timestamp,
+        source_event_id=event.event_id,
         model_version=MODEL_VERSION if model is None else f"{MODEL_VERSION}+{model.version}",
         items=items,
     )
 
 
 def _prompt(
-    event: Event, profile: UserProfile, items: list[RankedItem], adjusted: bool,
+    event: Event, profile: UserProfile, items: list[RankedItem], missed: bool, now: datetime,
     catalog: Catalog, params: DeescalationParams,
 ) -> Prompt | None:  # fmt: skip
     """One clarifying choice, when recloop is unsure and the user receptive; else ``None``.
 
     Unsure: this event told recloop its lists missed (a not_relevant, a skip streak, a
-    request for something different), so its confidence in them is low. Receptive: not
+    request for something different; not a like that relaxed a penalty), so its
+    confidence in them is low. Receptive: not
     opted out, not in a frustration streak, a few events in, and the per-session,
-    per-day and spacing limits allow it.
+    per-day and spacing limits allow it at ``now``, the user's newest event time (a late
+    event is answered now, so it is asked now).
     """
-    if not adjusted or profile.prompts_off or profile.streak or profile.events_applied < 3:
+    if not missed or profile.prompts_off or profile.streak or profile.events_applied < 3:
         return None
     if isinstance(event, Preference):  # the user is steering already
         return None
     session = event.context.session_id if event.context else None
-    if not may_prompt(profile.prompted, session, event.timestamp.timestamp(), params):
+    if not may_prompt(profile.prompted, session, now.timestamp(), params):
         return None
     choices: list[PromptChoice] = []
     liked = next((i for i in reversed(profile.recent_positives) if catalog.get(i)), None)
@@ -463,12 +489,17 @@ def _prompt(
 
 
 def _notice(
-    adjustments: tuple[Adjustment, ...], event: Event, catalog: Catalog, profile: UserProfile
-) -> Notice:
-    """What the next snapshot tells the user about the change this event made."""
+    adjustments: tuple[Adjustment, ...], event: Event, now: datetime, catalog: Catalog,
+    profile: UserProfile,
+) -> Notice:  # fmt: skip
+    """What the next snapshot tells the user about the change this event made.
+
+    Spans ("for the next 6 days") run from ``now``, the user's newest event time: a late
+    event's change is seen from then on, in the list ranked at that time.
+    """
     item_id = getattr(event, "item_id", None)
     title = catalog.title(item_id) if item_id else "it"
-    heard, change = describe(adjustments, title, event.timestamp)
+    heard, change = describe(adjustments, title, now)
     relaxed = all(a.rule == "contradicted" for a in adjustments)
     expiries = [a.expires_at for a in adjustments if a.expires_at is not None]
     return Notice(

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from itertools import chain, repeat
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,8 @@ from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
 MODEL_VERSION = "covisit-embed-explore-2"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,20 @@ class RankingParams:
     cold_start_category_cap: int = 2
 
 
+def newest(items: tuple[_T, ...], n: int) -> tuple[_T, ...]:
+    """The last ``n`` of ``items`` (the newest), none when ``n`` is 0.
+
+    ``items[-n:]`` keeps every item when ``n`` is 0 (``-0`` is ``0``), and the settings
+    allow 0 for "none" in several of these bounds.
+
+    Example:
+        >>> newest(("a", "b", "c"), 2), newest(("a", "b", "c"), 0)
+        (('b', 'c'), ())
+
+    """
+    return items[len(items) - n :] if n < len(items) else items
+
+
 def _squash(value: float) -> float:
     """Map any real onto (-1, 1) so no single term runs away."""
     return value / (1.0 + abs(value))
@@ -109,7 +125,7 @@ def _source_weights(
 ) -> list[tuple[ItemState, float]]:
     """The user's recent likes that have neighbours, with their weights (newest first)."""
     sources = []
-    recent = profile.recent_positives[-params.recent_used :]
+    recent = newest(profile.recent_positives, params.recent_used)
     for age, source_id in enumerate(reversed(recent)):
         source = catalog.get(source_id)
         if source is not None and source.neighbours:
@@ -643,7 +659,7 @@ def _gather(
         embedded = [item_id for item_id, _ in nearest]
     neighbours: list[list[str]] = []
     if params.neighbour_candidates > 0 and params.neighbour_sources > 0:
-        for recent in profile.recent_positives[-params.neighbour_sources :]:
+        for recent in newest(profile.recent_positives, params.neighbour_sources):
             near = catalog.neighbours(recent, params.neighbour_candidates, excluded)
             neighbours.append([item_id for item_id, _ in near])
     fresh: list[str] = []

@@ -679,7 +679,7 @@ class Recloop:
                 and applied.profile.recent_event_ids[-1:] == (event.event_id,)
             ):
                 with processing(source):
-                    await self._republish(applied.profile, stored)
+                    await self._republish(event, applied.profile, stored)
             return
         if waiting is None:
             waiting = pending[user_id] = _Pending(profile, previous)
@@ -728,7 +728,7 @@ class Recloop:
                           waiting.previous, snapshot, emitted_at, produced_at,
                           new_list=last)  # fmt: skip
 
-    async def _republish(self, profile: UserProfile, stored: bytes) -> None:
+    async def _republish(self, event: Event, profile: UserProfile, stored: bytes) -> None:
         """Send again what the user's latest event produced: a crash may have lost it.
 
         After a crash the events since the last commit come back. The user's state may
@@ -737,7 +737,8 @@ class Recloop:
         sent. Re-sending the stored snapshot, byte for byte, and re-writing the profile
         (its changelog record) makes those outputs at-least-once. When the stored snapshot
         is not that event's (the crash, a full disk say, came between the two table
-        writes), it is ranked anew from the profile. Snapshots of earlier events were
+        writes), it is ranked anew from the profile for ``event`` (that latest event, come
+        back), on its surface, as it was first ranked. Snapshots of earlier events were
         superseded by this one anyway; their item feedback is not re-sent.
         """
         user_id = profile.user_id
@@ -748,10 +749,11 @@ class Recloop:
             profile.snapshot_version
         ):
             snapshot = current_snapshot(
-                profile, self.follower.catalog, self.config, self.clock(), self.model
+                event, profile, self.follower.catalog, self.config, self.clock(), self.model
             )
             snapshot_json = snapshot_to_json(snapshot)
-            latest = encode_latest(None, snapshot, snapshot_json)
+            surface = event.context.surface if event.context else None
+            latest = encode_latest(surface, snapshot, snapshot_json)
         self.snapshots[user_id] = latest  # its changelog record may be lost too
         await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)
         self.stats.republished += 1

@@ -227,6 +227,52 @@ def test_a_late_not_relevant_in_the_loop_deepens_and_reports_the_penalty_at_its_
     assert adjustment.expires_at == relaxes_at(after, newest.timestamp(), PARAMS)
 
 
+def test_a_late_event_leaves_the_tags_as_they_stand_at_the_users_newest_time() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24")  # thriller, day 0
+    nine_days = 9 * 24 * 60
+    now = user.send(NotRelevant, "i01", minutes=nine_days)  # comedy, day 9: thriller faded
+    assert "category_deprioritized:thriller" not in now.profile.tags
+
+    late = user.send(Click, "i02", minutes=-nine_days)  # a drama click from day 0, late
+
+    # the faded thriller tag stays gone and the comedy one keeps its expiry
+    assert late.profile.tags == now.profile.tags
+
+
+def test_a_late_not_relevant_states_its_span_from_the_users_newest_time() -> None:
+    user, _ = _thriller_fan()
+    newest = user.t
+    five_days = 5 * 24 * 60
+
+    late = user.send(NotRelevant, "i24", minutes=-five_days, reason="not_interested")
+
+    assert late.snapshot is not None and late.snapshot.notice is not None
+    notice = late.snapshot.notice
+    # the penalty runs from the late event's time: under a day of it is left by now
+    assert notice.relaxes_at is not None
+    assert timedelta(0) < notice.relaxes_at - newest < timedelta(days=1)
+    assert notice.change == ("showing fewer thriller for the next 20 hours; "
+                             "showing fewer items by studio-0 for the next 20 hours")  # fmt: skip
+    assert late.profile.tags["category_deprioritized:thriller"] == notice.relaxes_at.isoformat()
+
+
+def test_a_late_events_prompt_is_spaced_from_the_users_newest_time() -> None:
+    user = User(_catalog())
+    for n in (0, 4, 8, 12, 16, 20):
+        user.send(Click, f"i{n:02d}", context=Context(session_id="s9"))
+    newest = user.t
+    five_days = 5 * 24 * 60
+
+    late = user.send(NotRelevant, "i24", minutes=-five_days, context=Context(session_id="s1"))
+    soon = user.send(NotRelevant, "i01", minutes=five_days + 1, context=Context(session_id="s9"))
+
+    assert late.snapshot is not None and late.snapshot.prompt is not None
+    assert late.profile.prompted == ((newest.timestamp(), "s1"),)  # asked at the user's now
+    # a minute after the user's now, within prompt_gap_s of that prompt: not asked again
+    assert soon.snapshot is not None and soon.snapshot.prompt is None
+
+
 def test_penalty_arithmetic() -> None:
     penalties = deepen({}, "category:a", 0.5, 0.0, PARAMS)
 
@@ -376,6 +422,19 @@ def test_a_prompt_follows_an_adjustment_within_its_limits() -> None:
     assert len(other.profile.prompted) == 2
 
 
+def test_a_like_that_relaxes_a_penalty_is_told_but_not_asked_about() -> None:
+    user, _ = _thriller_fan()
+    user.send(NotRelevant, "i24", context=Context(session_id="s1"))
+
+    like = user.send(Click, "i28", minutes=60, context=Context(session_id="s2"))
+
+    assert [a.rule for a in like.adjustments if a.key == "category:thriller"] == ["contradicted"]
+    assert like.snapshot is not None and like.snapshot.notice is not None
+    assert like.snapshot.notice.kind == "preferences_relaxed"
+    # no prompt offering to pause the category just liked, and the budget is kept
+    assert like.snapshot.prompt is None and len(like.profile.prompted) == 1
+
+
 def test_no_prompt_in_a_streak_too_soon_or_after_opting_out() -> None:
     user, _ = _thriller_fan()
     user.send(Skip, "i24", context=Context(session_id="s"))
@@ -392,6 +451,20 @@ def test_no_prompt_in_a_streak_too_soon_or_after_opting_out() -> None:
     user3.send(NotRelevant, "i24")
     soon = user3.send(NotRelevant, "i28")  # one minute later: within prompt_gap_s
     assert soon.snapshot is not None and soon.snapshot.prompt is None
+
+
+def test_a_daily_prompt_limit_above_twenty_holds() -> None:
+    rules = replace(PARAMS, prompts_per_day=25, prompts_per_session=100, prompt_gap_s=60.0)
+    user = User(_catalog(), LoopConfig(deescalation=rules))
+    for n in (0, 4, 8):
+        user.send(Click, f"i{n:02d}")
+
+    # a not_relevant every two minutes for two hours, each a miss the prompt may follow
+    steps = [user.send(NotRelevant, f"i{(4 * k + 1 + k % 2) % 80:02d}", minutes=2)
+             for k in range(60)]  # fmt: skip
+
+    assert sum(step.snapshot is not None and step.snapshot.prompt is not None
+               for step in steps) == 25  # fmt: skip
 
 
 def test_opting_out_of_explanations_keeps_the_same_recommendations() -> None:
@@ -514,6 +587,33 @@ def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
     # the comedy that looks like the disliked thriller sinks; a plain comedy does not
     assert with_near["i45"] < without["i45"]
     assert with_near["i01"] == without["i01"]
+
+
+def test_max_disliked_zero_keeps_no_dislike_and_sinks_no_neighbour() -> None:
+    catalog = _catalog()
+    tags = ["heist", "noir", "rain", "night", "city", "jazz"]
+    for item_id in ("i44", "i45"):  # a thriller and a comedy with the same six tags
+        state = catalog.get(item_id)
+        assert state is not None and state.record is not None
+        catalog.put(state.with_record(state.record.model_copy(update={"tags": tags})))
+    none_kept = replace(PARAMS, neighbour_similarity=0.3, max_disliked=0)
+    user = User(catalog, LoopConfig(deescalation=none_kept))
+    for n in (0, 4, 8, 12, 16, 20):
+        user.send(Click, f"i{n:02d}")
+    for n in (44, 28, 32):
+        user.send(NotRelevant, f"i{n:02d}")
+    assert user.profile is not None and user.profile.disliked == ()  # not every one of them
+    from operators.ranking import rank_items
+
+    t = user.t.timestamp()
+    params = replace(user.config.ranking, k=80, explore_min=0.0, explore_max=0.0)
+    far = replace(none_kept, neighbour_step=0.0)
+    kept_none = {x.item_id: x.score for x in rank_items(user.profile, catalog, t, params,
+                                                        deescalation=none_kept)}  # fmt: skip
+    without = {x.item_id: x.score for x in rank_items(user.profile, catalog, t, params,
+                                                      deescalation=far)}  # fmt: skip
+    # the comedy that looks like the disliked thriller does not sink
+    assert kept_none["i45"] == without["i45"]
 
 
 def test_skips_far_apart_make_no_streak_and_wrong_language_spares_the_category() -> None:

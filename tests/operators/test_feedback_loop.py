@@ -7,11 +7,17 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from operators.catalog import Catalog
-from operators.feedback_loop import ItemFeedback, LoopConfig, Step, process_event
+from operators.feedback_loop import (
+    ItemFeedback,
+    LoopConfig,
+    Step,
+    current_snapshot,
+    process_event,
+)
 from operators.profile import ProfileLimits, UserProfile
 from operators.ranking import MODEL_VERSION
 from operators.synthetic import SyntheticWorld
-from schemas.events import Click, Dwell, Event, Impression, NotRelevant, Skip
+from schemas.events import Click, Context, Dwell, Event, Impression, NotRelevant, Skip
 from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -400,6 +406,18 @@ def test_the_covisit_window_bounds_the_fan_out(catalog: Catalog, generated_at: d
     assert len(steps[-1].feedback) == 3
 
 
+def test_a_covisit_window_of_zero_counts_a_like_with_no_other(
+    catalog: Catalog, generated_at: datetime
+) -> None:
+    config = LoopConfig(covisit_window=0)
+    events: list[Event] = [
+        _click(f"e{n}", f"item-{n:05d}", T0 + timedelta(minutes=n)) for n in range(1, 6)
+    ]
+    steps = _run(events, catalog, config, generated_at)
+
+    assert [record.co_items for record in steps[-1].feedback] == [()]  # no covisit records
+
+
 def test_a_disliked_item_leaves_the_recent_likes(
     catalog: Catalog, config: LoopConfig, generated_at: datetime
 ) -> None:
@@ -472,3 +490,28 @@ def test_a_late_event_is_ranked_at_the_users_newest_time(
     assert _snapshot(late).event_time == T0  # the snapshot still names the event it answers
     assert [i.item_id for i in _snapshot(late).items] == [i.item_id for i in expected]
     assert [i.score for i in _snapshot(late).items] == [i.score for i in expected]
+
+
+def test_a_lost_snapshot_is_rebuilt_as_its_event_produced_it(
+    catalog: Catalog, config: LoopConfig, generated_at: datetime
+) -> None:
+    kids = Context(surface="kids")
+    events: list[Event] = [
+        Click(type="click", event_id=f"e{n}", user_id="u1", item_id=f"item-000{6 * n:02d}",
+              timestamp=T0 + timedelta(minutes=n), context=kids)
+        for n in range(6)
+    ]  # fmt: skip
+    events.append(NotRelevant(type="not_relevant", event_id="nr", user_id="u1",
+                              item_id="item-00036", timestamp=T0 + timedelta(minutes=6),
+                              context=kids))  # fmt: skip
+    late = Click(type="click", event_id="late", user_id="u1", item_id="item-00001",
+                 timestamp=T0 - timedelta(hours=3), context=kids)  # fmt: skip
+    answered = _run([*events, late], catalog, config, generated_at)[-1]
+    sent = _snapshot(answered)
+
+    rebuilt = current_snapshot(late, answered.profile, catalog, config, generated_at)
+
+    # what consumers had: the late event's time, the list ranked for its surface
+    assert (rebuilt.version, rebuilt.source_event_id) == (sent.version, "late")
+    assert rebuilt.event_time == sent.event_time == late.timestamp
+    assert rebuilt.items == sent.items

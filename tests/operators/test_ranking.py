@@ -228,6 +228,19 @@ def test_items_liked_together_are_recommended_with_the_reason(catalog: Catalog) 
     assert "item-00007" not in [item.item_id for item in ranked]
 
 
+def test_recent_used_zero_seeds_no_candidates_from_the_likes(catalog: Catalog) -> None:
+    profile = replace(UserProfile.new("u"), recent_positives=("item-00007",),
+                      history=("item-00007",))  # fmt: skip
+    none_used = replace(PARAMS, recent_used=0)
+    never_together = rank_items(profile, catalog, NOW, none_used)
+    _covisit(catalog, "item-00007", "item-00042", times=3)
+
+    ranked = rank_items(profile, catalog, NOW, none_used)
+
+    # the like's co-visited neighbour is not pulled up: the list is as before
+    assert ranked == never_together and ranked[0].item_id != "item-00042"
+
+
 def test_recent_likes_count_more_than_older_ones(catalog: Catalog) -> None:
     _covisit(catalog, "item-00001", "item-00010")  # old like's neighbour
     _covisit(catalog, "item-00002", "item-00020")  # recent like's neighbour

@@ -258,6 +258,7 @@ async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
     async with recloop.events_agent.test_context() as agent:
         await agent.put(_event("e1", "u2", "click", "item-00001"), key=b"u2")
         await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2")
+        await until(lambda: recloop.stats.processed == 2)  # e2's snapshot is stored
         del recloop.snapshots.data["u2"]  # the table as the crash left it
         await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2")
     _, second, again = (parse_snapshot(s.value or b"") for s in emitter.to("snapshots"))
@@ -271,6 +272,33 @@ async def test_a_lost_latest_snapshot_is_ranked_anew_when_its_event_comes_back(
     )
     assert [i.item_id for i in again.items] == [i.item_id for i in second.items]
     assert recloop.snapshots["u2"] is not None and recloop.stats.republished == 1
+
+
+async def test_a_lost_snapshot_of_a_late_event_on_a_surface_is_rebuilt_as_it_was_sent(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    items = [item.item_id for item in world.items]  # categories round-robin over 4
+    kids = {"context": {"surface": "kids"}}
+    async with recloop.events_agent.test_context() as agent:
+        for n in range(6):  # six likes of one category, then a miss in it, on "kids"
+            like = _event(f"e{n}", "u3", "click", items[4 * n],
+                          timestamp=f"2026-11-01T10:0{n}:00Z", **kids)  # fmt: skip
+            await agent.put(like, key=b"u3")
+        miss = _event("nr", "u3", "not_relevant", items[24],
+                      timestamp="2026-11-01T10:06:00Z", **kids)  # fmt: skip
+        await agent.put(miss, key=b"u3")
+        late = _event("late", "u3", "click", items[1], timestamp="2026-11-01T07:00:00Z", **kids)
+        await agent.put(late, key=b"u3")
+        await until(lambda: recloop.stats.processed == 8)  # its snapshot is stored
+        del recloop.snapshots.data["u3"]  # the crash came between the two table writes
+        await agent.put(late, key=b"u3")
+    *_, sent, again = (parse_snapshot(s.value or b"") for s in emitter.to("snapshots"))
+    # the rebuilt snapshot is the one consumers had: the late event's time, the list
+    # ranked for the surface the penalty was strongest on
+    assert (again.version, again.source_event_id) == (sent.version, sent.source_event_id)
+    assert again.event_time == sent.event_time
+    assert [i.item_id for i in again.items] == [i.item_id for i in sent.items]
+    assert recloop.stats.republished == 1
 
 
 BURST = (5, 10_000.0)  # a batch of exactly five events (the window never closes first)
