@@ -21,7 +21,7 @@ from pipeline.clients import end_offset, poll_ready
 
 log = logging.getLogger(__name__)
 #: Records applied between two turns of the event loop while catching up (about 40 ms).
-_CATCH_UP_SLICE = 500
+CATCH_UP_SLICE = 500
 
 
 class CatalogFollower:
@@ -155,10 +155,10 @@ class CatalogFollower:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             # a slice at a time, so the loop goes on serving while a large catalog loads
-            applied = self.drain(_CATCH_UP_SLICE)
+            applied = self.drain(CATCH_UP_SLICE)
             if self.caught_up():
                 return True
-            await asyncio.sleep(0.05 if applied < _CATCH_UP_SLICE else 0)
+            await asyncio.sleep(0.05 if applied < CATCH_UP_SLICE else 0)
         return False
 
     def stop(self) -> None:

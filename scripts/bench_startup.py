@@ -7,7 +7,7 @@ matters is the loop's longest stall, not only the total time. For each step this
 measures, in the same run and on the same seeded catalog:
 
 * **catch-up**: the follower's queue holding one state per item, applied by
-  ``CatalogFollower.wait_caught_up`` (slices of ``_CATCH_UP_SLICE`` records, the loop
+  ``CatalogFollower.wait_caught_up`` (slices of ``CATCH_UP_SLICE`` records, the loop
   turning between them), against the reference, one ``drain()`` of the whole queue;
 * **index build**: ``pipeline.app.index_in_batches`` (the worker's way: batches written
   from a thread, hnswlib releasing the GIL), against the reference,
@@ -34,7 +34,7 @@ from typing import Any
 from operators.catalog import Catalog, ItemState
 from operators.synthetic import SyntheticWorld
 from pipeline.app import _BUILD_BATCH, index_in_batches
-from pipeline.catalog_follower import _CATCH_UP_SLICE, CatalogFollower
+from pipeline.catalog_follower import CATCH_UP_SLICE, CatalogFollower
 
 
 def _log(message: str) -> None:
@@ -129,7 +129,7 @@ def main() -> None:
             {
                 "benchmark": "startup",
                 "items": args.items,
-                "catch_up_slice": _CATCH_UP_SLICE,
+                "catch_up_slice": CATCH_UP_SLICE,
                 "build_batch": _BUILD_BATCH,
                 "cpus": os.cpu_count(),
                 **figures,
