@@ -102,6 +102,28 @@ def test_a_newer_schema_version_names_the_version_this_worker_reads() -> None:
 
 
 @pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"type": "share"}, id="a-new-type"),
+        pytest.param({"type": ..., "kind": "click"}, id="the-type-moved"),
+        pytest.param({"source": "tv"}, id="a-new-field"),
+        pytest.param({"schema_version": None}, id="null"),
+        pytest.param({"schema_version": True}, id="true"),
+    ],
+)
+def test_another_version_is_named_before_what_its_contract_changed(
+    changes: dict[str, object],
+) -> None:
+    # a newer producer's event must say "upgrade the workers", not "unknown type"
+    version = {"schema_version": 2}
+    assert _reason(_raw(**{**version, **changes})).reason == "unsupported_schema_version"
+
+
+def test_a_field_named_schema_version_inside_the_context_is_only_an_unexpected_field() -> None:
+    assert _reason(_raw(context={"schema_version": 1})).reason == "unexpected_field"
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         pytest.param(b"\xff\xfe", id="bare-invalid-bytes"),
