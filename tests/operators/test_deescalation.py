@@ -560,13 +560,19 @@ def test_with_time_of_day_on_dissatisfaction_counts_fully_in_that_part_of_the_da
     assert _count(tonight, "thriller") > _count(step, "thriller") >= 1
 
 
-def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
+def _twins_catalog() -> Catalog:
+    """The test catalog with a thriller (i44) and a comedy (i45) sharing six tags."""
     catalog = _catalog()
     tags = ["heist", "noir", "rain", "night", "city", "jazz"]
-    for item_id in ("i44", "i45"):  # a thriller and a comedy with the same six tags
+    for item_id in ("i44", "i45"):
         state = catalog.get(item_id)
         assert state is not None and state.record is not None
         catalog.put(state.with_record(state.record.model_copy(update={"tags": tags})))
+    return catalog
+
+
+def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
+    catalog = _twins_catalog()
     user = User(catalog)
     for n in (0, 4, 8, 12, 16, 20):
         user.send(Click, f"i{n:02d}")
@@ -590,12 +596,7 @@ def test_items_close_to_a_disliked_one_in_embedding_space_sink() -> None:
 
 
 def test_max_disliked_zero_keeps_no_dislike_and_sinks_no_neighbour() -> None:
-    catalog = _catalog()
-    tags = ["heist", "noir", "rain", "night", "city", "jazz"]
-    for item_id in ("i44", "i45"):  # a thriller and a comedy with the same six tags
-        state = catalog.get(item_id)
-        assert state is not None and state.record is not None
-        catalog.put(state.with_record(state.record.model_copy(update={"tags": tags})))
+    catalog = _twins_catalog()
     none_kept = replace(PARAMS, neighbour_similarity=0.3, max_disliked=0)
     user = User(catalog, LoopConfig(deescalation=none_kept))
     for n in (0, 4, 8, 12, 16, 20):

@@ -152,6 +152,13 @@ async def test_a_duplicate_of_the_latest_event_sends_its_snapshot_again(
     assert (recloop.stats.duplicates, recloop.stats.republished) == (1, 1)
 
 
+def _like(item: str, event_id: str, **extra: str) -> bytes:
+    """An item-feedback record of one like, as the events agent writes it."""
+    return json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
+                       "event_time": "2026-11-01T10:00:00+00:00", "event_id": event_id,
+                       **extra}).encode()  # fmt: skip
+
+
 async def test_item_agents_fold_catalog_and_feedback_into_published_item_state(
     recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
 ) -> None:
@@ -216,9 +223,7 @@ async def test_a_catalog_tombstone_deletes_the_items_state_on_every_worker(
     from pipeline.catalog_follower import CatalogFollower
 
     item = world.items[2].item_id
-    like = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
-                       "event_time": "2026-11-01T10:00:00+00:00",
-                       "event_id": "e1", "user_id": "u1"}).encode()  # fmt: skip
+    like = _like(item, "e1", user_id="u1")
     async with recloop.catalog_agent.test_context() as agent:
         await agent.put(world.items[2].model_dump_json().encode(), key=item.encode())
     async with recloop.item_feedback_agent.test_context() as agent:
@@ -397,15 +402,10 @@ async def test_item_feedback_in_one_batch_republishes_each_item_once(
 ) -> None:
     a, b = world.items[2].item_id, world.items[3].item_id
 
-    def like(item: str, event_id: str) -> bytes:
-        return json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
-                           "event_time": "2026-11-01T10:00:00+00:00",
-                           "event_id": event_id}).encode()  # fmt: skip
-
     async with recloop.item_feedback_agent.test_context() as agent:
-        await agent.put(like(a, "e1"), key=a.encode())
-        await agent.put(like(b, "e2"), key=b.encode())
-        await agent.put(like(a, "e3"), key=a.encode())
+        await agent.put(_like(a, "e1"), key=a.encode())
+        await agent.put(_like(b, "e2"), key=b.encode())
+        await agent.put(_like(a, "e3"), key=a.encode())
     states = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
     assert [(s.item_id, s.positives) for s in states] == [(a, 2), (b, 1)]
     assert ItemState.restore(recloop.items[a]).positives == 2
@@ -418,9 +418,7 @@ async def test_an_unreadable_item_feedback_record_is_dead_lettered_and_the_rest_
     # it stopped the worker, unacknowledged: after a restart it came first, and stopped it
     # again; a kind this worker does not know comes from a newer one in a rolling upgrade
     item = world.items[2].item_id
-    good = json.dumps({"item_id": item, "target": 1.0, "weight": 1.0,
-                       "event_time": "2026-11-01T10:00:00+00:00",
-                       "event_id": "e1"}).encode()  # fmt: skip
+    good = _like(item, "e1")
     bad = [
         json.dumps({"item_id": item}).encode(),
         b"not json",
@@ -459,9 +457,7 @@ async def test_dead_lettering_item_feedback_never_undoes_a_catalog_change_made_m
         await send(topic, *args, **kw)
 
     monkeypatch.setattr(emitter, "send", catalog_changes_meanwhile)
-    like = json.dumps({"item_id": item.item_id, "target": 1.0, "weight": 1.0,
-                       "event_time": "2026-11-01T10:00:00+00:00",
-                       "event_id": "e1"}).encode()  # fmt: skip
+    like = _like(item.item_id, "e1")
     async with recloop.item_feedback_agent.test_context() as agent:
         await agent.put(like, key=item.item_id.encode())
         last = await agent.put(b"not json", key=item.item_id.encode())
