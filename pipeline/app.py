@@ -894,20 +894,17 @@ class Recloop:
                 )
                 await self._dead_letter(key, raw, invalid, message.topic, message.partition,
                                         message.offset)  # fmt: skip
-        folded: dict[str, tuple[Any, bytes, ItemState]] = {}
-        for source, key, feedback in decoded:
-            seen = folded.get(feedback.item_id)
-            if seen is not None:
-                state = seen[2]
-            else:
-                with processing(source):
-                    state = self._item_state(feedback.item_id)
-            folded[feedback.item_id] = (
-                source,
-                key,
-                apply_feedback(state, feedback, self.config.items),
-            )
-        for source, key, state in folded.values():
+        by_item: dict[str, list[tuple[Any, bytes, ItemFeedback]]] = {}
+        for entry in decoded:
+            by_item.setdefault(entry[2].item_id, []).append(entry)
+        # each item read, folded and written with no await in between: the catalog agent
+        # runs while a send is awaited, and a state read before that would undo its change
+        for item_id, entries in by_item.items():
+            with processing(entries[0][0]):
+                state = self._item_state(item_id)
+            for _, _, feedback in entries:
+                state = apply_feedback(state, feedback, self.config.items)
+            source, key, _ = entries[-1]
             with processing(source):
                 await self._publish_item(key, state)
 

@@ -467,6 +467,37 @@ async def test_dead_lettering_item_feedback_never_undoes_a_catalog_change_made_m
     assert ItemState.restore(recloop.items[item.item_id]).record == renamed
 
 
+@pytest.mark.parametrize("batch", [(2, 10_000.0)])
+async def test_item_feedback_never_undoes_a_catalog_change_made_while_another_item_is_sent(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # the batch's states were all read first, then sent one by one: the catalog agent,
+    # running while the first item's state was sent, renamed the second, and the second's
+    # state read before that was written back over the rename
+    a, b = world.items[2], world.items[3]
+    renamed = b.model_copy(update={"title": "renamed"})
+    async with recloop.catalog_agent.test_context() as agent:
+        for item in (a, b):
+            await agent.put(item.model_dump_json().encode(), key=item.item_id.encode())
+    send = emitter.send
+
+    async def catalog_changes_meanwhile(topic: str, key: bytes, value: bytes) -> None:
+        if topic.endswith("item-state") and key == a.item_id.encode():
+            stored = ItemState.restore(recloop.items.data[b.item_id])
+            recloop.items.data[b.item_id] = stored.with_record(renamed).snapshot()
+        await send(topic, key, value)
+
+    monkeypatch.setattr(emitter, "send", catalog_changes_meanwhile)
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(_like(a.item_id, "e1"), key=a.item_id.encode())
+        last = await agent.put(_like(b.item_id, "e2"), key=b.item_id.encode())
+        await until(lambda: last.message.acked)
+    stored = ItemState.restore(recloop.items[b.item_id])
+    assert stored.record == renamed and stored.positives == 1
+    assert ItemState.restore(emitter.to("item-state")[-1].value or b"").record == renamed
+
+
 async def test_a_batch_is_acknowledged_only_once_its_changelog_records_left_the_buffer(
     recloop: Recloop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
