@@ -254,6 +254,9 @@ SortKey = tuple[float, float, str]
 #: Content priors a catalog keeps (the items that got feedback most recently, roughly).
 _PRIORS_KEPT = 1 << 16
 IntArray = npt.NDArray[np.intp]
+#: Rows are numbered afresh once those of ids the catalog no longer holds outnumber the
+#: items it holds plus this many (see :meth:`Catalog._compact_rows`).
+_ROW_SLACK = 1024
 
 
 class ItemColumns(NamedTuple):
@@ -521,6 +524,34 @@ class Catalog:
         if old is not None:
             for order in self._affected(old):
                 order.update(item_id, None)
+        if len(self._row_ids) > _ROW_SLACK + 2 * len(self._items):
+            self._compact_rows()
+
+    def _compact_rows(self) -> None:
+        """Number the rows of the items held afresh, forgetting every other id's.
+
+        A row is given to every id the catalog sees and kept when its item goes, so under
+        churn (a news catalog) the rows, the embedding matrix and the columns would grow
+        with every item ever published. Ids only named as co-visit neighbours lose their
+        rows too; they get new ones when next needed.
+        """
+        self.version += 1  # results computed over the old rows are stale
+        held = [i for i in self._row_ids[1:] if i in self._items]
+        old = np.fromiter(map(self._rows.__getitem__, held), np.intp, len(held))
+        new = np.arange(1, len(held) + 1, dtype=np.intp)
+        size = max(1024, 1 << len(held).bit_length())
+        matrix = np.zeros((size, self.embedding.dim))
+        matrix[new] = self._matrix[old]
+        columns = ItemColumns(*(_grown(c[:1], size) for c in self._columns))  # row 0: zero
+        for column, before in zip(columns, self._columns, strict=True):
+            column[new] = before[old]
+        embedded = self._embedded_rows
+        self._embedded_rows = {n for n, o in zip(new.tolist(), old.tolist(), strict=True)
+                               if o in embedded}  # fmt: skip
+        self._matrix, self._columns = matrix, columns
+        self._rows = dict(zip(held, new.tolist(), strict=True))
+        self._row_ids = ["", *held]
+        self._neighbour_rows.clear()
 
     # -- embeddings and the index ---------------------------------------------------------
 

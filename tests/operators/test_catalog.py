@@ -342,3 +342,42 @@ def test_the_catalog_keeps_a_bounded_number_of_priors(
     expected = unit(item_embedding(item, state.taste, catalog.embedding))
     assert expected is not None
     np.testing.assert_array_equal(catalog.unit(item.item_id), expected)
+
+
+def test_under_churn_the_catalog_holds_rows_for_what_it_holds_and_ranks_as_a_fresh_one() -> None:
+    # every id kept its row (an embedding row and the columns) after its item went: a
+    # catalog publishing news grew with every item ever published
+    from operators.profile import UserProfile
+    from operators.ranking import RankingParams, rank_items
+    from schemas.catalog import ItemRecord
+
+    def state(n: int) -> ItemState:
+        record = ItemRecord(item_id=f"news-{n}", category=f"c{n % 7}", tags=[f"t{n % 11}"],
+                            created_at=T0 - timedelta(days=1))  # fmt: skip
+        held = ItemState(item_id=record.item_id, record=record)
+        # liked with an item still held and with one already gone (a neighbour-only id)
+        return held.with_covisits([f"news-{n - 1}", f"news-{n - 600}"], 1.0, 200).with_feedback(
+            1.0, T0, 86_400.0
+        )
+
+    churned = Catalog()
+    for n in range(12_000):
+        churned.put(state(n))
+        if n >= 500:
+            churned.remove(f"news-{n - 500}")
+    fresh = Catalog()
+    for n in range(12_000 - 500, 12_000):
+        fresh.put(state(n))
+
+    assert len(churned) == len(fresh) == 500
+    assert len(churned.columns().positives) <= 4096  # rows for 500 items, not 12,000
+    profile = UserProfile(user_id="u", recent_positives=("news-11990", "news-11700"),
+                          affinity={"c3": 2.0})  # fmt: skip
+    params = RankingParams(explore_min=0.0, explore_max=0.0)
+    ranked = [(i.item_id, i.score) for i in rank_items(profile, churned, T0.timestamp(), params)]
+    assert ranked == [
+        (i.item_id, i.score) for i in rank_items(profile, fresh, T0.timestamp(), params)
+    ]
+    assert churned.similar(np.ones(churned.embedding.dim) / 8.0, 5) == fresh.similar(
+        np.ones(fresh.embedding.dim) / 8.0, 5
+    )
