@@ -92,6 +92,7 @@ class RankingParams:
     neighbour_sources: int = 2
     neighbour_candidates: int = 10
     fresh_candidates: int = 20
+    longtail_candidates: int = 20
     fresh_window_s: float = 30 * 24 * 3600.0
     explore_min: float = 0.1
     explore_max: float = 0.3
@@ -647,7 +648,11 @@ def _gather(
     # a candidate from another source keeps its co-visitation even past the cut, so the
     # features never depend on which sources brought an item in
     top_covisit = float(covisit.max()) if len(covisit) else 0.0
-    popular = catalog.top(params.trending_candidates, half_life)
+    # the trending head, and just past it the items not yet popular, which exploration
+    # may offer a user nothing personal brings candidates for yet (a new one)
+    ranked_top = catalog.top(params.trending_candidates + params.longtail_candidates, half_life)
+    popular = ranked_top[: params.trending_candidates]
+    longtail = ranked_top[params.trending_candidates :]
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
@@ -668,7 +673,7 @@ def _gather(
     for item_id, state in list(states.items()):
         if not state.available:
             del states[item_id]
-    for source_list in [popular, *by_category, embedded, *neighbours, fresh]:
+    for source_list in [popular, *by_category, embedded, *neighbours, fresh, longtail]:
         for item_id in source_list:
             if item_id not in states and item_id not in excluded:
                 found_state = items.get(item_id)
@@ -767,13 +772,16 @@ def _explore(
     found: Candidates, scores: Vector, live: npt.NDArray[np.bool_], chosen: set[str],
     params: RankingParams, n: int, profile: UserProfile,
     penalised: Callable[[str, ItemState], bool] | None,
+    cap: int | None = None, shown: Counter[str | None] | None = None,
 ) -> list[Row]:  # fmt: skip
     """The ``n`` most promising long-tail or fresh ``live`` candidates not already ``chosen``.
 
     Promise = the heuristic score plus an optimism bonus that shrinks with the feedback
     the item already has (``explore_bonus / sqrt(1 + feedback events)``). Never an item
-    the user consumed (the consumed-set filter) or pushed back on (``penalised``).
+    the user consumed (the consumed-set filter) or pushed back on (``penalised``), nor
+    one of a category the list already holds ``cap`` of (``shown`` counts them).
     """
+    per_category: Counter[str | None] = Counter(shown or ())
     if n <= 0:
         return []
     ids, states = found.ids, found.states
@@ -790,10 +798,13 @@ def _explore(
         for position in best[checked:]:
             item_id = ids[position]
             state = states[item_id]
-            if (penalised is not None and penalised(item_id, state)) or profile.has_consumed(
-                item_id
+            if (
+                (cap is not None and per_category[state.category] >= cap)
+                or (penalised is not None and penalised(item_id, state))
+                or profile.has_consumed(item_id)
             ):
                 continue
+            per_category[state.category] += 1
             picked.append((promises[position], item_id, state))
             if len(picked) == n:
                 return picked
@@ -979,6 +990,7 @@ def rank_rows(
         (lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0)
         if near or active
         else None,
+        cap, Counter(row[2].category for row in exploit),
     )  # fmt: skip
     # too few exploration candidates: the best of the rest fill the list
     explored_ids = {row[1] for row in explored}

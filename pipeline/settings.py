@@ -175,6 +175,10 @@ class RankingSettings(Section):
     neighbour_sources: int = Field(default=_R.neighbour_sources, ge=0, le=100)
     neighbour_candidates: int = Field(default=_R.neighbour_candidates, ge=0, le=1000)
     fresh_candidates: int = Field(default=_R.fresh_candidates, ge=0, le=10_000)
+    longtail_candidates: int = Field(
+        default=_R.longtail_candidates, ge=0, le=10_000,
+        description="Items just past the trending head, for exploration.",
+    )  # fmt: skip
     fresh_window_s: float = Field(default=_R.fresh_window_s, gt=0)
     explore_min: float = Field(default=_R.explore_min, ge=0, le=1)
     explore_max: float = Field(default=_R.explore_max, ge=0, le=1)

@@ -479,6 +479,25 @@ def test_a_withdrawn_item_sets_no_scale_for_the_co_visitation_of_the_others(
     assert found.features["item-00011"]["covisit"] == 1.0  # the best candidate's
 
 
+def test_a_new_user_gets_long_tail_items_when_no_item_is_fresh() -> None:
+    # nothing personal brings a new user candidates: with no item created lately the list
+    # was all trending head, and its exploration slots went to more of it
+    catalog = Catalog()
+    for n in range(2000):
+        record = ItemRecord(item_id=f"i{n:04d}", category=f"c{n % 10}",
+                            created_at=T0 - timedelta(days=100))  # fmt: skip
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+        if n % 4 == 0:  # a quarter of the catalog has had some feedback
+            _boost(catalog, record.item_id, times=1 + n % 7)
+    profile = UserProfile.new("u")
+
+    ranking = rank_rows(profile, catalog, NOW, DEFAULTS)
+
+    assert len(ranking.explored) == exploration_slots(profile, DEFAULTS) == 3
+    assert not ranking.explored & ranking.found.popular
+    assert len(ranking.rows) == DEFAULTS.k
+
+
 def test_items_consumed_before_the_history_stay_out(catalog: Catalog) -> None:
     bloom = Bloom.empty(2000)
     for n in range(0, 60, 2):
@@ -510,7 +529,8 @@ def test_neighbours_of_a_recent_like_explain_themselves(catalog: Catalog) -> Non
                       history=("item-00004",))  # fmt: skip
     # a category holds 10 items: the 5 nearest share the like's category prior
     only_neighbours = replace(PARAMS, trending_candidates=0, fresh_candidates=0,
-                              embedding_candidates=0, neighbour_candidates=5)  # fmt: skip
+                              longtail_candidates=0, embedding_candidates=0,
+                              neighbour_candidates=5)  # fmt: skip
 
     ranked = rank_items(profile, catalog, NOW, only_neighbours)
 
