@@ -254,8 +254,8 @@ SortKey = tuple[float, float, str]
 #: Content priors a catalog keeps (the items that got feedback most recently, roughly).
 _PRIORS_KEPT = 1 << 16
 IntArray = npt.NDArray[np.intp]
-#: Rows are numbered afresh once those of ids the catalog no longer holds outnumber the
-#: items it holds plus this many (see :meth:`Catalog._compact_rows`).
+#: Rows are numbered afresh once the rows removed items left outnumber the items held
+#: plus this many (see :meth:`Catalog._compact_rows`).
 _ROW_SLACK = 1024
 
 
@@ -401,6 +401,7 @@ class Catalog:
         self._row_ids: list[str] = [""]
         self._matrix = np.zeros((1024, self.embedding.dim))
         self._embedded_rows: set[int] = set()  # the rows of the matrix that are not zero
+        self._freed_rows = 0  # rows of items removed since the rows were last numbered
         self._columns = ItemColumns(
             positives=np.zeros(1024, dtype=np.int64),
             feedback_events=np.zeros(1024, dtype=np.int64),
@@ -518,13 +519,16 @@ class Catalog:
         if row is not None:
             for column in self._columns:
                 column[row] = 0
+            self._freed_rows += old is not None
         self._indexed.pop(item_id, None)
         self._dirty.discard(item_id)
         self.index_changes += int(self.index.remove(item_id))
         if old is not None:
             for order in self._affected(old):
                 order.update(item_id, None)
-        if len(self._row_ids) > _ROW_SLACK + 2 * len(self._items):
+        # counted by the rows removals freed, not by all rows: the ids only named as co-visit
+        # neighbours get theirs back at the next ranking, and would set it off every time
+        if self._freed_rows > _ROW_SLACK + len(self._items):
             self._compact_rows()
 
     def _compact_rows(self) -> None:
@@ -552,6 +556,7 @@ class Catalog:
         self._rows = dict(zip(held, new.tolist(), strict=True))
         self._row_ids = ["", *held]
         self._neighbour_rows.clear()
+        self._freed_rows = 0
 
     # -- embeddings and the index ---------------------------------------------------------
 

@@ -283,22 +283,25 @@ Matrix = npt.NDArray[np.float64]
 
 
 def _diversify(
-    ranked: list[Row], k: int, cap: int | None, caps: dict[str, int] | None = None
-) -> list[Row]:
+    ranked: list[Row], k: int, cap: int | None, caps: dict[str, int] | None = None,
+    shown: Counter[str | None] | None = None,
+) -> list[Row]:  # fmt: skip
     """The best ``k`` rows with at most ``cap`` per category and ``caps[c]`` of category c.
 
-    When the candidates lack variety the best of the rest fill the list, except from a
-    category under a de-escalation cap: those never exceed it.
+    ``shown`` counts the categories of rows the list already holds. When the candidates
+    lack variety the best of the rest fill the list, except from a category under a
+    de-escalation cap: those never exceed it.
     """
     if cap is None and not caps:
         return ranked[:k]
     caps = caps or {}
     chosen: list[Row] = []
     spill: list[Row] = []
-    per_category: Counter[str | None] = Counter()
+    per_category: Counter[str | None] = Counter(shown or ())
+    whole = k + sum(per_category.values())  # the list's length: no category can pass it
     for row in ranked:
         category = row[2].category
-        limit = min(cap if cap is not None else k, caps.get(category or "", k))
+        limit = min(cap if cap is not None else whole, caps.get(category or "", whole))
         if per_category[category] < limit:
             chosen.append(row)
             per_category[category] += 1
@@ -649,10 +652,12 @@ def _gather(
     # features never depend on which sources brought an item in
     top_covisit = float(covisit.max()) if len(covisit) else 0.0
     # the trending head, and just past it the items not yet popular, which exploration
-    # may offer a user nothing personal brings candidates for yet (a new one)
-    ranked_top = catalog.top(params.trending_candidates + params.longtail_candidates, half_life)
-    popular = ranked_top[: params.trending_candidates]
-    longtail = ranked_top[params.trending_candidates :]
+    # may offer a user nothing personal brings candidates for yet (a new one); with no
+    # head there is nothing to be past (what follows would be the most popular items)
+    head_size = params.trending_candidates
+    ranked_top = catalog.top(head_size + (params.longtail_candidates if head_size else 0),
+                             half_life)  # fmt: skip
+    popular, longtail = ranked_top[:head_size], ranked_top[head_size:]
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
@@ -997,13 +1002,23 @@ def rank_rows(
     if len(exploit) + len(explored) < params.k:
         taken = chosen | explored_ids
         missing = params.k - len(exploit) - len(explored)
-        extra = [r for r in _diversify(ranked, params.k, cap, caps) if r[1] not in taken]
-        if len(extra) < missing and caps and not wide:
-            # the head ran dry under a de-escalation cap (a user who liked little else):
-            # the rest of the candidates fill the list, never a penalised category past
-            # its cap, so "not relevant" never leaves the user a list of two items
-            extra = [r for r in _diversify(widened(), params.k, cap, caps) if r[1] not in taken]
-        exploit += extra[:missing]
+        shown = Counter(row[2].category for row in [*exploit, *explored])
+
+        def fill(pool: list[Row]) -> list[Row]:
+            rest = [r for r in pool if r[1] not in taken]
+            return _diversify(rest, missing, cap, caps, shown)
+
+        extra = fill(ranked)
+        if not wide and (
+            (caps and len(extra) < missing)
+            or (cap is not None and _over([*exploit, *explored, *extra], cap))
+        ):
+            # the head ran dry under a cap (a user who liked little else, after a "not
+            # relevant"; a new user whose best forty are one category): the rest of the
+            # candidates fill the list, never a penalised category past its cap, so "not
+            # relevant" never leaves the user a list of two items
+            extra = fill(widened())
+        exploit += extra
     if caps:
         exploit = _keep_one_of_each(exploit, rows, caps)
     return Ranking([*exploit, *explored], frozenset(explored_ids), found)

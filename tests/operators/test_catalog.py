@@ -381,3 +381,29 @@ def test_under_churn_the_catalog_holds_rows_for_what_it_holds_and_ranks_as_a_fre
     assert churned.similar(np.ones(churned.embedding.dim) / 8.0, 5) == fresh.similar(
         np.ones(fresh.embedding.dim) / 8.0, 5
     )
+
+
+def test_ids_only_named_as_neighbours_never_set_the_rows_renumbering_off() -> None:
+    # a row is given to every id a held item names as a co-visit neighbour (items since
+    # removed, in a news catalog); counting those, every removal renumbered every row
+    from operators.profile import UserProfile
+    from operators.ranking import RankingParams, rank_rows
+    from schemas.catalog import ItemRecord
+
+    catalog = Catalog()
+    for n in range(150):
+        record = ItemRecord(item_id=f"h{n}", category="c", created_at=T0 - timedelta(days=1))
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+    for s in range(10):
+        state = catalog.get(f"h{s}")
+        assert state is not None
+        catalog.put(state.with_covisits([f"gone{s}-{j}" for j in range(150)], 1.0, 10**6))
+    user = UserProfile(user_id="u", recent_positives=tuple(f"h{s}" for s in range(10)))
+    rank_rows(user, catalog, T0.timestamp(), RankingParams())
+    columns = catalog.columns()
+
+    for n in range(100, 120):
+        catalog.remove(f"h{n}")
+        rank_rows(user, catalog, T0.timestamp(), RankingParams())
+
+    assert catalog.columns() is columns  # the same arrays: nothing was renumbered

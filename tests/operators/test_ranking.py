@@ -425,6 +425,37 @@ def test_the_caps_hold_when_the_best_forty_candidates_are_all_one_category(
     assert max(categories.count(c) for c in set(categories)) <= DEFAULTS.cold_start_category_cap
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # one long-tail item explored; the fill added a second of its category from the head
+        [("c0", 30, 50), ("c1", 3, 45), ("c2", 3, 44), ("c3", 3, 43), ("c4", 61, 2),
+         ("c3", 1, 1)],
+        # exploration short; the fill spilled c0 from the head past the cap, though sixty
+        # candidates of three other categories waited outside it
+        [("c0", 34, 50), ("c1", 2, 45), ("c2", 2, 44), ("c3", 2, 43), ("c4", 20, 2),
+         ("c5", 20, 2), ("c6", 20, 2)],
+    ],
+)  # fmt: skip
+def test_the_cap_holds_over_the_whole_list_when_exploration_comes_up_short(
+    spec: list[tuple[str, int, int]],
+) -> None:
+    catalog, n = Catalog(), 0
+    for category, count, likes in spec:
+        for _ in range(count):
+            record = ItemRecord(item_id=f"i{n:03d}", category=category,
+                                created_at=T0 - timedelta(days=100))  # fmt: skip
+            catalog.put(ItemState(item_id=record.item_id, record=record))
+            _boost(catalog, record.item_id, times=likes)
+            n += 1
+
+    rows = rank_rows(UserProfile.new("u"), catalog, NOW, DEFAULTS).rows
+    categories = [row[2].category for row in rows]
+
+    assert len(rows) == DEFAULTS.k
+    assert max(categories.count(c) for c in set(categories)) <= DEFAULTS.cold_start_category_cap
+
+
 def test_a_category_cap_reaches_past_a_head_of_one_category_for_a_known_user() -> None:
     catalog = _one_category_leads()
     known = _consumed(UserProfile.new("u"), 50)
@@ -496,6 +527,16 @@ def test_a_new_user_gets_long_tail_items_when_no_item_is_fresh() -> None:
     assert len(ranking.explored) == exploration_slots(profile, DEFAULTS) == 3
     assert not ranking.explored & ranking.found.popular
     assert len(ranking.rows) == DEFAULTS.k
+
+
+def test_without_a_trending_head_there_is_no_long_tail_past_it(catalog: Catalog) -> None:
+    # the "long tail" past a head of none was the most popular items, explored and
+    # called lesser-known picks
+    for n in range(20):
+        _boost(catalog, f"item-{n:05d}", times=5)
+    params = replace(DEFAULTS, trending_candidates=0, fresh_candidates=0)
+
+    assert rank_items(UserProfile.new("u"), catalog, NOW, params) == []
 
 
 def test_items_consumed_before_the_history_stay_out(catalog: Catalog) -> None:

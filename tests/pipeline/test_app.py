@@ -599,11 +599,12 @@ async def test_a_worker_with_no_events_still_takes_in_new_items(world: Synthetic
         follower._queue.put((item.item_id.encode(), state.snapshot(), 0, next(offsets)))
 
     (timer,) = [t for t in app.app._app_tasks if t.__name__ == "_follow_timer"]
-    ticking = asyncio.ensure_future(timer())  # as the worker runs it, every 10 ms
+    ticking = asyncio.ensure_future(timer())  # as the worker runs it, every 50 ms
     try:
         for item in world.items[:10]:
             published(item)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # several ticks
+        assert not ticking.done()
         assert len(follower.catalog) == 0  # the start applies it, then builds the index
         await app._ensure_catalog()  # the worker's first event: it is ready
         assert len(follower.catalog) == 10
