@@ -330,11 +330,15 @@ def _rerank(
     rows.sort(key=lambda r: (-r[0], r[1]))
 
 
+def _is_cold(profile: UserProfile, params: RankingParams) -> bool:
+    """Whether the user has consumed fewer than ``cold_start_items`` items (a new user)."""
+    consumed = profile.consumed.count if profile.consumed is not None else 0
+    return consumed < params.cold_start_items
+
+
 def _category_cap(profile: UserProfile, params: RankingParams) -> int | None:
     """How many items of one category a list may hold: a new user gets the stricter cap."""
-    cold = (profile.consumed.count if profile.consumed is not None else 0) < (
-        params.cold_start_items
-    )
+    cold = _is_cold(profile, params)
     caps = [c for c in (params.category_cap, params.cold_start_category_cap if cold else None) if c]
     return min(caps) if caps else None
 
@@ -651,12 +655,13 @@ def _gather(
     # a candidate from another source keeps its co-visitation even past the cut, so the
     # features never depend on which sources brought an item in
     top_covisit = float(covisit.max()) if len(covisit) else 0.0
-    # the trending head, and just past it the items not yet popular, which exploration
-    # may offer a user nothing personal brings candidates for yet (a new one); with no
-    # head there is nothing to be past (what follows would be the most popular items)
+    # the trending head, and for a new user (nothing personal brings candidates yet) just
+    # past it the items not yet popular, which exploration may offer; a user recloop knows
+    # explores the long tail of their own candidates, which these would crowd out. With
+    # no head there is nothing to be past (what follows would be the most popular items)
     head_size = params.trending_candidates
-    ranked_top = catalog.top(head_size + (params.longtail_candidates if head_size else 0),
-                             half_life)  # fmt: skip
+    tail = params.longtail_candidates if head_size and _is_cold(profile, params) else 0
+    ranked_top = catalog.top(head_size + tail, half_life)
     popular, longtail = ranked_top[:head_size], ranked_top[head_size:]
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]

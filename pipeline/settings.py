@@ -177,7 +177,7 @@ class RankingSettings(Section):
     fresh_candidates: int = Field(default=_R.fresh_candidates, ge=0, le=10_000)
     longtail_candidates: int = Field(
         default=_R.longtail_candidates, ge=0, le=10_000,
-        description="Items just past the trending head, for exploration.",
+        description="Items just past the trending head, for a new user's exploration.",
     )  # fmt: skip
     fresh_window_s: float = Field(default=_R.fresh_window_s, gt=0)
     explore_min: float = Field(default=_R.explore_min, ge=0, le=1)
