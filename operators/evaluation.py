@@ -606,7 +606,7 @@ class LoopRecommender:
         """
         rules, last = self.config.deescalation, profile.last_event_at
         when = max(event.timestamp, datetime.fromisoformat(last)) if last else event.timestamp
-        surface = event.context.surface if event.context else None
+        surface = event.surface
         ranking = rank_rows(profile, self.catalog, when.timestamp(), self.config.ranking,
                             self.model, rules, surface, part_of_day(when, rules))  # fmt: skip
         return [state.category for _, _, state in ranking.rows]

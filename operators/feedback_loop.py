@@ -282,8 +282,8 @@ def _deescalate(
     reaction = react(
         profile.penalties, profile.streak, profile.streak_session,
         event_id=event.event_id, when=event.timestamp,
-        session=event.context.session_id if event.context else None,
-        surface=event.context.surface if event.context else None,
+        session=event.session_id,
+        surface=event.surface,
         part=part_of_day(event.timestamp, config.deescalation),
         kind=kind, target=signal.target,
         category=record.category if record else None,
@@ -364,7 +364,7 @@ def answer(
 
     """
     updated = profile
-    surface = event.context.surface if event.context else None
+    surface = event.surface
     # a late event changes the list the user sees now: ranked at the user's newest time,
     # and its notice and prompt speak of that time too
     now, items = rank_now(updated, catalog, config, event.timestamp, model, surface)
@@ -372,7 +372,7 @@ def answer(
     missed = any(a.rule != "contradicted" for a in adjustments)
     prompt = _prompt(event, updated, items, missed, now, catalog, config.deescalation)
     if prompt is not None:
-        session = event.context.session_id if event.context else None
+        session = event.session_id
         asked = (now.timestamp(), session or "")
         # may_prompt counts these: keep as many as the per-day and per-session limits
         rules = config.deescalation
@@ -434,7 +434,7 @@ def current_snapshot(
     user's newest time for the event's surface, as :func:`answer` ranked it; a notice or
     prompt it carried is not rebuilt.
     """
-    surface = event.context.surface if event.context else None
+    surface = event.surface
     _, items = rank_now(profile, catalog, config, event.timestamp, model, surface)
     return Snapshot(
         user_id=profile.user_id,
@@ -464,7 +464,7 @@ def _prompt(
         return None
     if isinstance(event, Preference):  # the user is steering already
         return None
-    session = event.context.session_id if event.context else None
+    session = event.session_id
     if not may_prompt(profile.prompted, session, now.timestamp(), params):
         return None
     choices: list[PromptChoice] = []

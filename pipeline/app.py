@@ -704,7 +704,7 @@ class Recloop:
         user_id = event.user_id
         user_key = user_id.encode()
         snapshot_json = snapshot_to_json(snapshot)
-        surface = event.context.surface if event.context else None
+        surface = event.surface
         with processing(waiting.source):
             self.users[user_id] = profile.snapshot()
             self.snapshots[user_id] = encode_latest(surface, snapshot, snapshot_json)
@@ -753,7 +753,7 @@ class Recloop:
                 event, profile, self.follower.catalog, self.config, self.clock(), self.model
             )
             snapshot_json = snapshot_to_json(snapshot)
-            surface = event.context.surface if event.context else None
+            surface = event.surface
             latest = encode_latest(surface, snapshot, snapshot_json)
         self.snapshots[user_id] = latest  # its changelog record may be lost too
         await self.emitter.send(self.topic_names["snapshots"], user_id.encode(), snapshot_json)

@@ -139,6 +139,16 @@ class EventBase(Contract):
     )
     context: Context | None = None
 
+    @property
+    def surface(self) -> str | None:
+        """Where the event happened (``context.surface``), when the producer said."""
+        return self.context.surface if self.context is not None else None
+
+    @property
+    def session_id(self) -> str | None:
+        """The session it happened in (``context.session_id``), when the producer said."""
+        return self.context.session_id if self.context is not None else None
+
 
 class ItemEventBase(EventBase):
     """An event about one item, optionally attributed to the recommendation that showed it."""
