@@ -65,45 +65,16 @@ class ValidationLimits:
     min_event_year: int
 
 
-def _names_another_version(raw: bytes) -> bool:
-    """Whether ``raw`` is a JSON object whose ``schema_version`` is not this worker's."""
+def _other_version(raw: bytes) -> tuple[object, ...]:
+    """``(version,)`` when ``raw`` is a JSON object naming another schema version, else ``()``."""
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):
-        return False
+        return ()
     if not isinstance(doc, dict) or "schema_version" not in doc:
-        return False
+        return ()
     version = doc["schema_version"]
-    return not (type(version) is int and version == SCHEMA_VERSION)
-
-
-def _reason_for(exc: ValidationError, raw: bytes) -> tuple[str, str]:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    kind = first["type"]
-    where = ".".join(str(part) for part in first["loc"]) or "(root)"
-    message = f"{where}: {first['msg']}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more)"
-    if kind == "json_invalid":
-        return "invalid_json", message
-    # another version first: a newer producer's new type or field is not this worker's to
-    # judge by its own contract (the workers are to be upgraded before the producers)
-    if _names_another_version(raw):
-        version = json.loads(raw)["schema_version"]
-        shown = json.dumps(version)[:32]
-        return "unsupported_schema_version", (
-            f"schema_version: {shown}, but this worker reads {SCHEMA_VERSION}"
-        )
-    if kind == "union_tag_invalid":
-        return "unknown_type", message
-    if kind == "union_tag_not_found":
-        return "missing_type", message
-    if kind == "missing":
-        return "missing_field", message
-    if kind == "extra_forbidden":
-        return "unexpected_field", message
-    return "schema_violation", message
+    return () if type(version) is int and version == SCHEMA_VERSION else (version,)
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -120,10 +91,31 @@ def reason_for(exc: ValidationError, raw: bytes) -> tuple[str, str]:
     For any record the contract's models refused (events, catalog records): ``raw`` is
     what they were given, so JSON that fails because its bytes are not UTF-8 is named so.
     """
-    reason, detail = _reason_for(exc, raw)
-    if reason == "invalid_json" and not _is_utf8(raw):
-        reason = "invalid_utf8"
-    return reason, detail
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    kind = first["type"]
+    where = ".".join(str(part) for part in first["loc"]) or "(root)"
+    message = f"{where}: {first['msg']}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    if kind == "json_invalid":
+        return ("invalid_json" if _is_utf8(raw) else "invalid_utf8"), message
+    # another version first: a newer producer's new type or field is not this worker's to
+    # judge by its own contract (the workers are to be upgraded before the producers)
+    for version in _other_version(raw):
+        shown = json.dumps(version)[:32]
+        return "unsupported_schema_version", (
+            f"schema_version: {shown}, but this worker reads {SCHEMA_VERSION}"
+        )
+    if kind == "union_tag_invalid":
+        return "unknown_type", message
+    if kind == "union_tag_not_found":
+        return "missing_type", message
+    if kind == "missing":
+        return "missing_field", message
+    if kind == "extra_forbidden":
+        return "unexpected_field", message
+    return "schema_violation", message
 
 
 def decode_event(

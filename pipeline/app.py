@@ -833,9 +833,15 @@ class Recloop:
         stored = self.items.get(item_id)
         return ItemState.restore(stored) if stored is not None else ItemState(item_id=item_id)
 
-    async def _publish_item(self, key: bytes, state: ItemState) -> None:
-        value = state.snapshot()
-        self.items[state.item_id] = value
+    async def _publish_item(self, key: bytes, state: ItemState | None) -> None:
+        """Write the item's state (``None``: delete it) to the items table and item-state."""
+        if state is None:
+            item_id = key.decode()
+            if item_id in self.items:
+                del self.items[item_id]
+            value = None
+        else:
+            value = self.items[state.item_id] = state.snapshot()
         self.stats.item_updates += 1
         await self.emitter.send(self.topic_names["item-state"], key, value)
 
@@ -860,17 +866,11 @@ class Recloop:
             await self._dead_letter(key, raw, exc, topic, partition, offset)
             return
         assert key is not None
-        item_id = key.decode()
-        if record is None:
-            # the item is gone, and so is what was learned about it: its state leaves
-            # the items table and, by a tombstone on item-state, every worker's catalog
-            # (``available: false`` withdraws an item and keeps its state)
-            if item_id in self.items:
-                del self.items[item_id]
-            self.stats.item_updates += 1
-            await self.emitter.send(self.topic_names["item-state"], key, None)
-            return
-        await self._publish_item(key, self._item_state(item_id).with_record(record))
+        # a tombstone: the item is gone, and so is what was learned about it; its state
+        # leaves the items table and, by a tombstone on item-state, every worker's catalog
+        # (``available: false`` withdraws an item and keeps its state)
+        state = None if record is None else self._item_state(key.decode()).with_record(record)
+        await self._publish_item(key, state)
 
     async def handle_item_feedback(self, batch: Sequence[Any]) -> None:
         """Fold a batch of users' signals into the items' states; republish each item once."""
