@@ -151,6 +151,15 @@ class ItemState:
             separators=(",", ":"),
         ).encode()
 
+    @staticmethod
+    def may_lack_record(data: bytes) -> bool:
+        """Whether a :meth:`snapshot` may be of an item without a catalog record.
+
+        A test on the bytes, never wrong when it says no: a sweep over every item's state
+        parses only the states it lets through.
+        """
+        return b'"record":null' in data
+
     @classmethod
     def restore(cls, data: bytes) -> ItemState:
         """The state :meth:`snapshot` wrote."""
@@ -173,8 +182,11 @@ class ItemState:
 class ItemFeedback:
     """What one event says about one item, sent to the item's owner (keyed by item id).
 
-    ``kind`` is ``signal`` for the user's own signal about the item (popularity), or
-    ``covisit`` when the item was liked by a user who just liked ``co_items`` too.
+    ``kind`` is ``signal`` for the user's own signal about the item (popularity),
+    ``covisit`` when the item was liked by a user who just liked ``co_items`` too, or
+    ``expire`` when a sweep found the item without a catalog record for longer than
+    :attr:`ItemParams.uncatalogued_ttl_s` at ``event_time`` (the owner checks again, see
+    :func:`fold_item_feedback`).
     """
 
     item_id: str
@@ -182,7 +194,7 @@ class ItemFeedback:
     weight: float
     event_time: datetime
     event_id: str
-    kind: Literal["signal", "covisit"] = "signal"
+    kind: Literal["signal", "covisit", "expire"] = "signal"
     co_items: tuple[str, ...] = ()
     #: who gave the signal: the item's embedding learns from the user's code
     user_id: str | None = None
@@ -208,7 +220,7 @@ class ItemFeedback:
         """The record :meth:`to_json` wrote."""
         raw = json.loads(data)
         kind = raw.get("kind", "signal")
-        if kind not in ("signal", "covisit"):
+        if kind not in ("signal", "covisit", "expire"):
             raise ValueError(f"unknown item feedback kind {kind!r}")
         return cls(
             item_id=raw["item_id"],
@@ -229,13 +241,55 @@ class ItemParams:
     popularity_half_life_s: float = 7 * 24 * 3600.0
     max_neighbours: int = 200
     embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
+    #: how long the state of an item without a catalog record (feedback for an id never
+    #: catalogued, or after its tombstone) is kept after its newest signal; 0: for ever
+    uncatalogued_ttl_s: float = 7 * 24 * 3600.0
+
+
+def uncatalogued_expired(state: ItemState, now_t: float, params: ItemParams) -> bool:
+    """Whether ``state`` has had no catalog record, and no signal, for the TTL at ``now_t``.
+
+    The newest signal's time is ``popularity_t``: every signal moves it (a skip too), a
+    late one never back. Co-visits do not count: they are what other items' likes say.
+    """
+    ttl = params.uncatalogued_ttl_s
+    return ttl > 0 and state.record is None and now_t - state.popularity_t >= ttl
+
+
+def expiry_of(item_id: str, now: datetime) -> ItemFeedback:
+    """The record a sweep sends to the item's owner for a state :func:`uncatalogued_expired`."""
+    return ItemFeedback(item_id, 0.0, 0.0, now, f"expire:{now.isoformat()}", kind="expire")
+
+
+def fold_item_feedback(
+    state: ItemState | None, records: Iterable[ItemFeedback], params: ItemParams
+) -> ItemState | None:
+    """An item's state after ``records`` in order (``None``: it has none, or it expired).
+
+    The item agent's logic for one item of a batch. An ``expire`` record deletes the state
+    only when it still has no catalog record and no feedback newer than the TTL allows
+    at the sweep's time: a record or a like that came meanwhile keeps it. Feedback after
+    an expiry starts a new state.
+    """
+    for record in records:
+        if record.kind == "expire":
+            if state is not None and uncatalogued_expired(
+                state, record.event_time.timestamp(), params
+            ):
+                state = None
+        else:
+            state = apply_feedback(state or ItemState(item_id=record.item_id), record, params)
+    return state
 
 
 def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams) -> ItemState:
-    """Fold one feedback record into an item's state: the item agent's whole logic.
+    """Fold one user's feedback record into an item's state (``signal`` or ``covisit``).
 
-    The live item agent and the offline replay both call this, so they agree.
+    The live item agent (through :func:`fold_item_feedback`) and the offline replay both
+    call this, so they agree.
     """
+    if feedback.kind == "expire":
+        raise ValueError("an expire record deletes a state: fold it with fold_item_feedback")
     if feedback.kind == "covisit":
         return state.with_covisits(feedback.co_items, 1.0, params.max_neighbours)
     updated = state.with_feedback(

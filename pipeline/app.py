@@ -34,7 +34,15 @@ import faust
 import faust.streams
 from pydantic import TypeAdapter, ValidationError
 
-from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.catalog import (
+    Catalog,
+    ItemFeedback,
+    ItemParams,
+    ItemState,
+    expiry_of,
+    fold_item_feedback,
+    uncatalogued_expired,
+)
 from operators.deescalation import Adjustment, DeescalationParams
 from operators.embedding import EmbeddingParams
 from operators.feedback_loop import Applied, LoopConfig, answer, apply_event, current_snapshot
@@ -64,6 +72,9 @@ _ITEM_ID: TypeAdapter[str] = TypeAdapter(Id)
 #: (ranking, the HTTP API, the metrics) of a worker with no traffic within 50 ms, and an
 #: idle worker wakes 20 times a second for it, not 100
 _FOLLOW_INTERVAL_S = 0.05
+#: the longest wait between two sweeps for items without a catalog record (a tenth of
+#: the TTL when that is shorter, but never under a second)
+_EXPIRY_SWEEP_MAX_S = 3600.0
 #: Items a worker's first index build writes per batch: the index's lock is held for one
 #: batch (a quarter of a second or so), when a health check or a scrape may wait for it.
 _BUILD_BATCH = 1024
@@ -188,6 +199,7 @@ def loop_config(settings: Settings) -> LoopConfig:
             popularity_half_life_s=r.popularity_half_life_s,
             max_neighbours=r.max_neighbours,
             embedding=_params(EmbeddingParams, settings.embedding),
+            uncatalogued_ttl_s=settings.limits.uncatalogued_item_ttl_s,
         ),
         covisit_window=r.covisit_window,
         deescalation=_params(DeescalationParams, settings.deescalation),
@@ -209,6 +221,8 @@ class WorkerStats:
     #: every record sent to the dead-letter topic (catalog and item feedback too), by reason
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     item_updates: int = 0
+    #: states of items without a catalog record deleted for want of feedback (TTL)
+    items_expired: int = 0
     forgotten: int = 0
     republished: int = 0
     #: events whose snapshot was superseded by a later one of the same batch
@@ -330,6 +344,10 @@ class Recloop:
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
         self.app.timer(_FOLLOW_INTERVAL_S, name="follow-items", traced=False)(self._follow_timer)
+        ttl = self.config.items.uncatalogued_ttl_s
+        if ttl > 0:
+            every = min(_EXPIRY_SWEEP_MAX_S, max(1.0, ttl / 10))
+            self.app.timer(every, name="expire-items", traced=False)(self._expiry_timer)
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -830,8 +848,41 @@ class Recloop:
         )
 
     def _item_state(self, item_id: str) -> ItemState:
+        return self._stored_item(item_id) or ItemState(item_id=item_id)
+
+    def _stored_item(self, item_id: str) -> ItemState | None:
         stored = self.items.get(item_id)
-        return ItemState.restore(stored) if stored is not None else ItemState(item_id=item_id)
+        return ItemState.restore(stored) if stored is not None else None
+
+    def uncatalogued_expired(self, now: datetime) -> list[str]:
+        """The ids, among the items this worker owns, whose state has outlived its TTL.
+
+        States without a catalog record (feedback for an id never catalogued, or after
+        its tombstone) would otherwise stay on every worker for good. One pass over the
+        items table without awaiting, parsing only the states whose bytes may lack a
+        record (docs/architecture.md gives the cost).
+        """
+        params = self.config.items
+        now_t = now.timestamp()
+        return [
+            item_id for item_id, raw in self.items.items()
+            if raw is not None and ItemState.may_lack_record(raw)
+            and uncatalogued_expired(ItemState.restore(raw), now_t, params)
+        ]  # fmt: skip
+
+    async def _expiry_timer(self) -> None:
+        """Ask the owners (this worker, unless a partition moves) to delete expired items.
+
+        Through the item-feedback topic, so the agent that folds the item's feedback
+        decides, in order with it: a like or a catalog record that came meanwhile keeps
+        the state.
+        """
+        now = self.clock()
+        for item_id in self.uncatalogued_expired(now):
+            key = item_id.encode()
+            await self.emitter.send(
+                self.topic_names["item-feedback"], key, expiry_of(item_id, now).to_json()
+            )
 
     async def _publish_item(self, key: bytes, state: ItemState | None) -> None:
         """Write the item's state (``None``: delete it) to the items table and item-state."""
@@ -901,9 +952,11 @@ class Recloop:
         # runs while a send is awaited, and a state read before that would undo its change
         for item_id, entries in by_item.items():
             with processing(entries[0][0]):
-                state = self._item_state(item_id)
-            for _, _, feedback in entries:
-                state = apply_feedback(state, feedback, self.config.items)
+                stored = self._stored_item(item_id)
+            state = fold_item_feedback(stored, (f for _, _, f in entries), self.config.items)
+            if state is stored:  # only expiries, and none applied (or nothing stored)
+                continue
+            self.stats.items_expired += state is None
             source, key, _ = entries[-1]
             with processing(source):
                 await self._publish_item(key, state)

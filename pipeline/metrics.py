@@ -118,6 +118,7 @@ def worker_figures(recloop: Recloop) -> dict[str, Any]:
         "dead_letter_reasons": dict(sorted(stats.dead_letter_reasons.items())),
         "dead_letter_rate": stats.dead_lettered / seen if seen else None,
         "item_updates": stats.item_updates,
+        "items_expired": stats.items_expired,
         "consumer_lag": recloop.consumer_lag(),
     }
 
@@ -252,6 +253,11 @@ class LiveCollector(Collector):
             worker["dead_letter_rate"],
         )
         yield _total("recloop_item_updates", "Item states published.", worker["item_updates"])
+        yield _total(
+            "recloop_items_expired",
+            "States of items without a catalog record deleted after the TTL.",
+            worker["items_expired"],
+        )
         yield _gauge(
             "recloop_consumer_lag",
             "Messages of the events topic this worker has not read yet.",

@@ -145,6 +145,11 @@ class LimitSettings(Section):
         default=2000, ge=10, le=1_000_000,
         description="Items the per-user consumed-set filter holds at 1% false positives.",
     )  # fmt: skip
+    uncatalogued_item_ttl_s: float = Field(
+        default=ItemParams.uncatalogued_ttl_s, ge=0,
+        description="How long the state of an item with no catalog record is kept after "
+        "its newest feedback (0: for ever).",
+    )  # fmt: skip
 
 
 _R = RankingParams  # the operators own the defaults; settings only bound and expose them

@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from operators.catalog import Catalog, ItemFeedback, ItemParams, ItemState, apply_feedback
+from operators.catalog import (
+    Catalog,
+    ItemFeedback,
+    ItemParams,
+    ItemState,
+    apply_feedback,
+    expiry_of,
+    fold_item_feedback,
+    uncatalogued_expired,
+)
 from operators.embedding import item_embedding, item_prior, unit
 from operators.synthetic import SyntheticWorld
 
@@ -407,3 +416,71 @@ def test_ids_only_named_as_neighbours_never_set_the_rows_renumbering_off() -> No
         rank_rows(user, catalog, T0.timestamp(), RankingParams())
 
     assert catalog.columns() is columns  # the same arrays: nothing was renumbered
+
+
+# -- items without a catalog record expire ----------------------------------------------
+
+DAY = 24 * HOUR
+
+
+def _signal(item_id: str, at: datetime, target: float = 1.0, kind: str = "signal") -> ItemFeedback:
+    co = ("other",) if kind == "covisit" else ()
+    return ItemFeedback(item_id, target, 1.0, at, f"e-{at.timestamp()}", kind=kind,  # type: ignore[arg-type]
+                        co_items=co, user_id="u1" if kind == "signal" else None)  # fmt: skip
+
+
+def test_every_signal_moves_the_time_an_uncatalogued_item_is_kept_from() -> None:
+    params = ItemParams(uncatalogued_ttl_s=DAY)
+    skipped = apply_feedback(ItemState("i"), _signal("i", T0, target=-0.3), params)
+    assert skipped.popularity_t == T0.timestamp()  # a skip counts as activity too
+    later = T0 + timedelta(hours=2)
+    assert not uncatalogued_expired(
+        apply_feedback(skipped, _signal("i", later), params), T0.timestamp() + DAY, params
+    )
+    late = apply_feedback(skipped, _signal("i", T0 - timedelta(hours=1)), params)
+    assert late.popularity_t == T0.timestamp()  # a late signal never moves it back
+
+
+def test_only_a_state_without_a_record_and_without_feedback_for_the_ttl_expires(
+    world: SyntheticWorld,
+) -> None:
+    params = ItemParams(uncatalogued_ttl_s=7 * DAY)
+    ghost = apply_feedback(ItemState("ghost"), _signal("ghost", T0), params)
+    record = world.items[0]
+    known = apply_feedback(ItemState(record.item_id, record=record), _signal(record.item_id, T0),
+                           params)  # fmt: skip
+    withdrawn = known.with_record(record.model_copy(update={"available": False}))
+    at_ttl, before_ttl = T0.timestamp() + 7 * DAY, T0.timestamp() + 7 * DAY - 1
+
+    assert uncatalogued_expired(ghost, at_ttl, params)
+    assert not uncatalogued_expired(ghost, before_ttl, params)
+    assert not uncatalogued_expired(known, at_ttl + 365 * DAY, params)
+    assert not uncatalogued_expired(withdrawn, at_ttl + 365 * DAY, params)  # withdrawn: kept
+    assert not uncatalogued_expired(ghost, at_ttl + 365 * DAY, ItemParams(uncatalogued_ttl_s=0))
+    # the sweep's prefilter lets every state without a record through, and no other
+    assert ItemState.may_lack_record(ghost.snapshot())
+    assert not ItemState.may_lack_record(known.snapshot())
+    assert ItemState.may_lack_record(known.with_record(None).snapshot())
+
+
+def test_an_expiry_deletes_only_what_is_still_expired_when_the_owner_folds_it() -> None:
+    params = ItemParams(uncatalogued_ttl_s=DAY)
+    ghost = apply_feedback(ItemState("ghost"), _signal("ghost", T0), params)
+    sweep = T0 + timedelta(days=1)
+    expire = expiry_of("ghost", sweep)
+    assert ItemFeedback.from_json(expire.to_json()) == expire
+
+    assert fold_item_feedback(ghost, [expire], params) is None
+    # a like the owner folds first (sent before the sweep's record reached it) keeps it
+    liked = fold_item_feedback(ghost, [_signal("ghost", sweep - timedelta(hours=1)), expire],
+                               params)  # fmt: skip
+    assert liked is not None and liked.positives == 2
+    # feedback after the expiry starts afresh; an expiry for nothing stays nothing
+    again = fold_item_feedback(ghost, [expire, _signal("ghost", sweep)], params)
+    assert again is not None and again.positives == 1  # not 2: the old state went
+    assert again.popularity_t == sweep.timestamp()
+    assert fold_item_feedback(None, [expire], params) is None
+    # nothing to expire: the very same state comes back (the agent then sends nothing)
+    assert fold_item_feedback(ghost, [expiry_of("ghost", T0)], params) is ghost
+    with pytest.raises(ValueError, match="fold_item_feedback"):
+        apply_feedback(ghost, expire, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,49 @@ async def test_a_catalog_tombstone_deletes_the_items_state_on_every_worker(
         worker._queue.put((sent.key, sent.value, 0, offset))
     worker.drain()
     assert len(worker.catalog) == 0
+
+
+async def test_an_item_without_a_catalog_record_expires_through_its_owner_after_the_ttl(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # feedback for an id never catalogued kept its state on every worker for good (an id
+    # a producer made up per session grew every worker's catalog without bound)
+    from pipeline.catalog_follower import CatalogFollower
+
+    item = world.items[2].item_id
+    recent = (NOW - timedelta(days=6)).isoformat()  # the TTL is 7 days; _like: 21 days ago
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(world.items[2].model_dump_json().encode(), key=item.encode())
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(_like(item, "e1", user_id="u1"), key=item.encode())  # catalogued
+        await agent.put(_like("ghost", "e2", user_id="u1"), key=b"ghost")
+        await agent.put(_like("late-record", "e3", user_id="u1"), key=b"late-record")
+        await agent.put(_like("recent", "e4", user_id="u1", event_time=recent), key=b"recent")
+
+    assert sorted(recloop.uncatalogued_expired(NOW)) == ["ghost", "late-record"]
+    await recloop._expiry_timer()
+    expiries = emitter.to("item-feedback")
+    assert sorted(e.key for e in expiries) == [b"ghost", b"late-record"]
+    # the owner checks again: a catalog record that came meanwhile keeps the state
+    late = world.items[3].model_copy(update={"item_id": "late-record"})
+    async with recloop.catalog_agent.test_context() as agent:
+        await agent.put(late.model_dump_json().encode(), key=b"late-record")
+    async with recloop.item_feedback_agent.test_context() as agent:
+        for sent in expiries:
+            await agent.put(sent.value, key=sent.key)
+        await agent.put(expiries[0].value, key=expiries[0].key)  # twice: nothing more
+
+    assert "ghost" not in recloop.items
+    assert {item, "late-record", "recent"} <= set(recloop.items.keys())
+    assert recloop.stats.items_expired == 1
+    states = emitter.to("item-state")
+    assert [s.value for s in states if s.key == b"ghost"][-1] is None
+    assert len([s for s in states if s.key == b"late-record"]) == 2  # the like, the record
+    worker = CatalogFollower("127.0.0.1:9", "p.item-state", 1)  # another worker's, no broker
+    for offset, sent in enumerate(states):
+        worker._queue.put((sent.key, sent.value, 0, offset))
+    worker.drain()
+    assert worker.catalog.get("ghost") is None and worker.catalog.get("recent") is not None
 
 
 async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
