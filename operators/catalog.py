@@ -246,6 +246,11 @@ class ItemParams:
     uncatalogued_ttl_s: float = 7 * 24 * 3600.0
 
 
+def sweep_interval(params: ItemParams) -> float:
+    """Seconds between two sweeps for expired items: a tenth of the TTL, 1 s to an hour."""
+    return min(3600.0, max(1.0, params.uncatalogued_ttl_s / 10))
+
+
 def uncatalogued_expired(state: ItemState, now_t: float, params: ItemParams) -> bool:
     """Whether ``state`` has had no catalog record, and no signal, for the TTL at ``now_t``.
 
@@ -261,25 +266,52 @@ def expiry_of(item_id: str, now: datetime) -> ItemFeedback:
     return ItemFeedback(item_id, 0.0, 0.0, now, f"expire:{now.isoformat()}", kind="expire")
 
 
+class Folded(NamedTuple):
+    """An item's state after a batch of feedback, and how many expiries deleted one."""
+
+    #: ``None``: the item has no state (none was stored, or it expired)
+    state: ItemState | None
+    expired: int
+
+
 def fold_item_feedback(
     state: ItemState | None, records: Iterable[ItemFeedback], params: ItemParams
-) -> ItemState | None:
-    """An item's state after ``records`` in order (``None``: it has none, or it expired).
+) -> Folded:
+    """An item's state after ``records`` in order: the item agent's logic for one item.
 
-    The item agent's logic for one item of a batch. An ``expire`` record deletes the state
-    only when it still has no catalog record and no feedback newer than the TTL allows
-    at the sweep's time: a record or a like that came meanwhile keeps it. Feedback after
-    an expiry starts a new state.
+    An ``expire`` record deletes the state only when it still has no catalog record and
+    no signal newer than the TTL allows at the sweep's time: a record or a like that
+    came meanwhile keeps it. A signal after an expiry starts a new state; a co-visit
+    never starts one (the id is in the recent likes of users who liked it: their later
+    likes would bring an expired item straight back, expired already).
     """
+    expired = 0
     for record in records:
         if record.kind == "expire":
             if state is not None and uncatalogued_expired(
                 state, record.event_time.timestamp(), params
             ):
-                state = None
-        else:
+                state, expired = None, expired + 1
+        elif state is not None or record.kind == "signal":
             state = apply_feedback(state or ItemState(item_id=record.item_id), record, params)
-    return state
+    return Folded(state, expired)
+
+
+def expire_uncatalogued(
+    catalog: Catalog, ids: Iterable[str], now_t: float, params: ItemParams
+) -> list[str]:
+    """Remove from ``catalog`` the states among ``ids`` that :func:`uncatalogued_expired`.
+
+    The offline replay's sweep (in event time): what the workers' sweeps and the item
+    agents do live. Returns the ids removed.
+    """
+    removed = []
+    for item_id in ids:
+        state = catalog.get(item_id)
+        if state is not None and uncatalogued_expired(state, now_t, params):
+            catalog.remove(item_id)
+            removed.append(item_id)
+    return removed
 
 
 def apply_feedback(state: ItemState, feedback: ItemFeedback, params: ItemParams) -> ItemState:

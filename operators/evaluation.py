@@ -27,7 +27,7 @@ and events, wall time and events per second (time spent inside the recommender).
 
 Recommenders implement :class:`Recommender`. :class:`LoopRecommender` runs the live
 pipeline's own operators (:func:`operators.feedback_loop.process_event` and the item
-agent's :func:`operators.catalog.apply_feedback`); the others are reference
+agent's :func:`operators.catalog.fold_item_feedback`); the others are reference
 points: global popularity, River's online matrix factorisation, item-item co-occurrence
 learned online or frozen at the half of the log.
 
@@ -63,7 +63,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from river import optim, reco
 
-from operators.catalog import ItemState, apply_feedback
+from operators.catalog import (
+    ItemState,
+    expire_uncatalogued,
+    fold_item_feedback,
+    sweep_interval,
+)
 from operators.deescalation import Adjustment, part_of_day
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
@@ -558,8 +563,9 @@ class LoopRecommender:
     Every event goes through :func:`operators.feedback_loop.process_event` with the user's
     profile (kept in a dict, as the worker keeps it in its table) and the worker's online
     ranking model; every :class:`~operators.catalog.ItemFeedback` of the step is folded
-    into the item's state at once with :func:`operators.catalog.apply_feedback`, the item
-    agent's own logic (live, that happens a moment later, through Kafka). A list is
+    into the item's state at once with :func:`operators.catalog.fold_item_feedback`, the item
+    agent's own logic (live, that happens a moment later, through Kafka), and items without
+    a catalog record expire as the workers' sweeps expire them, in event time. A list is
     :func:`operators.ranking.rank_rows` (the worker's ranking, unexplained) at the
     question's event time: the worker's ``k`` items less the excluded ones, and only
     when that leaves fewer than ``k``, a list with ``k`` widened by the excluded items
@@ -597,6 +603,9 @@ class LoopRecommender:
         self.profiles: dict[str, UserProfile] = {}
         self.duplicates = 0
         self.deescalation = DeescalationTally()
+        #: ids whose state has no catalog record, and when the next sweep is due
+        self._uncatalogued: set[str] = set()
+        self._next_sweep = -math.inf
 
     def _list(self, profile: UserProfile, event: Event) -> list[str | None]:
         """The categories of the list the worker would publish for ``profile`` now.
@@ -642,9 +651,25 @@ class LoopRecommender:
         self.profiles[event.user_id] = profile
         after = self._list(profile, event) if before is not None and adjustments else None
         self.deescalation.observe(event, adjustments, before, after)
+        items = self.config.items
         for record in feedback:
-            state = self.catalog.get(record.item_id) or ItemState(item_id=record.item_id)
-            self.catalog.put(apply_feedback(state, record, self.config.items))
+            state = fold_item_feedback(self.catalog.get(record.item_id), (record,), items).state
+            if state is not None:
+                self.catalog.put(state)
+                if state.record is None:
+                    self._uncatalogued.add(record.item_id)
+        self._sweep(event.timestamp.timestamp())
+
+    def _sweep(self, now_t: float) -> None:
+        """Expire items without a catalog record, as the workers' sweeps do (in event time)."""
+        items = self.config.items
+        if not self._uncatalogued or items.uncatalogued_ttl_s <= 0 or now_t < self._next_sweep:
+            return
+        expire_uncatalogued(self.catalog, self._uncatalogued, now_t, items)
+        self._uncatalogued = {
+            i for i in self._uncatalogued if (s := self.catalog.get(i)) is not None and not s.record
+        }
+        self._next_sweep = now_t + sweep_interval(items)
 
     def extra_figures(self, k: int = 10) -> dict[str, Any]:
         """The item index at the end of the run: its size and recall@k against exact search.

@@ -22,9 +22,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +43,7 @@ from operators.catalog import (
     ItemState,
     expiry_of,
     fold_item_feedback,
+    sweep_interval,
     uncatalogued_expired,
 )
 from operators.deescalation import Adjustment, DeescalationParams
@@ -72,9 +75,9 @@ _ITEM_ID: TypeAdapter[str] = TypeAdapter(Id)
 #: (ranking, the HTTP API, the metrics) of a worker with no traffic within 50 ms, and an
 #: idle worker wakes 20 times a second for it, not 100
 _FOLLOW_INTERVAL_S = 0.05
-#: the longest wait between two sweeps for items without a catalog record (a tenth of
-#: the TTL when that is shorter, but never under a second)
-_EXPIRY_SWEEP_MAX_S = 3600.0
+#: how often the expiry timer wakes: a worker sweeps at its first wake (so one restarted
+#: more often than the sweep interval still sweeps), then once per interval
+_EXPIRY_WAKE_S = 60.0
 #: Items a worker's first index build writes per batch: the index's lock is held for one
 #: batch (a quarter of a second or so), when a health check or a scrape may wait for it.
 _BUILD_BATCH = 1024
@@ -344,10 +347,10 @@ class Recloop:
         self.events_agent = self.app.agent(self.events_topic, name="events")(self._events_agent)
         self.app.timer(settings.worker.checkpoint_s, name="checkpoint")(self._checkpoint_timer)
         self.app.timer(_FOLLOW_INTERVAL_S, name="follow-items", traced=False)(self._follow_timer)
-        ttl = self.config.items.uncatalogued_ttl_s
-        if ttl > 0:
-            every = min(_EXPIRY_SWEEP_MAX_S, max(1.0, ttl / 10))
-            self.app.timer(every, name="expire-items", traced=False)(self._expiry_timer)
+        if self.config.items.uncatalogued_ttl_s > 0:
+            wake = min(_EXPIRY_WAKE_S, sweep_interval(self.config.items))
+            self.app.timer(wake, name="expire-items", traced=False)(self._expiry_timer)
+        self._next_sweep = -math.inf  # monotonic seconds
         self.catalog_agent = self.app.agent(self.catalog_topic, name="catalog")(self._catalog_agent)
         self.item_feedback_agent = self.app.agent(self.item_feedback_topic, name="item-feedback")(
             self._item_feedback_agent
@@ -877,6 +880,9 @@ class Recloop:
         decides, in order with it: a like or a catalog record that came meanwhile keeps
         the state.
         """
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + sweep_interval(self.config.items)
         now = self.clock()
         for item_id in self.uncatalogued_expired(now):
             key = item_id.encode()
@@ -953,10 +959,11 @@ class Recloop:
         for item_id, entries in by_item.items():
             with processing(entries[0][0]):
                 stored = self._stored_item(item_id)
-            state = fold_item_feedback(stored, (f for _, _, f in entries), self.config.items)
-            if state is stored:  # only expiries, and none applied (or nothing stored)
+            records = (feedback for _, _, feedback in entries)
+            state, expired = fold_item_feedback(stored, records, self.config.items)
+            self.stats.items_expired += expired
+            if state is stored:  # nothing changed (only expiries, none applied)
                 continue
-            self.stats.items_expired += state is None
             source, key, _ = entries[-1]
             with processing(source):
                 await self._publish_item(key, state)

@@ -14,8 +14,10 @@ from operators.catalog import (
     ItemParams,
     ItemState,
     apply_feedback,
+    expire_uncatalogued,
     expiry_of,
     fold_item_feedback,
+    sweep_interval,
     uncatalogued_expired,
 )
 from operators.embedding import item_embedding, item_prior, unit
@@ -470,17 +472,50 @@ def test_an_expiry_deletes_only_what_is_still_expired_when_the_owner_folds_it() 
     expire = expiry_of("ghost", sweep)
     assert ItemFeedback.from_json(expire.to_json()) == expire
 
-    assert fold_item_feedback(ghost, [expire], params) is None
+    assert fold_item_feedback(ghost, [expire], params) == (None, 1)
     # a like the owner folds first (sent before the sweep's record reached it) keeps it
-    liked = fold_item_feedback(ghost, [_signal("ghost", sweep - timedelta(hours=1)), expire],
-                               params)  # fmt: skip
-    assert liked is not None and liked.positives == 2
-    # feedback after the expiry starts afresh; an expiry for nothing stays nothing
-    again = fold_item_feedback(ghost, [expire, _signal("ghost", sweep)], params)
-    assert again is not None and again.positives == 1  # not 2: the old state went
+    liked, expired = fold_item_feedback(
+        ghost, [_signal("ghost", sweep - timedelta(hours=1)), expire], params
+    )
+    assert liked is not None and liked.positives == 2 and expired == 0
+    # a signal after the expiry starts afresh (and the expiry still counts)
+    again, expired = fold_item_feedback(ghost, [expire, _signal("ghost", sweep)], params)
+    assert again is not None and again.positives == 1 and expired == 1  # not 2: the old went
     assert again.popularity_t == sweep.timestamp()
-    assert fold_item_feedback(None, [expire], params) is None
+    assert fold_item_feedback(None, [expire], params) == (None, 0)
     # nothing to expire: the very same state comes back (the agent then sends nothing)
-    assert fold_item_feedback(ghost, [expiry_of("ghost", T0)], params) is ghost
+    assert fold_item_feedback(ghost, [expiry_of("ghost", T0)], params).state is ghost
     with pytest.raises(ValueError, match="fold_item_feedback"):
         apply_feedback(ghost, expire, params)
+
+
+def test_a_covisit_never_brings_back_an_item_that_has_no_state() -> None:
+    # the id stays in the recent likes of users who liked it: each of their later likes
+    # sends it a co-visit, which rebuilt the state expired already, on every worker
+    params = ItemParams(uncatalogued_ttl_s=DAY)
+    covisit = _signal("ghost", T0 + timedelta(days=2), kind="covisit")
+    assert fold_item_feedback(None, [covisit], params) == (None, 0)
+    ghost = apply_feedback(ItemState("ghost"), _signal("ghost", T0), params)
+    kept = fold_item_feedback(ghost, [covisit], params).state
+    assert kept is not None and kept.neighbours == {"other": 1.0}
+
+
+def test_the_replays_sweep_removes_expired_uncatalogued_states_in_event_time(
+    world: SyntheticWorld,
+) -> None:
+    params = ItemParams(uncatalogued_ttl_s=DAY)
+    catalog = Catalog()
+    record = world.items[0]
+    catalog.put(ItemState(record.item_id, record=record))
+    for item_id, at in (("old", T0), ("new", T0 + timedelta(hours=20))):
+        catalog.put(apply_feedback(ItemState(item_id), _signal(item_id, at), params))
+    now_t = (T0 + timedelta(days=1)).timestamp()
+
+    gone = expire_uncatalogued(catalog, ["old", "new", record.item_id, "never"], now_t, params)
+
+    assert gone == ["old"]
+    assert catalog.get("old") is None and catalog.get("new") is not None
+    assert catalog.get(record.item_id) is not None
+    assert sweep_interval(ItemParams(uncatalogued_ttl_s=HOUR)) == HOUR / 10
+    assert sweep_interval(ItemParams()) == 3600.0  # 7 days: hourly
+    assert sweep_interval(ItemParams(uncatalogued_ttl_s=3.0)) == 1.0

@@ -498,3 +498,31 @@ def test_the_tally_resolves_every_open_dissatisfaction_with_the_next_like() -> N
     assert figures["median_events_to_resolution"] == 3.0
     assert figures["median_hours_to_resolution"] == 3 / 60
     assert figures["unresolved"] == 1
+
+
+def test_the_replay_expires_items_without_a_catalog_record_as_the_workers_do() -> None:
+    # it kept their states for ever, so its lists drifted from the live pipeline's
+    from schemas.events import Click
+
+    world = SyntheticWorld.generate(seed=3, n_items=40, n_users=4, n_categories=4)
+    items = [i.item_id for i in world.items]
+    loop = LoopRecommender(world.items)
+    n = 0
+
+    def click(user: str, item: str, at: datetime) -> None:
+        nonlocal n
+        n += 1
+        loop.learn(Click(type="click", event_id=f"e{n}", user_id=user, item_id=item, timestamp=at))
+
+    for user in ("u1", "u2"):
+        click(user, "ghost", T0)
+        click(user, items[7], T0 + timedelta(minutes=1))
+    click("u3", items[1], T0 + timedelta(days=6, hours=23))
+    assert loop.catalog.get("ghost") is not None  # within the TTL (7 days)
+    click("u3", items[2], T0 + timedelta(days=7, hours=1))
+    assert loop.catalog.get("ghost") is None
+    click("u1", items[3], T0 + timedelta(days=8))  # a co-visit for the ghost: nothing back
+    assert loop.catalog.get("ghost") is None
+    click("u4", "ghost", T0 + timedelta(days=9))  # a signal starts afresh
+    ghost = loop.catalog.get("ghost")
+    assert ghost is not None and ghost.positives == 1

@@ -283,6 +283,66 @@ async def test_an_item_without_a_catalog_record_expires_through_its_owner_after_
     assert worker.catalog.get("ghost") is None and worker.catalog.get("recent") is not None
 
 
+async def test_an_expired_item_stays_gone_when_users_who_liked_it_like_more(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # the id stays in u1's recent likes: each of their later likes sent it a co-visit,
+    # which rebuilt the state (expired already) on every worker until the next sweep
+    async def fold(records: list[Any]) -> None:
+        async with recloop.item_feedback_agent.test_context() as agent:
+            for sent in records:
+                await agent.put(sent.value, key=sent.key)
+
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(_event("e1", "u1", "click", "ghost"), key=b"u1")  # 21 days ago
+    await fold(emitter.to("item-feedback"))
+    await recloop._expiry_timer()
+    await fold(emitter.to("item-feedback")[-1:])
+    assert "ghost" not in recloop.items
+    for n, item in enumerate(world.items[:3]):
+        before = len(emitter.to("item-feedback"))
+        async with recloop.events_agent.test_context() as agent:
+            await agent.put(_event(f"e{n + 2}", "u1", "click", item.item_id,
+                                   timestamp="2026-11-22T11:00:00Z"), key=b"u1")  # fmt: skip
+        sent = emitter.to("item-feedback")[before:]
+        assert b"ghost" in [r.key for r in sent]  # the co-visit still goes out
+        await fold(sent)
+
+    assert "ghost" not in recloop.items
+    assert [s.value for s in emitter.to("item-state") if s.key == b"ghost"][1:] == [None]
+    assert recloop.stats.items_expired == 1
+
+
+@pytest.mark.parametrize("batch", [(2, 10_000.0)])
+async def test_an_expiry_folded_with_a_later_signal_is_counted_and_starts_afresh(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(_like("ghost", "e1", user_id="u1"), key=b"ghost")
+    await recloop._expiry_timer()
+    [expire] = emitter.to("item-feedback")
+    now = NOW.isoformat()
+    async with recloop.item_feedback_agent.test_context() as agent:  # one batch of two
+        await agent.put(expire.value, key=b"ghost")
+        await agent.put(_like("ghost", "e2", user_id="u2", event_time=now), key=b"ghost")
+
+    state = ItemState.restore(recloop.items["ghost"])
+    assert state.positives == 1 and state.popularity_t == NOW.timestamp()
+    assert recloop.stats.items_expired == 1
+
+
+async def test_a_worker_sweeps_at_its_first_wake_then_once_per_interval(
+    recloop: Recloop, emitter: RecordingEmitter
+) -> None:
+    # Faust's timer sleeps before its first run: with hourly sweeps, a worker restarted
+    # more often than hourly never swept
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(_like("ghost", "e1", user_id="u1"), key=b"ghost")
+    await recloop._expiry_timer()
+    await recloop._expiry_timer()  # a minute later, say: the next sweep is an hour away
+    assert [r.key for r in emitter.to("item-feedback")] == [b"ghost"]
+
+
 async def test_a_catalog_tombstone_under_a_key_no_item_could_have_is_dead_lettered(
     recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
 ) -> None:
