@@ -569,6 +569,23 @@ def candidate_features(
     return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
 
 
+def _top_unexcluded(
+    catalog: Catalog, n: int, half_life_s: float, excluded: frozenset[str], category: str
+) -> list[str]:
+    """The ``n`` best available items of ``category`` not in ``excluded``.
+
+    The catalog keeps orders of fixed lengths; when the excluded items fill one, the
+    next, four times as long, is read (so a category has a few orders, never one per user).
+    """
+    size = n
+    while True:
+        top = catalog.top(size, half_life_s, category)
+        kept = [item_id for item_id in top if item_id not in excluded]
+        if len(kept) >= n or len(top) < size:
+            return kept[:n]
+        size *= 4
+
+
 @lru_cache(maxsize=16)
 def _without_k(params: RankingParams) -> RankingParams:
     """``params`` with ``k`` zeroed: the part of the parameters candidates depend on."""
@@ -666,7 +683,11 @@ def _gather(
     liked = sorted(
         (c for c, a in profile.affinity.items() if a > 0), key=lambda c: -profile.affinity[c]
     )[: params.affinity_categories]
-    by_category = [catalog.top(params.category_candidates, half_life, c) for c in liked]
+    # a liked category's head counts what the user has not consumed: a user who has seen
+    # its most popular items gets the next ones, not none
+    by_category = [
+        _top_unexcluded(catalog, params.category_candidates, half_life, excluded, c) for c in liked
+    ]
     user_vector = user_unit(profile, catalog)
     embedded: list[str] = []
     if user_vector is not None and params.embedding_candidates > 0:

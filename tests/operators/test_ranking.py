@@ -666,3 +666,33 @@ def test_sums_by_row_add_in_input_order_on_both_paths() -> None:
     for unique, sums in (dense, sparse):
         assert unique.tolist() == sorted(expected)
         assert sums.tolist() == [expected[row] for row in sorted(expected)]
+
+
+def test_a_user_who_consumed_a_liked_categorys_most_popular_items_gets_its_next_ones() -> None:
+    # the category source read a fixed-length head and dropped what the user had
+    # consumed: a loyal user's favourite category brought no candidate at all, and only
+    # co-visitation and the embedding (both narrowing) were left
+    records = [
+        ItemRecord(item_id=f"{c}-{n:02d}", category=c, created_at=T0 - timedelta(days=400))
+        for c in ("drama", "comedy") for n in range(60)
+    ]  # fmt: skip
+    catalog = Catalog()
+    for record in records:
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+    for n in range(60):  # drama-00 most popular, then drama-01, ...; comedy above them all
+        _boost(catalog, f"drama-{n:02d}", 70 - n)
+        _boost(catalog, f"comedy-{n:02d}", 200 - n)
+    params = replace(PARAMS, category_candidates=20, trending_candidates=30, k=200,
+                     embedding_candidates=0, neighbour_candidates=0, fresh_candidates=0)  # fmt: skip
+    seen = (*(f"drama-{n:02d}" for n in range(25)), *(f"comedy-{n:02d}" for n in range(10)))
+    profile = replace(UserProfile.new("u"), affinity={"drama": 3.0}, history=seen)
+    profile = _consumed(profile, 35)  # not a new user: no long-tail source
+
+    found = candidate_features(profile, catalog, NOW, params)
+
+    dramas = sorted(i for i in found.ids if i.startswith("drama"))
+    assert dramas == [f"drama-{n:02d}" for n in range(25, 45)]  # the next twenty
+    # the trending head is what is popular now, consumed or not (which then drops out)
+    comedies = sorted(i for i in found.ids if i.startswith("comedy"))
+    assert comedies == [f"comedy-{n:02d}" for n in range(10, 30)]
+    assert found.features["comedy-10"]["trend"] == pytest.approx(190 / 200)
