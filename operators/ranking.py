@@ -61,7 +61,7 @@ from operators.model import RankingModel
 from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
-MODEL_VERSION = "covisit-embed-explore-3"
+MODEL_VERSION = "covisit-embed-explore-4"
 
 _T = TypeVar("_T")
 
