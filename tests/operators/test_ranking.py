@@ -682,8 +682,10 @@ def test_a_user_who_consumed_a_liked_categorys_most_popular_items_gets_its_next_
     for n in range(60):  # drama-00 most popular, then drama-01, ...; comedy above them all
         _boost(catalog, f"drama-{n:02d}", 70 - n)
         _boost(catalog, f"comedy-{n:02d}", 200 - n)
-    params = replace(PARAMS, category_candidates=20, trending_candidates=30, k=200,
-                     embedding_candidates=0, neighbour_candidates=0, fresh_candidates=0)  # fmt: skip
+    params = replace(
+        PARAMS, category_candidates=20, trending_candidates=30, k=200,
+        embedding_candidates=0, neighbour_candidates=0, fresh_candidates=0,
+    )  # fmt: skip
     seen = (*(f"drama-{n:02d}" for n in range(25)), *(f"comedy-{n:02d}" for n in range(10)))
     profile = replace(UserProfile.new("u"), affinity={"drama": 3.0}, history=seen)
     profile = _consumed(profile, 35)  # not a new user: no long-tail source

@@ -31,3 +31,17 @@ def test_serving_rates_count_a_block_of_n_requests_as_n_intervals() -> None:
     assert figures["achieved_ok_per_s"] == 10.0
     late = [Sample(i / rate, 2.0, 200, "w") for i in range(10)]  # all answered at 2 s
     assert summarize([late])["achieved_ok_per_s"] == 5.0
+
+
+def test_the_offline_closed_loop_is_repeatable_and_learns() -> None:
+    from bench_closed_loop import run
+
+    first = run(rounds=6, users=8, items=120, seed=3, drift_at=None)
+    again = run(rounds=6, users=8, items=120, seed=3, drift_at=None)
+
+    rows = first["rounds"]
+    assert first == again  # no Kafka, no wall clock: the same run twice
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(0 < r["expected_ctr"] <= r["best_possible_ctr"] for r in rows)
+    assert rows[-1]["expected_ctr"] > rows[0]["expected_ctr"]  # the loop learns the users
+    assert 0 < rows[-1]["top_category_share"] <= 1
