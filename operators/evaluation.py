@@ -87,6 +87,7 @@ from schemas.events import (
     Skip,
     parse_event,
 )
+from schemas.snapshot import Snapshot
 
 #: Category given to items the catalog does not describe.
 UNKNOWN_CATEGORY = "unknown"
@@ -597,6 +598,8 @@ class LoopRecommender:
         self.config = config or LoopConfig()
         self.model = model
         self.snapshots = snapshots
+        #: with ``snapshots``, the one the last event produced (``None``: a duplicate)
+        self.last_snapshot: Snapshot | None = None
         self.catalog = self.config.new_catalog()
         for record in items:
             self.catalog.put(ItemState(item_id=record.item_id).with_record(record))
@@ -639,6 +642,7 @@ class LoopRecommender:
             )  # fmt: skip
             profile, feedback, duplicate = step.profile, step.feedback, step.duplicate
             adjustments = step.adjustments
+            self.last_snapshot = step.snapshot
         else:
             profile, feedback, duplicate, adjustments = apply_event(
                 event, previous, self.catalog, self.config, self.model

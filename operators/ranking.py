@@ -569,18 +569,25 @@ def candidate_features(
     return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
 
 
-def _top_unexcluded(
-    catalog: Catalog, n: int, half_life_s: float, excluded: frozenset[str], category: str
-) -> list[str]:
-    """The ``n`` best available items of ``category`` not in ``excluded``.
+def _top_unconsumed(
+    catalog: Catalog, n: int, half_life_s: float, profile: UserProfile,
+    excluded: frozenset[str], category: str,
+) -> list[str]:  # fmt: skip
+    """The ``n`` best available items of ``category`` the user has not consumed or blocked.
 
-    The catalog keeps orders of fixed lengths; when the excluded items fill one, the
-    next, four times as long, is read (so a category has a few orders, never one per user).
+    ``excluded`` is the history and the blocked items; past the history, the consumed-set
+    filter. The catalog keeps orders of fixed lengths; when what the user consumed fills
+    one, the next, four times as long, is read (a category has a few orders, never one per
+    user; the longest is bounded by the filter's capacity and the blocked items).
     """
+    beyond = profile.consumed is not None and profile.consumed.count > len(profile.history)
     size = n
     while True:
         top = catalog.top(size, half_life_s, category)
-        kept = [item_id for item_id in top if item_id not in excluded]
+        kept = [
+            item_id for item_id in top
+            if item_id not in excluded and not (beyond and profile.has_consumed(item_id))
+        ]  # fmt: skip
         if len(kept) >= n or len(top) < size:
             return kept[:n]
         size *= 4
@@ -686,7 +693,8 @@ def _gather(
     # a liked category's head counts what the user has not consumed: a user who has seen
     # its most popular items gets the next ones, not none
     by_category = [
-        _top_unexcluded(catalog, params.category_candidates, half_life, excluded, c) for c in liked
+        _top_unconsumed(catalog, params.category_candidates, half_life, profile, excluded, c)
+        for c in liked
     ]
     user_vector = user_unit(profile, catalog)
     embedded: list[str] = []

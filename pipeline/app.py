@@ -43,8 +43,8 @@ from operators.catalog import (
     ItemState,
     expiry_of,
     fold_item_feedback,
+    snapshot_expired,
     sweep_interval,
-    uncatalogued_expired,
 )
 from operators.deescalation import Adjustment, DeescalationParams
 from operators.embedding import EmbeddingParams
@@ -857,20 +857,18 @@ class Recloop:
         stored = self.items.get(item_id)
         return ItemState.restore(stored) if stored is not None else None
 
-    def uncatalogued_expired(self, now: datetime) -> list[str]:
+    def expired_item_ids(self, now: datetime) -> list[str]:
         """The ids, among the items this worker owns, whose state has outlived its TTL.
 
         States without a catalog record (feedback for an id never catalogued, or after
         its tombstone) would otherwise stay on every worker for good. One pass over the
-        items table without awaiting, parsing only the states whose bytes may lack a
-        record (docs/architecture.md gives the cost).
+        items table without awaiting, reading each state's bytes, not parsing them
+        (docs/architecture.md gives the cost); the owner checks each one again.
         """
-        params = self.config.items
-        now_t = now.timestamp()
+        params, now_t = self.config.items, now.timestamp()
         return [
             item_id for item_id, raw in self.items.items()
-            if raw is not None and ItemState.may_lack_record(raw)
-            and uncatalogued_expired(ItemState.restore(raw), now_t, params)
+            if raw is not None and snapshot_expired(raw, now_t, params)
         ]  # fmt: skip
 
     async def _expiry_timer(self) -> None:
@@ -884,7 +882,7 @@ class Recloop:
             return
         self._next_sweep = time.monotonic() + sweep_interval(self.config.items)
         now = self.clock()
-        for item_id in self.uncatalogued_expired(now):
+        for item_id in self.expired_item_ids(now):
             key = item_id.encode()
             await self.emitter.send(
                 self.topic_names["item-feedback"], key, expiry_of(item_id, now).to_json()

@@ -17,6 +17,7 @@ from operators.catalog import (
     expire_uncatalogued,
     expiry_of,
     fold_item_feedback,
+    snapshot_expired,
     sweep_interval,
     uncatalogued_expired,
 )
@@ -459,10 +460,15 @@ def test_only_a_state_without_a_record_and_without_feedback_for_the_ttl_expires(
     assert not uncatalogued_expired(known, at_ttl + 365 * DAY, params)
     assert not uncatalogued_expired(withdrawn, at_ttl + 365 * DAY, params)  # withdrawn: kept
     assert not uncatalogued_expired(ghost, at_ttl + 365 * DAY, ItemParams(uncatalogued_ttl_s=0))
-    # the sweep's prefilter lets every state without a record through, and no other
-    assert ItemState.may_lack_record(ghost.snapshot())
-    assert not ItemState.may_lack_record(known.snapshot())
-    assert ItemState.may_lack_record(known.with_record(None).snapshot())
+    # the sweep decides from the bytes, as from the state
+    for state in (ghost, known, withdrawn, known.with_record(None)):
+        for now_t in (before_ttl, at_ttl, at_ttl + 365 * DAY):
+            assert snapshot_expired(state.snapshot(), now_t, params) == uncatalogued_expired(
+                state, now_t, params
+            )
+    assert not snapshot_expired(ghost.snapshot(), at_ttl, ItemParams(uncatalogued_ttl_s=0))
+    tricky = apply_feedback(ItemState('x"popularity_t":1,"record":null'), _signal("x", T0), params)
+    assert ItemState.popularity_t_of(tricky.snapshot()) == T0.timestamp()
 
 
 def test_an_expiry_deletes_only_what_is_still_expired_when_the_owner_folds_it() -> None:

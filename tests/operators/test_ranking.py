@@ -698,3 +698,31 @@ def test_a_user_who_consumed_a_liked_categorys_most_popular_items_gets_its_next_
     comedies = sorted(i for i in found.ids if i.startswith("comedy"))
     assert comedies == [f"comedy-{n:02d}" for n in range(10, 30)]
     assert found.features["comedy-10"]["trend"] == pytest.approx(190 / 200)
+
+
+def test_past_the_history_the_consumed_set_filter_keeps_a_category_source_going() -> None:
+    # items consumed before the 200-item history are only in the consumed-set filter:
+    # the category head read them as unconsumed, and the ranking dropped them later
+    records = [
+        ItemRecord(item_id=f"drama-{n:02d}", category="drama", created_at=T0 - timedelta(days=400))
+        for n in range(60)
+    ]
+    catalog = Catalog()
+    for record in records:
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+    for n in range(60):
+        _boost(catalog, f"drama-{n:02d}", 70 - n)
+    params = replace(
+        PARAMS, category_candidates=20, trending_candidates=0, k=200,
+        embedding_candidates=0, neighbour_candidates=0, fresh_candidates=0,
+    )  # fmt: skip
+    bloom = Bloom.empty(2000)
+    for n in range(20):  # long ago: in the filter, not in the history
+        bloom = bloom.add(f"drama-{n:02d}")
+    history = tuple(f"elsewhere-{n}" for n in range(5))
+    profile = replace(UserProfile.new("u"), affinity={"drama": 3.0}, history=history,
+                      consumed=bloom)  # fmt: skip
+
+    found = candidate_features(profile, catalog, NOW, params)
+
+    assert sorted(found.ids) == [f"drama-{n:02d}" for n in range(20, 40)]

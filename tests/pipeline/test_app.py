@@ -257,7 +257,7 @@ async def test_an_item_without_a_catalog_record_expires_through_its_owner_after_
         await agent.put(_like("late-record", "e3", user_id="u1"), key=b"late-record")
         await agent.put(_like("recent", "e4", user_id="u1", event_time=recent), key=b"recent")
 
-    assert sorted(recloop.uncatalogued_expired(NOW)) == ["ghost", "late-record"]
+    assert sorted(recloop.expired_item_ids(NOW)) == ["ghost", "late-record"]
     await recloop._expiry_timer()
     expiries = emitter.to("item-feedback")
     assert sorted(e.key for e in expiries) == [b"ghost", b"late-record"]
