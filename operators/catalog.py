@@ -267,8 +267,7 @@ def uncatalogued_expired(state: ItemState, now_t: float, params: ItemParams) -> 
     The newest signal's time is ``popularity_t``: every signal moves it (a skip too), a
     late one never back. Co-visits do not count: they are what other items' likes say.
     """
-    ttl = params.uncatalogued_ttl_s
-    return ttl > 0 and state.record is None and now_t - state.popularity_t >= ttl
+    return state.record is None and _outlived(state.popularity_t, now_t, params)
 
 
 def snapshot_expired(data: bytes, now_t: float, params: ItemParams) -> bool:
@@ -277,12 +276,14 @@ def snapshot_expired(data: bytes, now_t: float, params: ItemParams) -> bool:
     A sweep reads every state a worker owns; parsing each whole (its taste vector, its
     co-visits) would hold the event loop for about 20 µs a state.
     """
-    ttl = params.uncatalogued_ttl_s
-    return (
-        ttl > 0
-        and ItemState.may_lack_record(data)
-        and now_t - ItemState.popularity_t_of(data) >= ttl
+    return ItemState.may_lack_record(data) and _outlived(
+        ItemState.popularity_t_of(data), now_t, params
     )
+
+
+def _outlived(popularity_t: float, now_t: float, params: ItemParams) -> bool:
+    ttl = params.uncatalogued_ttl_s
+    return ttl > 0 and now_t - popularity_t >= ttl
 
 
 def expiry_of(item_id: str, now: datetime) -> ItemFeedback:

@@ -313,13 +313,18 @@ async def test_an_expired_item_stays_gone_when_users_who_liked_it_like_more(
     assert recloop.stats.items_expired == 1
 
 
+async def _sweep_a_ghost(recloop: Recloop) -> None:
+    """A like for an id never catalogued, 21 days old, then the worker's sweep."""
+    async with recloop.item_feedback_agent.test_context() as agent:
+        await agent.put(_like("ghost", "e1", user_id="u1"), key=b"ghost")
+    await recloop._expiry_timer()
+
+
 @pytest.mark.parametrize("batch", [(2, 10_000.0)])
 async def test_an_expiry_folded_with_a_later_signal_is_counted_and_starts_afresh(
     recloop: Recloop, emitter: RecordingEmitter
 ) -> None:
-    async with recloop.item_feedback_agent.test_context() as agent:
-        await agent.put(_like("ghost", "e1", user_id="u1"), key=b"ghost")
-    await recloop._expiry_timer()
+    await _sweep_a_ghost(recloop)
     [expire] = emitter.to("item-feedback")
     now = NOW.isoformat()
     async with recloop.item_feedback_agent.test_context() as agent:  # one batch of two
@@ -336,9 +341,7 @@ async def test_a_worker_sweeps_at_its_first_wake_then_once_per_interval(
 ) -> None:
     # Faust's timer sleeps before its first run: with hourly sweeps, a worker restarted
     # more often than hourly never swept
-    async with recloop.item_feedback_agent.test_context() as agent:
-        await agent.put(_like("ghost", "e1", user_id="u1"), key=b"ghost")
-    await recloop._expiry_timer()
+    await _sweep_a_ghost(recloop)
     await recloop._expiry_timer()  # a minute later, say: the next sweep is an hour away
     assert [r.key for r in emitter.to("item-feedback")] == [b"ghost"]
 
