@@ -669,10 +669,9 @@ class LoopRecommender:
         items = self.config.items
         if not self._uncatalogued or items.uncatalogued_ttl_s <= 0 or now_t < self._next_sweep:
             return
-        expire_uncatalogued(self.catalog, self._uncatalogued, now_t, items)
-        self._uncatalogued = {
-            i for i in self._uncatalogued if (s := self.catalog.get(i)) is not None and not s.record
-        }
+        self._uncatalogued.difference_update(
+            expire_uncatalogued(self.catalog, list(self._uncatalogued), now_t, items)
+        )
         self._next_sweep = now_t + sweep_interval(items)
 
     def extra_figures(self, k: int = 10) -> dict[str, Any]:

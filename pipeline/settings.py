@@ -148,7 +148,7 @@ class LimitSettings(Section):
     uncatalogued_item_ttl_s: float = Field(
         default=ItemParams.uncatalogued_ttl_s, ge=0,
         description="How long the state of an item with no catalog record is kept after "
-        "its newest feedback (0: for ever).",
+        "its newest signal (0: for ever).",
     )  # fmt: skip
 
 
