@@ -525,6 +525,7 @@ class Catalog:
         # for no category (and for the empty one, which ranks as none)
         self._category_codes: dict[str, int] = {"": 0}
         self._categories: list[str] = [""]
+        self._sorted_categories: tuple[str, ...] | None = None
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
         self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
@@ -676,7 +677,18 @@ class Catalog:
         if code is None:
             code = self._category_codes[category or ""] = len(self._categories)
             self._categories.append(category or "")
+            self._sorted_categories = None
         return code
+
+    def has_category(self, category: str) -> bool:
+        """Whether some item the catalog has seen is of ``category``."""
+        return bool(category) and category in self._category_codes
+
+    def sorted_categories(self) -> tuple[str, ...]:
+        """Every category seen, sorted: the same on every worker, whatever the items' order."""
+        if self._sorted_categories is None:
+            self._sorted_categories = tuple(sorted(c for c in self._categories if c))
+        return self._sorted_categories
 
     def categories(self) -> list[str]:
         """Every category seen, in the order of its code in :meth:`columns` (first: none)."""

@@ -72,6 +72,10 @@ class UserProfile:
     prompted: tuple[tuple[float, str], ...] = ()
     #: the latest items marked not relevant, with when (their neighbours are penalised)
     disliked: tuple[tuple[str, float], ...] = ()
+    #: per category of ``affinity``: how many signals liked it and how many missed it (a
+    #: skip, an unclicked impression, not relevant): the evidence category-level
+    #: exploration draws from (operators.ranking)
+    evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def new(cls, user_id: str) -> UserProfile:
@@ -139,6 +143,7 @@ class UserProfile:
                 "explanations_off": self.explanations_off,
                 "prompted": self.prompted,
                 "disliked": self.disliked,
+                "evidence": self.evidence,
             },
             separators=(",", ":"),
             ensure_ascii=False,  # UTF-8: a character outside the BMP takes 4 bytes, not 12
@@ -170,6 +175,7 @@ class UserProfile:
             explanations_off=bool(raw.get("explanations_off", False)),
             prompted=tuple((float(t), str(s)) for t, s in raw.get("prompted", ())),
             disliked=tuple((str(i), float(t)) for i, t in raw.get("disliked", ())),
+            evidence={c: (int(h), int(m)) for c, (h, m) in raw.get("evidence", {}).items()},
         )
 
 
@@ -227,9 +233,11 @@ def apply_signal(
         embedding: the embedding space's parameters (required with ``item_unit``).
 
     """
-    affinity = dict(profile.affinity)
+    affinity, evidence = profile.affinity, profile.evidence
     if category is not None:
+        affinity = dict(affinity)
         felt = affinity[category] = affinity.get(category, 0.0) + signal.target * signal.weight
+        evidence = _count(evidence, category, signal)
         if len(affinity) > limits.max_categories:
             # keep the categories the user feels most strongly about, either way, and the
             # one just felt: trimming it would lock a new interest out for good once every
@@ -240,6 +248,7 @@ def apply_signal(
             )  # fmt: skip
             affinity = dict(others[: limits.max_categories - 1])
             affinity[category] = felt
+            evidence = {c: n for c, n in evidence.items() if c in affinity}
     history = profile.history
     consumed = profile.consumed
     if signal.target > 0 or signal.explicit or blocks:
@@ -261,8 +270,19 @@ def apply_signal(
         recent = tuple(item for item in recent if item != signal.item_id)
     return profile.evolve(
         affinity=affinity, history=history, blocked=blocked, recent_positives=recent,
-        vector=vector, consumed=consumed,
+        vector=vector, consumed=consumed, evidence=evidence,
     )  # fmt: skip
+
+
+def _count(
+    evidence: dict[str, tuple[int, int]], category: str, signal: Signal
+) -> dict[str, tuple[int, int]]:
+    """``evidence`` with the signal counted for ``category``: a like, a miss or neither."""
+    liked, missed = signal.target >= POSITIVE_TARGET, signal.target < 0
+    if not (liked or missed):
+        return evidence
+    likes, misses = evidence.get(category, (0, 0))
+    return {**evidence, category: (likes + liked, misses + missed)}
 
 
 def next_snapshot_version(profile: UserProfile) -> UserProfile:

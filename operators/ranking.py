@@ -39,6 +39,8 @@ Example:
 from __future__ import annotations
 
 import math
+import random
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -98,6 +100,7 @@ class RankingParams:
     explore_max: float = 0.3
     explore_halfway: int = 20
     explore_bonus: float = 0.2
+    explore_categories: int = 0
     cold_start_items: int = 3
     cold_start_category_cap: int = 2
 
@@ -510,6 +513,8 @@ class Candidates:
     covisit_scale: float = 0.0
     #: the user's unit embedding, when there is one
     user_vector: Vector | None = None
+    #: the categories category-level exploration tries now (:func:`drawn_categories`)
+    drawn: tuple[str, ...] = ()
     #: each candidate's feedback events when gathered (the order of ``features``)
     feedback_events: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(0, dtype=np.int64)
@@ -536,6 +541,47 @@ def user_unit(profile: UserProfile, catalog: Catalog) -> Vector | None:
     return unit(np.asarray(profile.vector, dtype=np.float64))
 
 
+def drawn_categories(
+    profile: UserProfile, catalog: Catalog, params: RankingParams
+) -> tuple[str, ...]:
+    """The categories whose best candidates take the first exploration slots (Thompson).
+
+    Each category of the catalog gets a draw from Beta(1 + likes, 1 + misses), the
+    user's evidence for it (:attr:`UserProfile.evidence`; a category the user has no
+    evidence for draws from the uniform prior); the ``explore_categories`` highest draws
+    win. A category the user barely knows is tried now and then, whatever its items'
+    scores, so a list cannot settle on the first category that got a click; one the user
+    keeps missing is drawn less and less. Never for a user recloop barely knows (the
+    cold-start list is diverse already). The draws are seeded by the user and their
+    event count: every worker and the replay draw the same, a new event draws anew.
+    The categories without evidence are drawn as one (the highest of ``m`` uniform draws
+    is ``u ** (1 / m)``), so the cost grows with the user's categories, not the catalog's.
+    """
+    wanted = params.explore_categories
+    if wanted <= 0 or _is_cold(profile, params):
+        return ()
+    known = catalog.sorted_categories()  # in the order of the codes, draws would differ
+    if not known:
+        return ()
+    rng = random.Random(zlib.crc32(f"{profile.user_id}\0{profile.events_applied}".encode()))
+    evidence = profile.evidence
+    draws = [
+        (rng.betavariate(1.0 + likes, 1.0 + misses), category)
+        for category, (likes, misses) in sorted(evidence.items())
+        if catalog.has_category(category)
+    ]
+    unseen, taken = len(known) - len(draws), set(evidence)
+    best = 1.0
+    for left in range(unseen, max(unseen - wanted, 0), -1):  # the highest unseen draws
+        best *= rng.random() ** (1.0 / left)
+        while (category := known[rng.randrange(len(known))]) in taken:
+            pass  # which unseen category drew it: each alike
+        taken.add(category)
+        draws.append((best, category))
+    draws.sort(key=lambda draw: (-draw[0], draw[1]))
+    return tuple(category for _, category in draws[:wanted])
+
+
 def candidate_features(
     profile: UserProfile,
     catalog: Catalog,
@@ -558,12 +604,13 @@ def candidate_features(
     from the like that answers it), it is not computed twice.
     """
     # ``k`` only cuts the list later: a replay asks for a longer list than the learner
+    drawn = drawn_categories(profile, catalog, params)
     state = (profile.user_id, profile.history, profile.blocked, profile.recent_positives,
-             profile.vector, tuple(profile.affinity.items()))  # fmt: skip
+             profile.vector, tuple(profile.affinity.items()), drawn)  # fmt: skip
     key = (state, now_t, _without_k(params))
     found = catalog.recall(key)
     if not isinstance(found, Candidates):
-        found = _gather(profile, catalog, now_t, params)
+        found = _gather(profile, catalog, now_t, params, drawn)
         catalog.remember(key, found)
     missing = [i for i in dict.fromkeys(include) if i not in found.features]
     return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
@@ -666,8 +713,9 @@ def _with_items(
 
 
 def _gather(
-    profile: UserProfile, catalog: Catalog, now_t: float, params: RankingParams
-) -> Candidates:
+    profile: UserProfile, catalog: Catalog, now_t: float, params: RankingParams,
+    drawn: tuple[str, ...] = (),
+) -> Candidates:  # fmt: skip
     """What :func:`candidate_features` computes when it has nothing to re-use."""
     excluded = profile.excluded()
     half_life = params.popularity_half_life_s
@@ -694,7 +742,7 @@ def _gather(
     # its most popular items gets the next ones, not none
     by_category = [
         _top_unconsumed(catalog, params.category_candidates, half_life, profile, excluded, c)
-        for c in liked
+        for c in dict.fromkeys([*liked, *drawn])
     ]
     user_vector = user_unit(profile, catalog)
     embedded: list[str] = []
@@ -725,6 +773,7 @@ def _gather(
         FeatureTable([], np.zeros((len(FEATURES), 0))), states, sources, top_trend,
         popular=frozenset(popular), fresh=frozenset(fresh),
         covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
+        drawn=drawn,
     )  # fmt: skip
     ids = list(states)
     rows = catalog.rows(ids)
@@ -812,19 +861,26 @@ def _explore(
     params: RankingParams, n: int, profile: UserProfile,
     penalised: Callable[[str, ItemState], bool] | None,
     cap: int | None = None, shown: Counter[str | None] | None = None,
+    category: str | None = None,
 ) -> list[Row]:  # fmt: skip
     """The ``n`` most promising long-tail or fresh ``live`` candidates not already ``chosen``.
 
     Promise = the heuristic score plus an optimism bonus that shrinks with the feedback
     the item already has (``explore_bonus / sqrt(1 + feedback events)``). Never an item
     the user consumed (the consumed-set filter) or pushed back on (``penalised``), nor
-    one of a category the list already holds ``cap`` of (``shown`` counts them).
+    one of a category the list already holds ``cap`` of (``shown`` counts them). With
+    ``category``, any ``live`` candidate of that category, popular ones too.
     """
     per_category: Counter[str | None] = Counter(shown or ())
     if n <= 0:
         return []
     ids, states = found.ids, found.states
-    open_ = live & found.explorable
+    if category is None:
+        open_ = live & found.explorable
+    else:
+        open_ = live & np.fromiter(
+            (states[i].category == category for i in ids), np.bool_, len(ids)
+        )
     for item_id in chosen:
         open_[found.features.position(item_id)] = False
     promise = scores + params.explore_bonus / np.sqrt(1.0 + found.feedback_events)
@@ -852,6 +908,26 @@ def _explore(
         checked, wanted = len(best), 4 * wanted
 
 
+def _exploration(
+    found: Candidates, scores: Vector, live: npt.NDArray[np.bool_], exploit: list[Row],
+    params: RankingParams, n: int, profile: UserProfile,
+    penalised: Callable[[str, ItemState], bool] | None, cap: int | None,
+) -> list[Row]:  # fmt: skip
+    """The ``n`` exploration rows after ``exploit``.
+
+    The drawn categories' first (one slot each), then the long tail's, which also fills a
+    slot a drawn category cannot.
+    """
+    explored: list[Row] = []
+    for category in [*found.drawn[:n], None]:
+        explored += _explore(
+            found, scores, live, {r[1] for r in [*exploit, *explored]}, params,
+            1 if category is not None else n - len(explored), profile, penalised, cap,
+            Counter(row[2].category for row in [*exploit, *explored]), category=category,
+        )  # fmt: skip
+    return explored
+
+
 def _reasons(
     item_id: str, state: ItemState, found: Candidates, profile: UserProfile, catalog: Catalog,
     explored: bool,
@@ -869,6 +945,8 @@ def _reasons(
         where = f" in {category}" if category else ""
         if item_id in found.fresh:
             reasons.append(f"something new{where}")
+        elif item_id in found.popular:  # a drawn category's best, popular as it is
+            reasons.append(f"something to try{where}")
         else:
             reasons.append(f"a lesser-known pick{where}")
     if not reasons:
@@ -1024,12 +1102,12 @@ def rank_rows(
         exploit = _diversify(ranked, exploit_slots, cap, caps)
     chosen = {row[1] for row in exploit}
     # exploration brings back nothing a penalty covers (a capped category included)
-    explored = _explore(
-        found, blended, live, chosen, params, n_explore, profile,
+    explored = _exploration(
+        found, blended, live, exploit, params, n_explore, profile,
         (lambda i, state: near.get(i, 0.0) > 0 or _penalty_of(state, active) > 0)
         if near or active
         else None,
-        cap, Counter(row[2].category for row in exploit),
+        cap,
     )  # fmt: skip
     # too few exploration candidates: the best of the rest fill the list
     explored_ids = {row[1] for row in explored}

@@ -189,6 +189,10 @@ class RankingSettings(Section):
     explore_max: float = Field(default=_R.explore_max, ge=0, le=1)
     explore_halfway: int = Field(default=_R.explore_halfway, ge=1)
     explore_bonus: float = Field(default=_R.explore_bonus, ge=0)
+    explore_categories: int = Field(
+        default=_R.explore_categories, ge=0, le=100,
+        description="Exploration slots that try a category drawn from the user's evidence.",
+    )  # fmt: skip
     cold_start_items: int = Field(default=_R.cold_start_items, ge=0)
     cold_start_category_cap: int | None = Field(default=_R.cold_start_category_cap, ge=1)
     model_learning_rate: float = Field(default=0.05, gt=0)

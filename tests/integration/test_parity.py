@@ -63,8 +63,18 @@ def _replay(
     return latest, every, item_updates
 
 
+def _exploring(settings: Settings, explore_categories: int) -> Settings:
+    ranking = settings.ranking.model_copy(update={"explore_categories": explore_categories})
+    return settings.model_copy(update={"ranking": ranking})
+
+
+def _lists(snapshots: dict[str, Snapshot]) -> list[list[str]]:
+    return [[item.item_id for item in snapshot.items] for snapshot in snapshots.values()]
+
+
+@pytest.mark.parametrize("explore_categories", [0, 1])
 def test_final_recommendations_agree_with_the_offline_replay(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, tmp_path: Path, explore_categories: int
 ) -> None:
     """Event by event, as a steady stream: each event's item updates reach the worker
     before the next event, as the replay applies them at once.
@@ -73,7 +83,9 @@ def test_final_recommendations_agree_with_the_offline_replay(
     sees it at that moment; under a burst, an item update still in flight (a few
     milliseconds) would make the live embedding differ slightly from the replay's.
     Everything else (co-visitation, popularity, item embeddings) is order-free.
+    With category-level exploration on, the workers draw the same categories too.
     """
+    kafka_settings = _exploring(kafka_settings, explore_categories)
     world = SyntheticWorld.generate(seed=21, n_items=40, n_users=4, n_categories=4)
     log = sorted(
         (e for user in world.users for e in world.events_for(user, 8)),
@@ -81,6 +93,9 @@ def test_final_recommendations_agree_with_the_offline_replay(
     )
     probes = [_probe(u.user_id, 1, log[-1]) for u in world.users]
     expected, expected_every, item_updates = _replay(world, log, probes, kafka_settings)
+    if explore_categories:  # the draws change what users are shown
+        unchanged, _, _ = _replay(world, log, probes, _exploring(kafka_settings, 0))
+        assert _lists(unchanged) != _lists(expected)
 
     harness = Harness(kafka_settings, tmp_path)
     harness.send_items(world.items)

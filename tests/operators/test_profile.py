@@ -337,9 +337,10 @@ def test_the_hard_size_bound_holds_for_ids_json_must_escape() -> None:
     assert len(profile.affinity) == config.limits.max_categories
     assert len(profile.penalties) == config.deescalation.max_penalties
 
+    assert len(profile.evidence) == config.limits.max_categories
     size = len(profile.snapshot())
 
-    assert 580 * 1024 < size < 640 * 1024  # docs/architecture.md states the bound
+    assert 600 * 1024 < size < 660 * 1024  # docs/architecture.md states the bound
 
 
 def test_an_id_over_128_bytes_is_refused_though_it_has_only_128_characters() -> None:
@@ -359,3 +360,33 @@ def test_an_id_over_128_bytes_is_refused_though_it_has_only_128_characters() -> 
     )
     assert len(wide.snapshot()) - len(plain.snapshot()) == 2 * 96
     assert UserProfile.restore(wide.snapshot()) == wide
+
+
+def test_each_category_counts_the_likes_and_misses_it_got() -> None:
+    profile = UserProfile.new("u")
+    shown = Signal("i3", -0.05, 0.75, shown_only=True)
+    for signal, category in [(_like("i1"), "drama"), (_like("i2"), "drama"),
+                             (_skip("i3"), "drama"), (shown, "comedy"),
+                             (_not_relevant("i4"), "comedy"), (Signal("i5", 0.3, 0.75), "anime"),
+                             (_like("i6"), None)]:  # fmt: skip
+        profile = apply_signal(profile, signal, category, LIMITS)
+
+    # a short dwell (0.3) is neither a like nor a miss; an unknown category counts nowhere
+    assert profile.evidence == {"drama": (2, 1), "comedy": (0, 2)}
+    assert UserProfile.restore(profile.snapshot()) == profile
+
+
+def test_the_evidence_is_bounded_with_the_affinities() -> None:
+    profile = _busy_profile(SMALL, n=300, categories=10)
+
+    assert set(profile.evidence) <= set(profile.affinity)
+    assert len(profile.evidence) <= SMALL.max_categories
+
+
+def test_a_snapshot_from_before_the_evidence_restores_without_it() -> None:
+    raw = json.loads(_busy_profile(SMALL).snapshot())
+    del raw["evidence"]
+
+    restored = UserProfile.restore(json.dumps(raw).encode())
+
+    assert restored.evidence == {}

@@ -15,6 +15,7 @@ from operators.profile import UserProfile
 from operators.ranking import (
     RankingParams,
     candidate_features,
+    drawn_categories,
     exploration_slots,
     rank_items,
     rank_rows,
@@ -342,6 +343,85 @@ def test_the_last_slots_go_to_the_long_tail_and_say_so(catalog: Catalog) -> None
     assert all(item.item_id in head for item in ranked[:9])
     assert ranked[9].item_id not in head
     assert any(r.startswith("a lesser-known pick") for r in ranked[9].reasons)
+
+
+CATEGORIES = ["comedy", "documentary", "drama", "romance", "sci-fi", "thriller"]
+
+
+def _known(evidence: dict[str, tuple[int, int]], events: int = 0) -> UserProfile:
+    """A well-known user (1 exploration slot) with this evidence, after ``events`` events."""
+    profile = _consumed(UserProfile.new("u"), 1500)
+    affinity = {c: float(likes - misses) for c, (likes, misses) in evidence.items()}
+    return replace(profile, evidence=evidence, affinity=affinity, events_applied=events)
+
+
+def test_category_draws_are_repeatable_and_follow_the_evidence(catalog: Catalog) -> None:
+    params = replace(DEFAULTS, explore_categories=1)
+    missed = {"drama": (1, 200)}  # shown often, almost never liked
+    loved = {"drama": (200, 1)}
+
+    draws = [drawn_categories(_known(missed, n), catalog, params) for n in range(300)]
+    favourite = [drawn_categories(_known(loved, n), catalog, params) for n in range(300)]
+
+    assert all(len(d) == 1 for d in draws)
+    assert draws == [drawn_categories(_known(missed, n), catalog, params) for n in range(300)]
+    tried = [d[0] for d in draws]
+    assert tried.count("drama") == 0  # the evidence says no: never worth a slot
+    # every category the user has no evidence for gets tried, about alike (60 each)
+    assert all(35 < tried.count(c) < 85 for c in CATEGORIES if c != "drama")
+    # a loved category is drawn mostly, unknown ones still now and then
+    assert 150 < [d[0] for d in favourite].count("drama") < 300
+    assert drawn_categories(_known(missed, 1), catalog, replace(params, k=10)) == draws[1]
+    assert drawn_categories(_known(missed), catalog, DEFAULTS) == ()  # off by default
+    assert drawn_categories(UserProfile.new("u"), catalog, params) == ()  # cold start
+    assert drawn_categories(_known(missed), Catalog(), params) == ()
+
+
+def test_category_draws_do_not_depend_on_the_order_items_arrived(catalog: Catalog) -> None:
+    # a worker's catalog fills in the order its partitions deliver, the replay's in file order
+    reversed_ = Catalog()
+    for state in reversed(list(catalog)):
+        reversed_.put(state)
+    params = replace(DEFAULTS, explore_categories=2)
+
+    for n in range(50):
+        profile = _known({"drama": (2, 5)}, n)
+        assert drawn_categories(profile, catalog, params) == drawn_categories(
+            profile, reversed_, params
+        )
+
+
+def test_two_category_slots_draw_two_categories(catalog: Catalog) -> None:
+    params = replace(DEFAULTS, explore_categories=2)
+    for n in range(50):
+        drawn = drawn_categories(_known({"drama": (3, 3)}, n), catalog, params)
+        assert len(set(drawn)) == 2 and set(drawn) <= set(CATEGORIES)
+
+
+def test_a_drawn_category_takes_the_exploration_slot(catalog: Catalog) -> None:
+    for n in range(10):
+        _boost(catalog, f"item-{6 * n:05d}", times=30 - n)  # only drama is popular
+    profile = _known({"drama": (40, 2), "comedy": (0, 30)})
+    params = replace(DEFAULTS, explore_categories=1, trending_candidates=10)
+    seen = set()
+    for events in range(40):
+        user = replace(profile, events_applied=events)
+        drawn = drawn_categories(user, catalog, params)
+        ranked = rank_items(user, catalog, NOW, params)
+        rows = rank_rows(user, catalog, NOW, params)
+
+        assert len(ranked) == 10
+        assert [item.item_id for item in ranked] == [row[1] for row in rows.rows]
+        explored = [item for item in ranked if item.item_id in rows.explored]
+        assert len(explored) == 1 and explored[0].category == drawn[0]
+        category = explored[0].category
+        assert any(r in (f"a lesser-known pick in {category}", f"something to try in {category}",
+                         f"something new in {category}") for r in explored[0].reasons)  # fmt: skip
+        seen.add(drawn[0])
+    # without the draw the list holds nothing but what the user already likes
+    plain = rank_rows(profile, catalog, NOW, replace(params, explore_categories=0))
+    assert {state.category for _, _, state in plain.rows} == {"drama"}
+    assert len(seen) >= 4 and "comedy" not in seen
 
 
 def test_the_unexplained_rows_are_the_explained_list(catalog: Catalog) -> None:
