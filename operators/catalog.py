@@ -525,6 +525,8 @@ class Catalog:
         # for no category (and for the empty one, which ranks as none)
         self._category_codes: dict[str, int] = {"": 0}
         self._categories: list[str] = [""]
+        #: available items per category, and those categories sorted (None: to sort again)
+        self._available_in: dict[str, int] = {}
         self._sorted_categories: tuple[str, ...] | None = None
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
@@ -586,6 +588,8 @@ class Catalog:
         item_id = state.item_id
         old = self._items.get(item_id)
         self._items[item_id] = state
+        self._count_available(old, -1)
+        self._count_available(state, +1)
         row = self._row_of(item_id)
         columns = self._columns
         columns.positives[row] = state.positives
@@ -624,6 +628,7 @@ class Catalog:
         """Forget an item (a tombstone on the item-state topic)."""
         self.version += 1
         old = self._items.pop(item_id, None)
+        self._count_available(old, -1)
         self._set_vector(item_id, None)
         self._neighbour_rows.pop(item_id, None)
         self._priors.pop(item_id, None)
@@ -677,17 +682,33 @@ class Catalog:
         if code is None:
             code = self._category_codes[category or ""] = len(self._categories)
             self._categories.append(category or "")
-            self._sorted_categories = None
         return code
 
+    def _count_available(self, state: ItemState | None, change: int) -> None:
+        if state is None or not state.available or not state.category:
+            return
+        category = state.category
+        count = self._available_in.get(category, 0) + change
+        if count:
+            self._available_in[category] = count
+        else:
+            del self._available_in[category]
+        if count in (0, change):  # a category came or went
+            self._sorted_categories = None
+
     def has_category(self, category: str) -> bool:
-        """Whether some item the catalog has seen is of ``category``."""
-        return bool(category) and category in self._category_codes
+        """Whether ``category`` has an available item now."""
+        return category in self._available_in
 
     def sorted_categories(self) -> tuple[str, ...]:
-        """Every category seen, sorted: the same on every worker, whatever the items' order."""
+        """The categories with an available item now, sorted.
+
+        What every worker and the replay agree on, whatever order the items came in and
+        whatever categories items had before (unlike :meth:`categories`, which keeps every
+        category ever seen, in the order seen).
+        """
         if self._sorted_categories is None:
-            self._sorted_categories = tuple(sorted(c for c in self._categories if c))
+            self._sorted_categories = tuple(sorted(self._available_in))
         return self._sorted_categories
 
     def categories(self) -> list[str]:

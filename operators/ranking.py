@@ -552,18 +552,22 @@ def drawn_categories(
     win. A category the user barely knows is tried now and then, whatever its items'
     scores, so a list cannot settle on the first category that got a click; one the user
     keeps missing is drawn less and less. Never for a user recloop barely knows (the
-    cold-start list is diverse already). The draws are seeded by the user and their
-    event count: every worker and the replay draw the same, a new event draws anew.
+    cold-start list is diverse already), never more than the list's exploration slots.
+    The categories are those with an available item, sorted, and the draws are seeded by
+    the user and their snapshot version: every worker and the replay draw the same, each
+    new list draws anew.
     The categories without evidence are drawn as one (the highest of ``m`` uniform draws
     is ``u ** (1 / m)``), so the cost grows with the user's categories, not the catalog's.
     """
-    wanted = params.explore_categories
+    wanted = min(params.explore_categories, exploration_slots(profile, params))
     if wanted <= 0 or _is_cold(profile, params):
         return ()
     known = catalog.sorted_categories()  # in the order of the codes, draws would differ
     if not known:
         return ()
-    rng = random.Random(zlib.crc32(f"{profile.user_id}\0{profile.events_applied}".encode()))
+    # the snapshot version, not the event count: the learner ranks the profile an event
+    # has just counted, and must draw as the list it answers did
+    rng = random.Random(zlib.crc32(f"{profile.user_id}\0{profile.snapshot_version}".encode()))
     evidence = profile.evidence
     draws = [
         (rng.betavariate(1.0 + likes, 1.0 + misses), category)

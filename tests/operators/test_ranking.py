@@ -11,7 +11,7 @@ import pytest
 from operators.bloom import Bloom
 from operators.catalog import Catalog, ItemState
 from operators.deescalation import DeescalationParams
-from operators.profile import UserProfile
+from operators.profile import ProfileLimits, UserProfile, record_event
 from operators.ranking import (
     RankingParams,
     candidate_features,
@@ -348,11 +348,11 @@ def test_the_last_slots_go_to_the_long_tail_and_say_so(catalog: Catalog) -> None
 CATEGORIES = ["comedy", "documentary", "drama", "romance", "sci-fi", "thriller"]
 
 
-def _known(evidence: dict[str, tuple[int, int]], events: int = 0) -> UserProfile:
-    """A well-known user (1 exploration slot) with this evidence, after ``events`` events."""
+def _known(evidence: dict[str, tuple[int, int]], lists: int = 0) -> UserProfile:
+    """A well-known user (1 exploration slot) with this evidence, after ``lists`` lists."""
     profile = _consumed(UserProfile.new("u"), 1500)
     affinity = {c: float(likes - misses) for c, (likes, misses) in evidence.items()}
-    return replace(profile, evidence=evidence, affinity=affinity, events_applied=events)
+    return replace(profile, evidence=evidence, affinity=affinity, snapshot_version=lists)
 
 
 def test_category_draws_are_repeatable_and_follow_the_evidence(catalog: Catalog) -> None:
@@ -391,8 +391,52 @@ def test_category_draws_do_not_depend_on_the_order_items_arrived(catalog: Catalo
         )
 
 
+def test_the_learner_draws_as_the_list_it_learns_from(catalog: Catalog) -> None:
+    # the learner ranks the profile the like has just been counted in: same draws, so the
+    # candidates a replay gathered for the question are re-used, not gathered again
+    params = replace(DEFAULTS, explore_categories=1)
+    for n in range(20):
+        shown = _known({"drama": (2, 5)}, n)
+        counted = record_event(shown, f"e{n}", T0, ProfileLimits())
+        assert drawn_categories(counted, catalog, params) == drawn_categories(
+            shown, catalog, params
+        )
+        found = candidate_features(shown, catalog, NOW, params)
+        assert candidate_features(counted, catalog, NOW, params) is found
+
+
+def test_only_categories_with_an_available_item_are_drawn(catalog: Catalog) -> None:
+    # a category an item had before, or whose only items went: every worker's catalog
+    # holds what the topic says now, whatever came before
+    changed = catalog.get("item-00001")
+    assert changed is not None and changed.record is not None
+    catalog.put(changed.with_record(changed.record.model_copy(update={"category": "typo"})))
+    catalog.put(changed)
+    for n in range(0, 60, 6):  # every drama item goes
+        catalog.remove(f"item-{n:05d}")
+    fresh = Catalog()
+    for state in catalog:
+        fresh.put(state)
+    params = replace(DEFAULTS, explore_categories=1)
+
+    assert catalog.sorted_categories() == fresh.sorted_categories()
+    assert "drama" not in catalog.sorted_categories() and len(catalog.sorted_categories()) == 5
+    for n in range(50):
+        profile = _known({"comedy": (2, 5)}, n)
+        drawn = drawn_categories(profile, catalog, params)
+        assert drawn == drawn_categories(profile, fresh, params)
+        assert drawn[0] not in ("typo", "drama")
+
+
+def test_no_more_categories_are_drawn_than_the_list_explores(catalog: Catalog) -> None:
+    params = replace(DEFAULTS, explore_categories=5)
+    profile = _known({"drama": (3, 3)})
+
+    assert len(drawn_categories(profile, catalog, params)) == exploration_slots(profile, params)
+
+
 def test_two_category_slots_draw_two_categories(catalog: Catalog) -> None:
-    params = replace(DEFAULTS, explore_categories=2)
+    params = replace(DEFAULTS, explore_categories=2, explore_min=0.2)  # 2 slots
     for n in range(50):
         drawn = drawn_categories(_known({"drama": (3, 3)}, n), catalog, params)
         assert len(set(drawn)) == 2 and set(drawn) <= set(CATEGORIES)
@@ -405,7 +449,7 @@ def test_a_drawn_category_takes_the_exploration_slot(catalog: Catalog) -> None:
     params = replace(DEFAULTS, explore_categories=1, trending_candidates=10)
     seen = set()
     for events in range(40):
-        user = replace(profile, events_applied=events)
+        user = replace(profile, snapshot_version=events)
         drawn = drawn_categories(user, catalog, params)
         ranked = rank_items(user, catalog, NOW, params)
         rows = rank_rows(user, catalog, NOW, params)
@@ -415,8 +459,10 @@ def test_a_drawn_category_takes_the_exploration_slot(catalog: Catalog) -> None:
         explored = [item for item in ranked if item.item_id in rows.explored]
         assert len(explored) == 1 and explored[0].category == drawn[0]
         category = explored[0].category
-        assert any(r in (f"a lesser-known pick in {category}", f"something to try in {category}",
-                         f"something new in {category}") for r in explored[0].reasons)  # fmt: skip
+        if explored[0].item_id in rows.found.popular:  # a drawn category's popular item
+            assert f"something to try in {category}" in explored[0].reasons
+        else:
+            assert f"a lesser-known pick in {category}" in explored[0].reasons
         seen.add(drawn[0])
     # without the draw the list holds nothing but what the user already likes
     plain = rank_rows(profile, catalog, NOW, replace(params, explore_categories=0))
