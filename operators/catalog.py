@@ -588,8 +588,9 @@ class Catalog:
         item_id = state.item_id
         old = self._items.get(item_id)
         self._items[item_id] = state
-        self._count_available(old, -1)
-        self._count_available(state, +1)
+        if old is None or (old.available, old.category) != (state.available, state.category):
+            self._count_available(old, -1)
+            self._count_available(state, +1)
         row = self._row_of(item_id)
         columns = self._columns
         columns.positives[row] = state.positives

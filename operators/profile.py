@@ -73,8 +73,8 @@ class UserProfile:
     #: the latest items marked not relevant, with when (their neighbours are penalised)
     disliked: tuple[tuple[str, float], ...] = ()
     #: per category of ``affinity``: how many signals liked it and how many missed it (a
-    #: skip, an unclicked impression, not relevant): the evidence category-level
-    #: exploration draws from (operators.ranking)
+    #: negative target: a skip, an unclicked impression, not relevant...): the evidence
+    #: category-level exploration draws from (operators.ranking)
     evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod

@@ -546,24 +546,23 @@ def drawn_categories(
 ) -> tuple[str, ...]:
     """The categories whose best candidates take the first exploration slots (Thompson).
 
-    Each category of the catalog gets a draw from Beta(1 + likes, 1 + misses), the
+    Each category with an available item gets a draw from Beta(1 + likes, 1 + misses), the
     user's evidence for it (:attr:`UserProfile.evidence`; a category the user has no
     evidence for draws from the uniform prior); the ``explore_categories`` highest draws
     win. A category the user barely knows is tried now and then, whatever its items'
     scores, so a list cannot settle on the first category that got a click; one the user
     keeps missing is drawn less and less. Never for a user recloop barely knows (the
     cold-start list is diverse already), never more than the list's exploration slots.
-    The categories are those with an available item, sorted, and the draws are seeded by
-    the user and their snapshot version: every worker and the replay draw the same, each
-    new list draws anew.
+    The draws are seeded by the user and their snapshot version, over the categories
+    sorted: every worker and the replay draw the same, each new list draws anew.
     The categories without evidence are drawn as one (the highest of ``m`` uniform draws
     is ``u ** (1 / m)``), so the cost grows with the user's categories, not the catalog's.
     """
-    wanted = min(params.explore_categories, exploration_slots(profile, params))
-    if wanted <= 0 or _is_cold(profile, params):
+    if params.explore_categories <= 0 or _is_cold(profile, params):
         return ()
-    known = catalog.sorted_categories()  # in the order of the codes, draws would differ
-    if not known:
+    wanted = min(params.explore_categories, exploration_slots(profile, params))
+    known = catalog.sorted_categories()  # sorted: catalogs fill in different orders
+    if wanted <= 0 or not known:
         return ()
     # the snapshot version, not the event count: the learner ranks the profile an event
     # has just counted, and must draw as the list it answers did
