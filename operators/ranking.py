@@ -24,7 +24,9 @@ category; ``cold_start_category_cap`` for a user recloop barely knows) and its l
 go to exploration: long-tail and fresh items, most promising first, with an optimism bonus
 for items with little feedback. How many slots depends on how much recloop knows about
 the user (``explore_max`` for a new user, down to ``explore_min``, which is also the
-minimum exposure the long tail gets in every list). Nothing the user consumed or marked
+minimum exposure the long tail gets in every list); with ``explore_categories`` (off by
+default) the first of them goes to a category drawn by Thompson sampling from the user's
+likes and misses per category (:func:`drawn_categories`). Nothing the user consumed or marked
 not relevant, and nothing withdrawn, is ever returned. Each item says why it is there.
 The parameters were chosen on MovieLens 100K by prequential replay (docs/evaluation.md).
 
