@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from operators.catalog import Catalog
 from operators.live_metrics import QUANTILES, Histogram
+from operators.model import METRICS_WINDOW
 
 if TYPE_CHECKING:
     from pipeline.app import Recloop
@@ -123,11 +124,26 @@ def worker_figures(recloop: Recloop) -> dict[str, Any]:
     }
 
 
+def model_figures(recloop: Recloop) -> dict[str, Any]:
+    """The online ranking model's River figures (operators.model), JSON-ready."""
+    model = recloop.model
+    figures = model.figures()
+    return {
+        "version": model.version,
+        "roc_auc": figures["roc_auc"],
+        "log_loss": figures["log_loss"],
+        "drifts": int(figures["drifts"] or 0),
+        "updates": int(figures["updates"] or 0),
+        "window": METRICS_WINDOW,
+    }
+
+
 def all_figures(recloop: Recloop) -> dict[str, Any]:
     """Every figure of the worker (what the metrics topic carries)."""
     now = recloop.clock().timestamp()
     return {
         "worker": worker_figures(recloop),
+        "model": model_figures(recloop),
         **recloop.live_metrics.figures(
             now, recloop.exporter.available_items(recloop.follower.catalog)
         ),
@@ -331,6 +347,25 @@ class LiveCollector(Collector):
             "Rebuilds of the index graph that cleared its tombstones.",
             index.compactions,
         )
+        model = model_figures(recloop)
+        yield _gauge(
+            "recloop_model_roc_auc",
+            f"The online ranking model's ROC AUC over its last {METRICS_WINDOW} examples.",
+            model["roc_auc"],
+        )
+        yield _gauge(
+            "recloop_model_log_loss",
+            f"The online ranking model's log loss over its last {METRICS_WINDOW} examples.",
+            model["log_loss"],
+        )
+        yield _total(
+            "recloop_model_updates", "Likes the online ranking model learned from.",
+            model["updates"],
+        )  # fmt: skip
+        yield _total(
+            "recloop_model_drifts", "Drifts ADWIN detected in the online ranking model's loss.",
+            model["drifts"],
+        )  # fmt: skip
         yield _gauge(
             "recloop_list_diversity",
             "Mean intra-list diversity (pairs of differing categories) of recent lists.",

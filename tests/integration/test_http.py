@@ -230,6 +230,9 @@ def test_one_worker_serves_validates_and_measures(
     assert after[("recloop_event_to_snapshot_recent_seconds", (("quantile", "0.99"),))] < 30
     assert after[("recloop_catalog_items", ())] == len(world.items)
     assert delta("recloop_http_requests_total", route="post_events", status="202") == 3
+    # carol's two clicks were new likes: the online model learned from each
+    assert delta("recloop_model_updates_total") == 2
+    assert 0.0 < after[("recloop_model_log_loss", ())]
 
     # the metrics topic: every second, keyed by worker, the same figures
     def published(records: list[Any]) -> bool:
@@ -243,6 +246,7 @@ def test_one_worker_serves_validates_and_measures(
     assert record["schema_version"] == 1 and records[-1].key.decode() == record["worker"]
     assert record["figures"]["ctr"]["all"] == 0.25
     assert record["figures"]["worker"]["dead_letter_reasons"] == {"invalid_json": 1}
+    assert record["figures"]["model"]["updates"] >= 2
 
 
 def settle(port: int, partitions: int, timeout_s: float = 90.0) -> None:

@@ -285,6 +285,28 @@ def test_recloop_beats_popularity_for_users_with_hidden_tastes() -> None:
     assert recloop.recall - popularity.recall > 0.05
 
 
+def test_recloop_reports_its_online_models_river_figures() -> None:
+    world = SyntheticWorld.generate(seed=2, n_items=120, n_users=40, n_categories=6)
+    log = synthetic_log(world, 80)
+    model = RankingModel(seed=1)
+    result = evaluate(
+        log,
+        {"recloop": LoopRecommender(world.items, model=model),
+         "recloop_no_model": LoopRecommender(world.items)},
+        world.items,
+    )  # fmt: skip
+    document = result.as_dict()["recommenders"]
+    reported = document["recloop"]["model"]
+
+    assert reported["updates"] == model.updates > 300  # one update per new like
+    assert reported["version"] == f"logreg-{model.updates}"
+    # the predictions before each like beat chance: the model learned the hidden tastes
+    assert 0.6 < reported["roc_auc"] <= 1.0
+    assert 0.0 < reported["log_loss"] < math.log(2)  # below a coin's
+    assert reported["drifts"] == model.drifts
+    assert document["recloop_no_model"]["model"] is None
+
+
 def test_recloop_is_asked_for_the_list_the_user_would_see() -> None:
     world = SyntheticWorld.generate(seed=6, n_items=60, n_users=12, n_categories=4)
     recommender = LoopRecommender(world.items, model=RankingModel(seed=1))

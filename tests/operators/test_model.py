@@ -8,10 +8,11 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from river import metrics
 
 from operators.catalog import Catalog
 from operators.feedback_loop import LoopConfig, process_event
-from operators.model import RankingModel
+from operators.model import METRICS_WINDOW, RankingModel
 from operators.ranking import MODEL_VERSION
 from schemas.events import Click, Skip
 
@@ -43,6 +44,52 @@ def test_the_model_learns_what_users_like() -> None:
     figures = model.figures()
     assert figures["roc_auc"] > 0.9 and figures["updates"] == 2000
     assert model.version == "logreg-2000"
+
+
+def _exact_auc(scored: list[tuple[float, bool]]) -> float:
+    """The share of (liked, passed) pairs the scores order right; ties count half."""
+    liked = [p for p, y in scored if y]
+    passed = [p for p, y in scored if not y]
+    right = sum((a > b) + 0.5 * (a == b) for a in liked for b in passed)
+    return right / (len(liked) * len(passed))
+
+
+def test_the_online_figures_are_exact_over_the_latest_window() -> None:
+    model = RankingModel(learning_rate=0.1)
+    assert model.figures()["roc_auc"] is None and model.figures()["log_loss"] is None
+    model.learn([{"covisit": 0.9}], [])
+    assert model.figures()["roc_auc"] is None  # one label only: undefined
+    assert model.figures()["log_loss"] is not None
+
+    # the users' taste turns round after two windows: what they liked they now pass over
+    turned = [(features, not liked) for features, liked in _examples(6, 2 * METRICS_WINDOW)]
+    scored = []
+    for features, liked in turned + _examples(7, METRICS_WINDOW):
+        scored.append((model.score(features), liked))  # what learn scores before it learns
+        _train(model, [(features, liked)])
+
+    figures = model.figures()
+    assert figures["roc_auc"] == pytest.approx(_exact_auc(scored[-METRICS_WINDOW:]), abs=1e-9)
+    # the latest window, not the whole stream: the window holds the turn the model took
+    # time to follow, which the two windows of the old taste before it dilute
+    assert figures["roc_auc"] < _exact_auc(scored) - 0.01
+    assert figures["updates"] == 3 * METRICS_WINDOW + 1
+
+
+def test_a_checkpoint_from_before_the_windowed_figures_keeps_its_learning() -> None:
+    model = RankingModel(seed=3)
+    _train(model, _examples(7, 300))
+    old = copy.deepcopy(model)
+    old.auc, old.log_loss = metrics.ROCAUC(), metrics.LogLoss()  # as they were written
+    del old.examples
+    row = {"covisit": 0.4, "trend": 0.3, "log_popularity": 1.0}
+
+    restored = RankingModel.restore(pickle.dumps(old))
+
+    assert restored.score(row) == model.score(row) and restored.updates == 300
+    assert restored.figures()["roc_auc"] is None  # the figures start afresh
+    _train(restored, _examples(8, 50))
+    assert restored.figures()["roc_auc"] is not None
 
 
 def test_fast_scoring_equals_rivers_own_prediction() -> None:

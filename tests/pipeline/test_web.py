@@ -471,6 +471,11 @@ async def test_metrics_are_in_the_prometheus_format_with_the_scenario_values(
     assert value("recloop_event_to_snapshot_seconds_bucket", le="0.2") == 3
     assert value("recloop_event_to_snapshot_recent_seconds", quantile="0.5") == pytest.approx(0.15)
     assert value("recloop_http_requests_total", route="recommendations", status="404") == 1
+    model = worker.recloop.model.figures()  # learned from both clicks, test-then-train
+    assert value("recloop_model_updates_total") == model["updates"] == 2
+    assert value("recloop_model_drifts_total") == 0
+    assert value("recloop_model_roc_auc") == pytest.approx(model["roc_auc"])
+    assert value("recloop_model_log_loss") == pytest.approx(model["log_loss"])
 
 
 async def test_every_exported_metric_is_documented(worker: Worker) -> None:
@@ -497,6 +502,8 @@ async def test_the_metrics_timer_publishes_figures_and_the_ctr_since_the_last_re
     first, second = (json.loads(r.value or b"") for r in records)
     assert records[0].key == records[1].key and records[0].key.startswith(b"recloop@")  # type: ignore[union-attr]
     assert first["figures"]["worker"]["processed"] == 1 and "since_previous" not in first
+    assert (first["figures"]["model"]["updates"], second["figures"]["model"]["updates"]) == (1, 2)
+    assert second["figures"]["model"]["version"] == "logreg-2"
     assert second["since_previous"]["recommended_impressions"] == 4
     assert second["since_previous"]["ctr"] == 0.25
     assert second["since_previous"]["processed"] == 2
