@@ -65,7 +65,7 @@ from operators.model import RankingModel
 from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
-MODEL_VERSION = "covisit-embed-explore-4"
+MODEL_VERSION = "covisit-embed-explore-5"
 
 _T = TypeVar("_T")
 
@@ -820,8 +820,8 @@ def heuristic_head(
 ) -> tuple[list[str], list[str]]:
     """The ``n`` best candidates by the heuristic (best first), and the rest (by id).
 
-    The split the online model works on: it re-ranks the head and learns from negatives
-    drawn from the head and from the rest. One definition keeps both in step.
+    The split the online model works on: it re-ranks the head and learns from the likes
+    that came from it, against negatives drawn from it. One definition keeps both in step.
     """
     ids = found.ids
     among = np.arange(len(ids))
@@ -830,6 +830,19 @@ def heuristic_head(
     head = [ids[n] for n in _best(_blend(found, params), ids, among, n)]
     chosen = set(head)
     return head, sorted(i for i in ids if i not in chosen and i != leave_out)
+
+
+def heuristic_rank(found: Candidates, params: RankingParams, item_id: str) -> int:
+    """How many candidates the heuristic puts before ``item_id`` (0: it leads).
+
+    The order of :func:`heuristic_head`: by the blend, best first, ties to the lowest id.
+    """
+    blend = _blend(found, params)
+    score = blend[found.features.position(item_id)]
+    ahead = int(np.count_nonzero(blend > score))
+    tied = np.flatnonzero(blend == score).tolist()
+    ids = found.ids
+    return ahead + sum(1 for j in tied if ids[j] < item_id)
 
 
 def exploration_slots(profile: UserProfile, params: RankingParams) -> int:

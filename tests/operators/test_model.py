@@ -5,15 +5,17 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from river import metrics
 
 from operators.catalog import Catalog
-from operators.feedback_loop import LoopConfig, process_event
-from operators.model import METRICS_WINDOW, RankingModel
-from operators.ranking import MODEL_VERSION
+from operators.feedback_loop import LoopConfig, apply_event, process_event
+from operators.model import METRICS_WINDOW, Features, RankingModel
+from operators.ranking import MODEL_VERSION, RankingParams
 from schemas.events import Click, Skip
 
 
@@ -159,6 +161,46 @@ def test_the_loop_trains_on_new_likes_only_and_names_the_model(catalog: Catalog)
         assert step.snapshot.model_version == f"{MODEL_VERSION}+logreg-{model.updates}"
 
     assert updates == [1, 1, 1, 2]  # the skip and the repeated like teach nothing
+
+
+class _Spy(RankingModel):
+    """A model that keeps what it was taught."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taught: list[tuple[list[Features], list[Features]]] = []
+
+    def learn(self, positives: Sequence[Features], negatives: Sequence[Features]) -> None:
+        self.taught.append(([dict(p) for p in positives], [dict(n) for n in negatives]))
+        super().learn(positives, negatives)
+
+
+def test_the_model_learns_from_likes_of_the_head_it_reranks(catalog: Catalog) -> None:
+    # a new user: the heuristic orders candidates by trend alone; items 1, 2, 3 have 3, 2
+    # and 1 likes, so with a head of 2 a like of item 1 or 2 teaches the re-ranker and a
+    # like of an item nobody liked yet (far down) does not
+    t0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    for n, item_id in ((3, "item-00001"), (2, "item-00002"), (1, "item-00003")):
+        state = catalog.get(item_id)
+        assert state is not None
+        for _ in range(n):
+            state = state.with_feedback(1.0, t0, 7 * 24 * 3600.0)
+        catalog.put(state)
+    config = LoopConfig(ranking=replace(RankingParams(), model_rerank=2, model_negatives=2))
+
+    def like(item_id: str) -> _Spy:
+        model = _Spy()
+        event = Click(type="click", event_id=f"like-{item_id}", user_id="u", item_id=item_id,
+                      timestamp=t0 + timedelta(minutes=1))  # fmt: skip
+        apply_event(event, None, catalog, config, model)
+        return model
+
+    assert like("item-00009").taught == []  # from far down the list: nothing learned
+    ((positive,), negatives), = like("item-00001").taught
+    assert positive["trend"] == pytest.approx(1.0)  # the most popular item sets the scale
+    # the negatives are the head the like came from (the next two), not the rest
+    assert sorted(n["trend"] for n in negatives) == pytest.approx([1 / 3, 2 / 3], rel=1e-3)
+    assert like("item-00002").taught != []  # second: still in the head
 
 
 def test_a_restored_model_takes_a_new_learning_rate() -> None:
