@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,9 @@ Features = Mapping[str, float]
 #: probabilities near a 1-in-5 base rate fall between (0.571 against an exact 0.604 on
 #: the first 20,000 MovieLens ratings); ``RollingROCAUC`` is exact over its window.
 METRICS_WINDOW = 2000
+#: River's RollingROCAUC buffers its updates until it is read: it is read (flushed) every
+#: this many likes, so the buffer, and the checkpoint that pickles it, stay bounded
+_FLUSH_EVERY = METRICS_WINDOW // 5
 
 
 class RankingModel:
@@ -68,8 +72,8 @@ class RankingModel:
         self.auc = metrics.RollingROCAUC(window_size=METRICS_WINDOW)
         # River's Rolling wraps the metric (its ``get`` forwarded, untyped)
         self.log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=METRICS_WINDOW)
-        #: examples seen of each label (the AUC is undefined until both have come)
-        self.examples = {True: 0, False: 0}
+        #: the labels of the examples in the window (the AUC needs both)
+        self.recent: deque[bool] = deque(maxlen=METRICS_WINDOW)
 
     @property
     def version(self) -> str:
@@ -109,13 +113,15 @@ class RankingModel:
                 p = self.score(x)
                 self.auc.update(label, p)
                 self.log_loss.update(label, p)
-                self.examples[label] += 1
+                self.recent.append(label)
                 loss = -math.log(max(p if label else 1.0 - p, 1e-12))
                 self.drift.update(loss)
                 if self.drift.drift_detected:
                     self.drifts += 1
                 self.pipeline.learn_one(x, label)
         self.updates += 1
+        if self.updates % _FLUSH_EVERY == 0:
+            self.auc.get()
 
     def figures(self) -> dict[str, float | None]:
         """Online figures: ROC AUC, log loss, drifts detected and likes learned.
@@ -124,10 +130,10 @@ class RankingModel:
         example, over the last :data:`METRICS_WINDOW` examples (``None`` until they are
         defined); drifts and likes count from when the model was new.
         """
-        seen = self.examples
+        labels = set(self.recent)
         return {
-            "roc_auc": float(self.auc.get()) if seen[True] and seen[False] else None,
-            "log_loss": float(self.log_loss.get()) if seen[True] or seen[False] else None,
+            "roc_auc": float(self.auc.get()) if len(labels) == 2 else None,
+            "log_loss": float(self.log_loss.get()) if labels else None,
             "drifts": float(self.drifts),
             "updates": float(self.updates),
         }
@@ -149,6 +155,6 @@ class RankingModel:
         model = pickle.loads(data)  # our own checkpoint, never user input
         if not isinstance(model, cls):
             raise TypeError("not a RankingModel checkpoint")
-        if not hasattr(model, "examples"):  # written before the metrics had a window:
+        if not hasattr(model, "recent"):  # written before the metrics had a window:
             model._new_metrics()  # the learning is kept, its figures start afresh
         return model

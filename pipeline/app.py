@@ -298,6 +298,9 @@ class Recloop:
         self.model_path = settings.worker.state_dir / "ranking-model.bin"
         self.model = self._load_model()
         self._checkpointed_updates = self.model.updates
+        #: the model's likes learned and drifts when the worker started (its counters
+        #: count from there: a checkpoint restored after a crash is older than its last)
+        self.model_at_start = (self.model.updates, self.model.drifts)
         self.index_path = settings.worker.state_dir / "item-index.bin"
         self.catalog = self.config.new_catalog(self._load_index())
         self._saved_index_changes = self.catalog.index_changes

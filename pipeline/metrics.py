@@ -128,13 +128,18 @@ def model_figures(recloop: Recloop) -> dict[str, Any]:
     """The online ranking model's River figures (operators.model), JSON-ready."""
     model = recloop.model
     figures = model.figures()
+    updates, drifts = int(figures["updates"] or 0), int(figures["drifts"] or 0)
+    at_start = recloop.model_at_start
     return {
         "version": model.version,
         "roc_auc": figures["roc_auc"],
         "log_loss": figures["log_loss"],
-        "drifts": int(figures["drifts"] or 0),
-        "updates": int(figures["updates"] or 0),
+        "drifts": drifts,
+        "updates": updates,
         "window": METRICS_WINDOW,
+        # since the worker started: what Prometheus counters count
+        "updates_here": updates - at_start[0],
+        "drifts_here": drifts - at_start[1],
     }
 
 
@@ -359,13 +364,20 @@ class LiveCollector(Collector):
             model["log_loss"],
         )
         yield _total(
-            "recloop_model_updates", "Likes the online ranking model learned from.",
-            model["updates"],
-        )  # fmt: skip
+            "recloop_model_updates",
+            "Likes the online ranking model learned from since the worker started.",
+            model["updates_here"],
+        )
         yield _total(
-            "recloop_model_drifts", "Drifts ADWIN detected in the online ranking model's loss.",
-            model["drifts"],
-        )  # fmt: skip
+            "recloop_model_drifts",
+            "Drifts ADWIN detected in the online ranking model's loss since the worker started.",
+            model["drifts_here"],
+        )
+        yield _gauge(
+            "recloop_model_likes_learned",
+            "Likes the online ranking model learned from since it was new (its checkpoint's).",
+            model["updates"],
+        )
         yield _gauge(
             "recloop_list_diversity",
             "Mean intra-list diversity (pairs of differing categories) of recent lists.",

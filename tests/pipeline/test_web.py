@@ -473,9 +473,23 @@ async def test_metrics_are_in_the_prometheus_format_with_the_scenario_values(
     assert value("recloop_http_requests_total", route="recommendations", status="404") == 1
     model = worker.recloop.model.figures()  # learned from both clicks, test-then-train
     assert value("recloop_model_updates_total") == model["updates"] == 2
+    assert value("recloop_model_likes_learned") == 2
     assert value("recloop_model_drifts_total") == 0
     assert value("recloop_model_roc_auc") == pytest.approx(model["roc_auc"])
     assert value("recloop_model_log_loss") == pytest.approx(model["log_loss"])
+
+
+async def test_the_model_counters_count_from_the_workers_start(
+    worker: Worker, world: SyntheticWorld
+) -> None:
+    # a worker that restored a model which had learned from 40 likes
+    worker.recloop.model.updates = 40
+    worker.recloop.model_at_start = (40, 0)
+    await _feed(worker, _event("e1", "u1", "click", world.items[0].item_id))
+    families = {f.name: f for f in LiveCollector(worker.recloop).collect()}
+
+    assert families["recloop_model_updates"].samples[0].value == 1  # a counter: from 0
+    assert families["recloop_model_likes_learned"].samples[0].value == 41  # the model's
 
 
 async def test_every_exported_metric_is_documented(worker: Worker) -> None:
