@@ -72,7 +72,7 @@ from operators.catalog import (
 from operators.deescalation import Adjustment, part_of_day
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.files import write_atomic
-from operators.model import METRICS_WINDOW, RankingModel
+from operators.model import RankingModel
 from operators.profile import UserProfile, next_snapshot_version
 from operators.ranking import rank_rows, user_unit
 from schemas.catalog import ItemRecord, parse_item
@@ -677,31 +677,19 @@ class LoopRecommender:
     def extra_figures(self, k: int = 10) -> dict[str, Any]:
         """What recloop reports about itself at the end of the run.
 
-        The de-escalation tally; the online model's own River figures (ROC AUC and log
-        loss of its predictions before learning, over the last ``window`` examples;
-        drifts ADWIN detected in that loss and likes learned over the run; ``None``
-        without a model); the item index: its
-        size and recall@k against exact search, the queries being the users' own
-        embeddings, the vectors the ranker queries with.
+        The de-escalation tally; the online model's own River figures
+        (:meth:`~operators.model.RankingModel.figures`, ``None`` without a model); the
+        item index: its size and recall@k against exact search, the queries being the
+        users' own embeddings, the vectors the ranker queries with.
         """
         queries = [
             v for p in self.profiles.values() if (v := user_unit(p, self.catalog)) is not None
         ]
         recall = self.catalog.index_recall(queries, k)
         graph = self.catalog.index.recall(queries, k)  # synced by index_recall
-        model: dict[str, Any] | None = None
-        if self.model is not None:
-            online = self.model.figures()
-            model = {
-                "version": self.model.version,
-                **{k: None if v is None else round(v, 4) for k, v in online.items()},
-                "drifts": int(online["drifts"] or 0),
-                "updates": int(online["updates"] or 0),
-                "window": METRICS_WINDOW,
-            }
         return {
             "deescalation": self.deescalation.as_dict(),
-            "model": model,
+            "model": self.model.figures() if self.model is not None else None,
             "index": {
                 "items": len(self.catalog.index),
                 "queries": len(queries),

@@ -123,19 +123,22 @@ class RankingModel:
         if self.updates % _FLUSH_EVERY == 0:
             self.auc.get()
 
-    def figures(self) -> dict[str, float | None]:
-        """Online figures: ROC AUC, log loss, drifts detected and likes learned.
+    def figures(self) -> dict[str, Any]:
+        """Online figures, JSON-ready: ROC AUC, log loss, drifts detected, likes learned.
 
         The ROC AUC and log loss are those of the predictions made before learning each
-        example, over the last :data:`METRICS_WINDOW` examples (``None`` until they are
-        defined); drifts and likes count from when the model was new.
+        example, over the last ``window`` (:data:`METRICS_WINDOW`) examples (``None``
+        until they are defined); ``drifts`` and ``updates`` count from when the model was
+        new; ``version`` as snapshots name it.
         """
         labels = set(self.recent)
         return {
+            "version": self.version,
             "roc_auc": float(self.auc.get()) if len(labels) == 2 else None,
             "log_loss": float(self.log_loss.get()) if labels else None,
-            "drifts": float(self.drifts),
-            "updates": float(self.updates),
+            "drifts": self.drifts,
+            "updates": self.updates,
+            "window": METRICS_WINDOW,
         }
 
     def snapshot(self) -> bytes:

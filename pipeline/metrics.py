@@ -126,20 +126,13 @@ def worker_figures(recloop: Recloop) -> dict[str, Any]:
 
 def model_figures(recloop: Recloop) -> dict[str, Any]:
     """The online ranking model's River figures (operators.model), JSON-ready."""
-    model = recloop.model
-    figures = model.figures()
-    updates, drifts = int(figures["updates"] or 0), int(figures["drifts"] or 0)
-    at_start = recloop.model_at_start
+    figures = recloop.model.figures()
+    updates_then, drifts_then = recloop.model_at_start
     return {
-        "version": model.version,
-        "roc_auc": figures["roc_auc"],
-        "log_loss": figures["log_loss"],
-        "drifts": drifts,
-        "updates": updates,
-        "window": METRICS_WINDOW,
+        **figures,
         # since the worker started: what Prometheus counters count
-        "updates_here": updates - at_start[0],
-        "drifts_here": drifts - at_start[1],
+        "updates_here": figures["updates"] - updates_then,
+        "drifts_here": figures["drifts"] - drifts_then,
     }
 
 
