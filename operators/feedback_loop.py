@@ -49,7 +49,6 @@ from operators.ranking import (
     RankingParams,
     candidate_features,
     heuristic_head,
-    heuristic_rank,
     newest,
     rank_items,
 )
@@ -180,9 +179,12 @@ def _learn_from_like(
     positive = found.features.get(item_id)
     if positive is None:  # an item the catalog does not know (yet)
         return
-    if heuristic_rank(found, params, item_id) >= params.model_rerank:
+    # the head one longer: when the like is in the head proper, the rest of it is the
+    # head of the others, the negatives are drawn from
+    head, tail = heuristic_head(found, params, params.model_rerank + 1)
+    if item_id not in head[: params.model_rerank]:
         return
-    head, tail = heuristic_head(found, params, params.model_rerank, leave_out=item_id)
+    head.remove(item_id)
     rng = random.Random(zlib.crc32(event.event_id.encode()))
     from_head = min(len(head), params.model_negatives)
     from_tail = min(len(tail), params.model_negatives - from_head)

@@ -832,19 +832,6 @@ def heuristic_head(
     return head, sorted(i for i in ids if i not in chosen and i != leave_out)
 
 
-def heuristic_rank(found: Candidates, params: RankingParams, item_id: str) -> int:
-    """How many candidates the heuristic puts before ``item_id`` (0: it leads).
-
-    The order of :func:`heuristic_head`: by the blend, best first, ties to the lowest id.
-    """
-    blend = _blend(found, params)
-    score = blend[found.features.position(item_id)]
-    ahead = int(np.count_nonzero(blend > score))
-    tied = np.flatnonzero(blend == score).tolist()
-    ids = found.ids
-    return ahead + sum(1 for j in tied if ids[j] < item_id)
-
-
 def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
     """How many of the ``k`` slots go to exploration: many for a new user, few later.
 
