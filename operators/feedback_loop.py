@@ -172,16 +172,18 @@ def _learn_from_like(
     like from further down says nothing about the order within the head; learning from
     it taught the model to push the head's strongest candidates down (MovieLens 100K:
     Recall@10 0.2025 learning from every like, 0.2068 from these; docs/evaluation.md).
+    The head is the one :func:`~operators.ranking.rank_rows` re-ranks: among the
+    candidates a list may show (nothing paused, nothing consumed long ago), so a like of
+    an item that was no candidate (consumed before, or brought by no source) teaches
+    nothing either.
     """
-    found = candidate_features(
-        before, catalog, event.timestamp.timestamp(), params, include=(item_id,)
-    )
+    found = candidate_features(before, catalog, event.timestamp.timestamp(), params)
     positive = found.features.get(item_id)
-    if positive is None:  # an item the catalog does not know (yet)
+    if positive is None:  # no candidate: the catalog does not know it, or no list held it
         return
     # the head one longer: when the like is in the head proper, the rest of it is the
     # head of the others, the negatives are drawn from
-    head, tail = heuristic_head(found, params, params.model_rerank + 1)
+    head, tail = heuristic_head(found, params, params.model_rerank + 1, before)
     if item_id not in head[: params.model_rerank]:
         return
     head.remove(item_id)

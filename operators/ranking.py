@@ -492,12 +492,6 @@ class FeatureTable(Mapping[str, dict[str, float]]):
         column: Vector = self.columns[FEATURES.index(name)]
         return column
 
-    def extended(self, ids: list[str], columns: Matrix) -> FeatureTable:
-        """A new table: these candidates, then more."""
-        table = FeatureTable([*self.ids, *ids], np.hstack([self.columns, columns]))
-        table._dicts.update(self._dicts)
-        return table
-
 
 @dataclass
 class Candidates:
@@ -592,7 +586,6 @@ def candidate_features(
     catalog: Catalog,
     now_t: float,
     params: RankingParams,
-    include: tuple[str, ...] = (),
 ) -> Candidates:
     """Gather the user's candidates and describe each with the ranking features.
 
@@ -600,9 +593,7 @@ def candidate_features(
     popularity, normalised to the most popular item), ``affinity`` (the user's squashed
     affinity for the item's category), ``log_popularity`` (log of its likes) and
     ``similarity`` (cosine of the user's and the item's embeddings). Consumed, blocked
-    and withdrawn items are left out, except those in ``include`` (the model learns from
-    an item the user is about to like): they are described alike and added, without
-    changing any other candidate or scale. The result is shared, never to be changed.
+    and withdrawn items are left out. The result is shared, never to be changed.
 
     The catalog remembers the last result: asked again for the same user state at the
     same moment with nothing changed in between (a replay asks for a list, then learns
@@ -617,8 +608,7 @@ def candidate_features(
     if not isinstance(found, Candidates):
         found = _gather(profile, catalog, now_t, params, drawn)
         catalog.remember(key, found)
-    missing = [i for i in dict.fromkeys(include) if i not in found.features]
-    return _with_items(found, missing, profile, catalog, now_t, params) if missing else found
+    return found
 
 
 def _top_unconsumed(
@@ -682,39 +672,6 @@ def _describe(
     )
     described[4] = similarity
     return described
-
-
-def _with_items(
-    found: Candidates, item_ids: list[str], profile: UserProfile, catalog: Catalog,
-    now_t: float, params: RankingParams,
-) -> Candidates:  # fmt: skip
-    """``found`` with more items described alike (the learner's liked item), unchanged.
-
-    Every other candidate keeps its features: an extra item never moves the scales.
-    """
-    states = {i: s for i in item_ids if (s := catalog.get(i)) is not None and s.available}
-    if not states:
-        return found
-    ids = list(states)
-    similarity = (
-        catalog.similarities(ids, found.user_vector)
-        if found.user_vector is not None
-        else np.zeros(len(ids))
-    )
-    affinity = {c: _squash(a) for c, a in profile.affinity.items()}
-    alpha = params.covisit_alpha
-    covisit = np.array(
-        [
-            sum(weight * source.neighbours.get(i, 0.0) for source, weight in found.sources)
-            / (states[i].positives + 1) ** alpha
-            for i in ids
-        ]
-    )
-    rows = catalog.rows(ids)
-    described = _describe(rows, covisit, similarity, found, catalog, now_t, params, affinity)
-    events = np.concatenate([found.feedback_events, catalog.columns().feedback_events[rows]])
-    return replace(found, features=found.features.extended(ids, described),
-                   states={**found.states, **states}, feedback_events=events)  # fmt: skip
 
 
 def _gather(
@@ -816,20 +773,25 @@ def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, floa
 
 
 def heuristic_head(
-    found: Candidates, params: RankingParams, n: int, leave_out: str | None = None
+    found: Candidates, params: RankingParams, n: int, profile: UserProfile | None = None
 ) -> tuple[list[str], list[str]]:
     """The ``n`` best candidates by the heuristic (best first), and the rest (by id).
 
     The split the online model works on: it re-ranks the head and learns from the likes
     that came from it, against negatives drawn from it. One definition keeps both in step.
+    With ``profile``, only the candidates a list may show it (:func:`servable`) are split,
+    as :func:`rank_rows` splits them.
     """
     ids = found.ids
-    among = np.arange(len(ids))
-    if leave_out is not None and leave_out in found.features:
-        among = np.delete(among, found.features.position(leave_out))
-    head = [ids[n] for n in _best(_blend(found, params), ids, among, n)]
+    blended = _blend(found, params)
+    if profile is None:
+        live = np.ones(len(ids), dtype=np.bool_)
+    else:
+        live = servable(found, blended, profile, 2 * n)
+    head = [ids[p] for p in _best(blended, ids, np.flatnonzero(live), n)]
     chosen = set(head)
-    return head, sorted(i for i in ids if i not in chosen and i != leave_out)
+    rest = (ids[p] for p in np.flatnonzero(live).tolist())
+    return head, sorted(i for i in rest if i not in chosen)
 
 
 def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
@@ -843,6 +805,30 @@ def exploration_slots(profile: UserProfile, params: RankingParams) -> int:
         params.explore_halfway / (params.explore_halfway + known)
     )
     return min(params.k, round(params.k * share))
+
+
+def _unpaused(found: Candidates, profile: UserProfile) -> npt.NDArray[np.bool_]:
+    """Which candidates the user has not paused (what they paused is never shown)."""
+    live = np.ones(len(found.ids), dtype=np.bool_)
+    if profile.paused:
+        paused = set(profile.paused)
+        for position, item_id in enumerate(found.ids):
+            if not paused.isdisjoint(_keys_of(found.states[item_id])):
+                live[position] = False
+    return live
+
+
+def servable(
+    found: Candidates, scores: Vector, profile: UserProfile, n: int
+) -> npt.NDArray[np.bool_]:
+    """Which candidates a list may show: what :func:`rank_rows` ranks among.
+
+    None the user paused, and among the best ``n`` by ``scores``, none they consumed
+    long ago (:func:`_drop_consumed`).
+    """
+    live = _unpaused(found, profile)
+    _drop_consumed(found, scores, live, profile, n)
+    return live
 
 
 def _drop_consumed(
@@ -1059,12 +1045,7 @@ def rank_rows(
     ids = found.ids
     blended = _blend(found, params)
     scores = blended.tolist()
-    live = np.ones(len(ids), dtype=np.bool_)  # the candidates still in the running
-    if profile.paused:  # what the user paused is never shown until resumed
-        paused = set(profile.paused)
-        for position, item_id in enumerate(ids):
-            if not paused.isdisjoint(_keys_of(found.states[item_id])):
-                live[position] = False
+    live = _unpaused(found, profile)  # the candidates still in the running
     cap = _category_cap(profile, params)
     active = (
         active_penalties(profile.penalties, now_t, surface, deescalation, part)

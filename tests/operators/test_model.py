@@ -12,9 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from river import metrics
 
+from operators.bloom import Bloom
 from operators.catalog import Catalog
 from operators.feedback_loop import LoopConfig, apply_event, process_event
 from operators.model import METRICS_WINDOW, Features, RankingModel
+from operators.profile import UserProfile
 from operators.ranking import MODEL_VERSION, RankingParams
 from schemas.events import Click, Skip
 
@@ -207,11 +209,11 @@ def test_the_model_learns_from_likes_of_the_head_it_reranks(catalog: Catalog) ->
         catalog.put(state)
     config = LoopConfig(ranking=replace(RankingParams(), model_rerank=2, model_negatives=2))
 
-    def like(item_id: str) -> _Spy:
+    def like(item_id: str, profile: UserProfile | None = None) -> _Spy:
         model = _Spy()
         event = Click(type="click", event_id=f"like-{item_id}", user_id="u", item_id=item_id,
                       timestamp=t0 + timedelta(minutes=1))  # fmt: skip
-        apply_event(event, None, catalog, config, model)
+        apply_event(event, profile, catalog, config, model)
         return model
 
     assert like("item-00009").taught == []  # from far down the list: nothing learned
@@ -221,6 +223,15 @@ def test_the_model_learns_from_likes_of_the_head_it_reranks(catalog: Catalog) ->
     assert sorted(n["trend"] for n in negatives) == pytest.approx([1 / 3, 2 / 3], rel=1e-3)
     assert like("item-00002").taught != []  # second: still in the head
     assert like("item-00003").taught == []  # third: just past it
+    # the head is the one a list is ranked from: an item the user consumed long ago (the
+    # consumed-set filter, past the history) is never shown, so it is not in it
+    consumed = replace(UserProfile.new("u"), consumed=Bloom.empty(100).add("item-00001"))
+    assert like("item-00001", consumed).taught == []
+    (((positive,), negatives),) = like("item-00003", consumed).taught
+    assert positive["trend"] == pytest.approx(1 / 3, rel=1e-3)  # second of those shown
+    assert all(n["trend"] != pytest.approx(1.0) for n in negatives)
+    # an item no source brought (the catalog does not know it) teaches nothing either
+    assert like("not-in-the-catalog").taught == []
 
 
 def test_a_restored_model_takes_a_new_learning_rate() -> None:
