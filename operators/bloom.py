@@ -71,7 +71,12 @@ class Bloom:
         if not isinstance(value, str) or self.count == 0:
             return False
         bits = self.bits
-        return all(bits[p >> 3] >> (p & 7) & 1 for p in self._positions(value))
+        # a loop, not all() over a generator: half the time (0.24 against 0.54 µs for an
+        # item not in the filter), and the ranker asks about hundreds of items a list
+        for p in _positions(value, len(bits) * 8, self.k):  # noqa: SIM110
+            if not bits[p >> 3] >> (p & 7) & 1:
+                return False
+        return True
 
     def add(self, value: str) -> Bloom:
         """The filter with ``value`` added (itself when it already claims ``value``)."""

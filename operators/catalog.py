@@ -39,6 +39,10 @@ from operators.embedding import (
 from operators.index import ItemIndex
 from schemas.catalog import ItemRecord
 
+#: Decimals of :meth:`ItemState.trending_key` (a natural log: a relative difference of
+#: about 1e-9 in decayed popularity).
+_KEY_DIGITS = 9
+
 
 @dataclass(frozen=True)
 class ItemState:
@@ -112,11 +116,17 @@ class ItemState:
         """A time-invariant key that orders items as their decayed popularity does.
 
         All items decay at the same rate, so ``log(popularity) + t·ln2/half_life`` ranks
-        them the same at every moment; only new feedback changes the order.
+        them the same at every moment; only new feedback changes the order. Rounded to
+        :data:`_KEY_DIGITS` decimals (popularities a billionth apart tie): a skip decays
+        the popularity to its time without changing the key, except for the last bit,
+        which would otherwise count as a fall and rebuild every order holding the item.
         """
         if self.popularity <= 0.0:
             return -math.inf
-        return math.log(self.popularity) + self.popularity_t * math.log(2.0) / half_life_s
+        return round(
+            math.log(self.popularity) + self.popularity_t * math.log(2.0) / half_life_s,
+            _KEY_DIGITS,
+        )
 
     def with_covisits(self, items: Sequence[str], weight: float, max_neighbours: int) -> ItemState:
         """Count that users who liked this item also liked ``items`` (bounded, strongest kept)."""
@@ -408,6 +418,13 @@ class _TopOrder:
         self.rows: list[SortKey] = []
         self.members: dict[str, SortKey] = {}
         self.stale = True
+        self._ids: tuple[str, ...] | None = None  # the ids of ``rows``, until they change
+
+    def ids(self) -> tuple[str, ...]:
+        """The ids of :attr:`rows`, best first (kept until the rows change)."""
+        if self._ids is None:
+            self._ids = tuple(row[2] for row in self.rows)
+        return self._ids
 
     def key(self, state: ItemState) -> SortKey:
         if self.newest:
@@ -425,6 +442,7 @@ class _TopOrder:
         self.rows = heapq.nsmallest(self.n, (self.key(s) for s in states if self.eligible(s)))
         self.members = {row[2]: row for row in self.rows}
         self.stale = False
+        self._ids = None
 
     def update(self, item_id: str, state: ItemState | None) -> None:
         if self.stale:
@@ -437,6 +455,7 @@ class _TopOrder:
         old = self.members.pop(item_id, None)
         if old is not None:
             del self.rows[bisect.bisect_left(self.rows, old)]
+            self._ids = None
         if not self.eligible(state):
             self.stale = old is not None  # a member left: the next best is unknown
             return
@@ -447,10 +466,27 @@ class _TopOrder:
             return
         if len(self.rows) < self.n or new < self.rows[-1]:
             bisect.insort(self.rows, new)
+            self._ids = None
             self.members[item_id] = new
             if len(self.rows) > self.n:
                 dropped = self.rows.pop()
                 del self.members[dropped[2]]
+
+
+def _only_neighbours_differ(old: ItemState, new: ItemState) -> bool:
+    """Whether ``new`` is ``old`` with other co-visits at most (as a co-visit record makes it).
+
+    Identity for the record and the taste: :meth:`ItemState.with_covisits` keeps the very
+    objects, and anything else is compared in full by :meth:`Catalog.put`.
+    """
+    return (
+        old.record is new.record
+        and old.taste is new.taste
+        and old.popularity == new.popularity
+        and old.popularity_t == new.popularity_t
+        and old.positives == new.positives
+        and old.feedback_events == new.feedback_events
+    )
 
 
 class IndexWrites(NamedTuple):
@@ -530,7 +566,7 @@ class Catalog:
         self._sorted_categories: tuple[str, ...] | None = None
         # each co-visit source's neighbours' rows (see neighbour_rows): the state they
         # came from, its neighbours' ids, their rows
-        self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray]] = {}
+        self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray, Vector]] = {}
         # content priors, kept with the record they were computed from (at most
         # _PRIORS_KEPT: 32 MB of 64-d vectors)
         self._priors: dict[str, tuple[ItemRecord | None, Vector]] = {}
@@ -588,6 +624,8 @@ class Catalog:
         item_id = state.item_id
         old = self._items.get(item_id)
         self._items[item_id] = state
+        if old is not None and _only_neighbours_differ(old, state):
+            return  # a co-visit (most puts): no count, order or embedding changes
         if old is None or (old.available, old.category) != (state.available, state.category):
             self._count_available(old, -1)
             self._count_available(state, +1)
@@ -757,23 +795,28 @@ class Catalog:
         return self._columns
 
     def neighbour_rows(self, state: ItemState) -> IntArray:
-        """The rows of the item's co-visit neighbours, in the order of ``state.neighbours``.
+        """The rows of the item's co-visit neighbours, in the order of ``state.neighbours``."""
+        return self.neighbour_arrays(state)[0]
+
+    def neighbour_arrays(self, state: ItemState) -> tuple[IntArray, Vector]:
+        """The rows and the counts of the item's co-visit neighbours (as ``state.neighbours``).
 
         Kept for the state the catalog holds; its next state usually only adds neighbours
         at the end of the map (see :meth:`ItemState.with_covisits`), so only their rows
-        are looked up then.
+        are looked up then. Read-only.
         """
         cached = self._neighbour_rows.get(state.item_id)
         if cached is not None and cached[0] is state:
-            return cached[2]
+            return cached[2], cached[3]
         ids = list(state.neighbours)
         if cached is not None and ids[: len(cached[1])] == cached[1]:
             rows = np.concatenate([cached[2], self._rows_of(ids[len(cached[1]) :])])
         else:
             rows = self._rows_of(ids)
+        counts = np.fromiter(state.neighbours.values(), np.float64, len(ids))
         if self._items.get(state.item_id) is state:  # only what the catalog holds is kept
-            self._neighbour_rows[state.item_id] = (state, ids, rows)
-        return rows
+            self._neighbour_rows[state.item_id] = (state, ids, rows, counts)
+        return rows, counts
 
     def _rows_of(self, item_ids: list[str]) -> IntArray:
         """Each id's row, given out to the ids the catalog has not seen yet."""
@@ -924,14 +967,16 @@ class Catalog:
         the same rate, so the order only changes with new feedback); the rest follow,
         newest first, so a catalog without feedback yet still fills a list.
         """
-        return self._top(category, n, half_life_s, newest=False)
+        return list(self._top(category, n, half_life_s, newest=False))
 
     def newest(self, n: int, since_t: float = -math.inf) -> list[str]:
         """The ``n`` most recently created available items, created at or after ``since_t``."""
         rows = self._top(None, n, 0.0, newest=True)
         return [item_id for item_id in rows if self._items[item_id].created_t >= since_t]
 
-    def _top(self, category: str | None, n: int, half_life_s: float, newest: bool) -> list[str]:
+    def _top(
+        self, category: str | None, n: int, half_life_s: float, newest: bool
+    ) -> tuple[str, ...]:
         key = (category, n, half_life_s, newest)
         order = self._orders.get(key)
         if order is None:
@@ -939,7 +984,7 @@ class Catalog:
             self._orders_of.setdefault(category, []).append(order)
         if order.stale:
             order.rebuild(iter(self._items.values()))
-        return [row[2] for row in order.rows]
+        return order.ids()
 
     def snapshot(self) -> bytes:
         """All items as JSON lines."""

@@ -185,8 +185,10 @@ POSITIVE_TARGET = 0.5
 
 def _push(items: tuple[str, ...], value: str, limit: int) -> tuple[str, ...]:
     """Append ``value`` (moving it to the end if present), keeping the newest ``limit``."""
-    kept = (*(item for item in items if item != value), value)
-    return kept[-limit:]
+    while value in items:  # scans in C (a restored profile may hold an item twice)
+        at = items.index(value)
+        items = items[:at] + items[at + 1 :]
+    return (*items, value)[-limit:]
 
 
 _FIELDS = frozenset(f.name for f in fields(UserProfile))

@@ -165,12 +165,10 @@ def _covisit_scores(
     """
     if not sources:
         return np.zeros(0, dtype=np.intp), np.zeros(0)
-    rows = np.concatenate([catalog.neighbour_rows(source) for source, _ in sources])
-    lengths = [len(source.neighbours) for source, _ in sources]
-    counts = np.fromiter(
-        chain.from_iterable(source.neighbours.values() for source, _ in sources), np.float64,
-        len(rows),
-    )  # fmt: skip
+    arrays = [catalog.neighbour_arrays(source) for source, _ in sources]
+    rows = np.concatenate([rows for rows, _ in arrays])
+    counts = np.concatenate([counts for _, counts in arrays])
+    lengths = [len(rows) for rows, _ in arrays]
     # weight x count, as a loop would multiply them
     contributions = np.repeat([weight for _, weight in sources], lengths) * counts
     columns = catalog.columns()
@@ -719,15 +717,12 @@ def _gather(
     fresh: list[str] = []
     if params.fresh_candidates > 0:
         fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
-    for item_id, state in list(states.items()):
-        if not state.available:
-            del states[item_id]
-    for source_list in [popular, *by_category, embedded, *neighbours, fresh, longtail]:
-        for item_id in source_list:
-            if item_id not in states and item_id not in excluded:
-                found_state = items.get(item_id)
-                if found_state is not None and found_state.available:
-                    states[item_id] = found_state
+    states = {i: s for i, s in states.items() if s.available}
+    for item_id in chain(popular, *by_category, embedded, *neighbours, fresh, longtail):
+        if item_id not in states and item_id not in excluded:
+            found_state = items.get(item_id)
+            if found_state is not None and found_state.available:
+                states[item_id] = found_state
     # the most popular item anywhere heads the global list, so it sets the scale
     head = catalog.get(popular[0]) if popular else None
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0

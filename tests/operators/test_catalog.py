@@ -268,6 +268,8 @@ def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None
     for state in (grown, more, pruned):
         rows = catalog.neighbour_rows(state).tolist()
         assert [catalog.row_id(row) for row in rows] == list(state.neighbours)
+        counts = catalog.neighbour_arrays(state)[1].tolist()
+        assert counts == list(state.neighbours.values())
     assert [catalog.row_id(row) for row in first.tolist()] == ["item-00001", "unseen", "item-00002"]
     unseen = catalog.rows(["unseen"])[0]
     assert unseen > 0 and not catalog.columns().available[unseen]  # a row, but no item
@@ -525,3 +527,37 @@ def test_the_replays_sweep_removes_expired_uncatalogued_states_in_event_time(
     assert sweep_interval(ItemParams(uncatalogued_ttl_s=HOUR)) == HOUR / 10
     assert sweep_interval(ItemParams()) == 3600.0  # 7 days: hourly
     assert sweep_interval(ItemParams(uncatalogued_ttl_s=3.0)) == 1.0
+
+
+def test_a_skip_leaves_an_items_place_in_the_trending_orders() -> None:
+    # a skip decays the popularity to its own time and adds nothing: the key is the same,
+    # or every order holding the item would count it as fallen and be rebuilt
+    rng = random.Random(3)
+    half_life = 7 * 24 * 3600.0
+    for _ in range(2000):
+        t = T0 + timedelta(seconds=rng.uniform(0, 1e8))
+        state = ItemState("i").with_feedback(rng.uniform(0.1, 1e4), t, half_life)
+        later = t + timedelta(seconds=rng.uniform(0, 1e7))
+        skipped = state.with_feedback(-0.3, later, half_life)
+        assert skipped.popularity != state.popularity or later == t
+        assert skipped.trending_key(half_life) == state.trending_key(half_life)
+
+
+def test_a_co_visit_changes_only_the_neighbours_a_catalog_reads(catalog: Catalog) -> None:
+    state = catalog.get("item-00003")
+    assert state is not None
+    liked = state.with_feedback(1.0, T0, 3600.0)
+    catalog.put(liked)
+    row = catalog.rows(["item-00003"])[0]
+    before = [column[row] for column in catalog.columns()]
+    top = catalog.top(5, 3600.0)
+    visited = liked.with_covisits(["item-00004"], 1.0, 200)
+    catalog.put(visited)
+
+    assert catalog.get("item-00003") is visited
+    assert [column[row] for column in catalog.columns()] == before
+    assert catalog.top(5, 3600.0) == top and top[0] == "item-00003"
+    assert catalog.neighbour_arrays(visited)[1].tolist() == [1.0]
+    again = visited.with_feedback(1.0, T0 + timedelta(hours=1), 3600.0)  # a like still counts
+    catalog.put(again)
+    assert catalog.columns().positives[row] == 2

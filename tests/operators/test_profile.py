@@ -390,3 +390,12 @@ def test_a_snapshot_from_before_the_evidence_restores_without_it() -> None:
     restored = UserProfile.restore(json.dumps(raw).encode())
 
     assert restored.evidence == {}
+
+
+def test_pushing_an_item_moves_it_to_the_newest_place_once() -> None:
+    from operators.profile import _push
+
+    assert _push(("a", "b", "c"), "a", 3) == ("b", "c", "a")
+    assert _push(("a", "b", "c"), "d", 3) == ("b", "c", "d")
+    assert _push(("a", "b", "a", "c"), "a", 10) == ("b", "c", "a")  # a restored duplicate
+    assert _push((), "a", 2) == ("a",)
