@@ -65,7 +65,7 @@ from operators.model import RankingModel
 from operators.profile import UserProfile
 from schemas.snapshot import RankedItem
 
-MODEL_VERSION = "covisit-embed-explore-5"
+MODEL_VERSION = "covisit-embed-explore-6"
 
 _T = TypeVar("_T")
 
@@ -97,6 +97,8 @@ class RankingParams:
     neighbour_candidates: int = 10
     fresh_candidates: int = 20
     longtail_candidates: int = 20
+    #: the most popular items exploration leaves to the ranking: the long tail starts past them
+    popular_head: int = 50
     fresh_window_s: float = 30 * 24 * 3600.0
     explore_min: float = 0.1
     explore_max: float = 0.3
@@ -499,7 +501,8 @@ class Candidates:
     states: dict[str, ItemState]
     sources: list[tuple[ItemState, float]]
     top_trend: float
-    #: the head of the trending list (everything else counts as the long tail)
+    #: the trending candidates among the ``popular_head`` most popular items (all other
+    #: candidates count as the long tail)
     popular: frozenset[str] = frozenset()
     #: candidates from the fresh-items source
     fresh: frozenset[str] = frozenset()
@@ -728,7 +731,7 @@ def _gather(
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
     found = Candidates(
         FeatureTable([], np.zeros((len(FEATURES), 0))), states, sources, top_trend,
-        popular=frozenset(popular), fresh=frozenset(fresh),
+        popular=frozenset(popular[: params.popular_head]), fresh=frozenset(fresh),
         covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
         drawn=drawn,
     )  # fmt: skip
@@ -829,17 +832,25 @@ def servable(
 def _drop_consumed(
     found: Candidates, scores: Vector, live: npt.NDArray[np.bool_], profile: UserProfile, n: int
 ) -> None:
-    """Drop (from ``live``), among the best ``n`` candidates, those consumed long ago.
+    """Drop (from ``live``) what the user consumed long ago, until the best ``n`` are clear.
 
     The history only keeps the newest items; the consumed-set filter remembers the rest.
     Checking it is slower than a set lookup, so only the head of the list is checked:
-    that is where a candidate can still make it into the list.
+    that is where a candidate can still make it into the list. When the head held
+    consumed items, the candidates that move up into it are checked in turn.
     """
     if profile.consumed is None or profile.consumed.count <= len(profile.history):
         return
-    for position in _best(scores, found.ids, np.flatnonzero(live), n):
-        if profile.has_consumed(found.ids[position]):
-            live[position] = False
+    ids, checked = found.ids, set()
+    while True:
+        fresh = [p for p in _best(scores, ids, np.flatnonzero(live), n) if p not in checked]
+        if not fresh:
+            return
+        checked.update(fresh)
+        dropped = [p for p in fresh if profile.has_consumed(ids[p])]
+        if not dropped:  # the best n are the same ones, all clear
+            return
+        live[dropped] = False
 
 
 def _explore(

@@ -677,6 +677,27 @@ def test_items_consumed_before_the_history_stay_out(catalog: Catalog) -> None:
     assert all(int(i.split("-")[1]) % 2 == 1 for i in shown)
 
 
+def test_items_consumed_long_ago_stay_out_however_many_lead_the_list() -> None:
+    # the filter was checked on the best 2 x k candidates only: when most of those were
+    # consumed, the ones that moved up into the list were never checked
+    catalog = Catalog()
+    for n in range(40):
+        record = ItemRecord(item_id=f"i{n:02d}", category=f"c{n % 8}",
+                            created_at=T0 - timedelta(days=100))  # fmt: skip
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+        _boost(catalog, record.item_id, times=60 - n)
+    consumed = [f"i{n:02d}" for n in (*range(15), *range(20, 30))]
+    bloom = Bloom.empty(2000)
+    for item_id in consumed:
+        bloom = bloom.add(item_id)
+    profile = replace(UserProfile.new("u"), consumed=bloom)
+
+    shown = _ids(profile, catalog, replace(PARAMS, category_cap=None))
+
+    assert len(shown) == 10 and not set(shown) & set(consumed)
+    assert set(shown) == {f"i{n:02d}" for n in (*range(15, 20), *range(30, 35))}
+
+
 def test_the_users_embedding_brings_in_items_like_the_ones_liked(catalog: Catalog) -> None:
     liked = catalog.unit("item-00004")  # a romance, with a category prior
     assert liked is not None
