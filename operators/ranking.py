@@ -81,7 +81,7 @@ class RankingParams:
     covisit_beta: float = 0.5
     covisit_candidates: int = 150
     trending_weight: float = 0.15
-    trending_candidates: int = 100
+    trending_candidates: int = 50
     affinity_weight: float = 0.1
     affinity_categories: int = 3
     category_candidates: int = 20
@@ -97,8 +97,6 @@ class RankingParams:
     neighbour_candidates: int = 10
     fresh_candidates: int = 20
     longtail_candidates: int = 20
-    #: the most popular items exploration leaves to the ranking: the long tail starts past them
-    popular_head: int = 50
     fresh_window_s: float = 30 * 24 * 3600.0
     explore_min: float = 0.1
     explore_max: float = 0.3
@@ -501,8 +499,7 @@ class Candidates:
     states: dict[str, ItemState]
     sources: list[tuple[ItemState, float]]
     top_trend: float
-    #: the trending candidates among the ``popular_head`` most popular items (all other
-    #: candidates count as the long tail)
+    #: the head of the trending list (everything else counts as the long tail)
     popular: frozenset[str] = frozenset()
     #: candidates from the fresh-items source
     fresh: frozenset[str] = frozenset()
@@ -731,7 +728,7 @@ def _gather(
     top_trend = head.popularity_at(now_t, half_life) if head is not None else 0.0
     found = Candidates(
         FeatureTable([], np.zeros((len(FEATURES), 0))), states, sources, top_trend,
-        popular=frozenset(popular[: params.popular_head]), fresh=frozenset(fresh),
+        popular=frozenset(popular), fresh=frozenset(fresh),
         covisit_scale=1.0 / top_covisit if top_covisit else 0.0, user_vector=user_vector,
         drawn=drawn,
     )  # fmt: skip

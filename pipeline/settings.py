@@ -184,11 +184,6 @@ class RankingSettings(Section):
         default=_R.longtail_candidates, ge=0, le=10_000,
         description="Items just past the trending head, for a new user's exploration.",
     )  # fmt: skip
-    popular_head: int = Field(
-        default=_R.popular_head, ge=0, le=100_000,
-        description="The most popular items exploration leaves alone (the long tail starts "
-        "past them).",
-    )  # fmt: skip
     fresh_window_s: float = Field(default=_R.fresh_window_s, gt=0)
     explore_min: float = Field(default=_R.explore_min, ge=0, le=1)
     explore_max: float = Field(default=_R.explore_max, ge=0, le=1)
