@@ -81,7 +81,7 @@ class RankingParams:
     covisit_beta: float = 0.5
     covisit_candidates: int = 150
     trending_weight: float = 0.15
-    trending_candidates: int = 50
+    trending_candidates: int = 100
     affinity_weight: float = 0.1
     affinity_categories: int = 3
     category_candidates: int = 20

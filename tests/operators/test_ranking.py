@@ -524,12 +524,8 @@ def test_a_new_user_gets_popular_items_from_several_categories(catalog: Catalog)
     assert "popular in" in " ".join(ranked[0].reasons)
 
 
-def _one_category_leads(n: int = 200) -> Catalog:
-    """``n`` items over five categories; drama's, a fifth of them, are all more popular.
-
-    With 200, the best 40 (the head a cap looks at first, 4 x k) are all drama, and the
-    trending candidates go past them.
-    """
+def _one_category_leads(n: int = 300) -> Catalog:
+    """``n`` items over five categories; drama's, a fifth of them, are all more popular."""
     catalog = Catalog()
     categories = ["drama", "comedy", "horror", "news", "sport"]
     for k in range(n):
