@@ -774,8 +774,8 @@ def heuristic_head(
 
     The split the online model works on: it re-ranks the head and learns from the likes
     that came from it, against negatives drawn from it. One definition keeps both in step.
-    With ``profile``, only the candidates a list may show it (:func:`servable`) are split,
-    as :func:`rank_rows` splits them.
+    With ``profile``, only the candidates a list may show the user (:func:`servable`) are
+    split, as :func:`rank_rows` splits them.
     """
     ids = found.ids
     blended = _blend(found, params)
@@ -838,7 +838,8 @@ def _drop_consumed(
     """
     if profile.consumed is None or profile.consumed.count <= len(profile.history):
         return
-    ids, checked = found.ids, set()
+    ids = found.ids
+    checked: set[int] = set()
     while True:
         fresh = [p for p in _best(scores, ids, np.flatnonzero(live), n) if p not in checked]
         if not fresh:
