@@ -524,15 +524,19 @@ def test_a_new_user_gets_popular_items_from_several_categories(catalog: Catalog)
     assert "popular in" in " ".join(ranked[0].reasons)
 
 
+def _put_old(catalog: Catalog, item_id: str, category: str, likes: int) -> None:
+    """An item created long ago (nothing fresh), with ``likes`` likes."""
+    record = ItemRecord(item_id=item_id, category=category, created_at=T0 - timedelta(days=100))
+    catalog.put(ItemState(item_id=item_id, record=record))
+    _boost(catalog, item_id, times=likes)
+
+
 def _one_category_leads(n: int = 300) -> Catalog:
     """``n`` items over five categories; drama's, a fifth of them, are all more popular."""
     catalog = Catalog()
     categories = ["drama", "comedy", "horror", "news", "sport"]
     for k in range(n):
-        record = ItemRecord(item_id=f"i{k:03d}", category=categories[k % 5],
-                            created_at=T0 - timedelta(days=100))  # fmt: skip
-        catalog.put(ItemState(item_id=record.item_id, record=record))
-        _boost(catalog, record.item_id, times=6 if k % 5 == 0 else 1)
+        _put_old(catalog, f"i{k:03d}", categories[k % 5], 6 if k % 5 == 0 else 1)
     return catalog
 
 
@@ -569,10 +573,7 @@ def test_the_cap_holds_over_the_whole_list_when_exploration_comes_up_short(
     catalog, n = Catalog(), 0
     for category, count, likes in spec:
         for _ in range(count):
-            record = ItemRecord(item_id=f"i{n:03d}", category=category,
-                                created_at=T0 - timedelta(days=100))  # fmt: skip
-            catalog.put(ItemState(item_id=record.item_id, record=record))
-            _boost(catalog, record.item_id, times=likes)
+            _put_old(catalog, f"i{n:03d}", category, likes)
             n += 1
 
     rows = rank_rows(UserProfile.new("u"), catalog, NOW, DEFAULTS).rows
@@ -641,11 +642,8 @@ def test_a_new_user_gets_long_tail_items_when_no_item_is_fresh() -> None:
     # was all trending head, and its exploration slots went to more of it
     catalog = Catalog()
     for n in range(2000):
-        record = ItemRecord(item_id=f"i{n:04d}", category=f"c{n % 10}",
-                            created_at=T0 - timedelta(days=100))  # fmt: skip
-        catalog.put(ItemState(item_id=record.item_id, record=record))
-        if n % 4 == 0:  # a quarter of the catalog has had some feedback
-            _boost(catalog, record.item_id, times=1 + n % 7)
+        # a quarter of the catalog has had some feedback
+        _put_old(catalog, f"i{n:04d}", f"c{n % 10}", 1 + n % 7 if n % 4 == 0 else 0)
     profile = UserProfile.new("u")
 
     ranking = rank_rows(profile, catalog, NOW, DEFAULTS)
@@ -682,10 +680,7 @@ def test_items_consumed_long_ago_stay_out_however_many_lead_the_list() -> None:
     # consumed, the ones that moved up into the list were never checked
     catalog = Catalog()
     for n in range(40):
-        record = ItemRecord(item_id=f"i{n:02d}", category=f"c{n % 8}",
-                            created_at=T0 - timedelta(days=100))  # fmt: skip
-        catalog.put(ItemState(item_id=record.item_id, record=record))
-        _boost(catalog, record.item_id, times=60 - n)
+        _put_old(catalog, f"i{n:02d}", f"c{n % 8}", 60 - n)
     consumed = [f"i{n:02d}" for n in (*range(15), *range(20, 30))]
     bloom = Bloom.empty(2000)
     for item_id in consumed:
