@@ -564,8 +564,8 @@ class Catalog:
         #: available items per category, and those categories sorted (None: to sort again)
         self._available_in: dict[str, int] = {}
         self._sorted_categories: tuple[str, ...] | None = None
-        # each co-visit source's neighbours' rows (see neighbour_rows): the state they
-        # came from, its neighbours' ids, their rows
+        # each co-visit source's neighbours' rows and counts (see neighbour_arrays): the
+        # state they came from, its neighbours' ids, their rows, their counts
         self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray, Vector]] = {}
         # content priors, kept with the record they were computed from (at most
         # _PRIORS_KEPT: 32 MB of 64-d vectors)
@@ -793,10 +793,6 @@ class Catalog:
         arrays are live views: they change with the next :meth:`put`.
         """
         return self._columns
-
-    def neighbour_rows(self, state: ItemState) -> IntArray:
-        """The rows of the item's co-visit neighbours, in the order of ``state.neighbours``."""
-        return self.neighbour_arrays(state)[0]
 
     def neighbour_arrays(self, state: ItemState) -> tuple[IntArray, Vector]:
         """The rows and the counts of the item's co-visit neighbours (as ``state.neighbours``).

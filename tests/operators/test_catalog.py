@@ -253,12 +253,12 @@ def test_top_follows_items_that_change_category_or_are_withdrawn(world: Syntheti
     assert len(everything) == 10
 
 
-def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None:
+def test_neighbour_arrays_follow_every_state_of_a_source(catalog: Catalog) -> None:
     source = catalog.get("item-00000")
     assert source is not None
     grown = source.with_covisits(["item-00001", "unseen", "item-00002"], 1.0, max_neighbours=4)
     catalog.put(grown)
-    first = catalog.neighbour_rows(grown)
+    first = catalog.neighbour_arrays(grown)[0]
     # a new neighbour is appended; then the bound prunes and reorders the map
     more = grown.with_covisits(["item-00003"], 1.0, max_neighbours=4)
     catalog.put(more)
@@ -266,7 +266,7 @@ def test_neighbour_rows_follow_every_state_of_a_source(catalog: Catalog) -> None
     catalog.put(pruned)
 
     for state in (grown, more, pruned):
-        rows = catalog.neighbour_rows(state).tolist()
+        rows = catalog.neighbour_arrays(state)[0].tolist()
         assert [catalog.row_id(row) for row in rows] == list(state.neighbours)
         counts = catalog.neighbour_arrays(state)[1].tolist()
         assert counts == list(state.neighbours.values())
