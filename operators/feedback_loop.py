@@ -205,8 +205,8 @@ def apply_event(
 
     Returns the new profile, the item feedback to send to the items' owners, and whether
     the event was a duplicate (then nothing changed and nothing is sent). When a model is
-    given it learns from every new like (it is the one piece of state updated in place:
-    the caller owns it and checkpoints it).
+    given it learns from every new like of an item in the head it re-ranks (it is the one
+    piece of state updated in place: the caller owns it and checkpoints it).
     """
     if isinstance(event, Forget):  # nothing of the old profile survives, not even its ids
         return Applied(UserProfile.new(event.user_id), (), False)

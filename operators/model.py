@@ -1,8 +1,9 @@
 """The online ranking model: River logistic regression over candidate features.
 
-It learns on every new like, test-then-train: the liked item's features (as a candidate
-just before the like) are a positive example, a few other candidates the user passed
-over are negatives. Before learning, it scores the same examples, so River's metrics
+It learns, test-then-train, on every new like of an item in the head it re-ranks (the
+caller decides: :func:`operators.feedback_loop.apply_event`): the liked item's features
+(as a candidate just before the like) are a positive example, a few other candidates of
+that head are negatives. Before learning, it scores the same examples, so River's metrics
 (ROC AUC and log loss over the last :data:`METRICS_WINDOW` examples, exact) and an
 ADWIN drift detector on the loss track the model online; the worker exports them
 (docs/metrics.md) and ``recloop evaluate`` reports them.

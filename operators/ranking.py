@@ -768,21 +768,18 @@ def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, floa
 
 
 def heuristic_head(
-    found: Candidates, params: RankingParams, n: int, profile: UserProfile | None = None
+    found: Candidates, params: RankingParams, n: int, profile: UserProfile
 ) -> tuple[list[str], list[str]]:
     """The ``n`` best candidates by the heuristic (best first), and the rest (by id).
 
     The split the online model works on: it re-ranks the head and learns from the likes
     that came from it, against negatives drawn from it. One definition keeps both in step.
-    With ``profile``, only the candidates a list may show the user (:func:`servable`) are
-    split, as :func:`rank_rows` splits them.
+    Only the candidates a list may show the user (:func:`servable`) are split, as
+    :func:`rank_rows` splits them.
     """
     ids = found.ids
     blended = _blend(found, params)
-    if profile is None:
-        live = np.ones(len(ids), dtype=np.bool_)
-    else:
-        live = servable(found, blended, profile, 2 * n)
+    live = servable(found, blended, profile, 2 * n)
     head = [ids[p] for p in _best(blended, ids, np.flatnonzero(live), n)]
     chosen = set(head)
     rest = (ids[p] for p in np.flatnonzero(live).tolist())
