@@ -51,7 +51,7 @@ from pipeline.settings import Settings
 from pipeline.worker_process import WorkerProcess
 from schemas.events import Click, Event, event_to_json
 from schemas.snapshot import Snapshot
-from tests.integration.harness import Harness, Record, TopicTail
+from tests.integration.harness import Harness, Record, TopicTail, free_port, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -413,10 +413,23 @@ def test_when_one_of_two_workers_dies_the_other_takes_over_its_users(
     harness.send_items(world.items)
     group = settings.worker.app_id
 
+    ports = {"a": free_port(), "b": free_port()}
+
     def on_own_state(name: str) -> WorkerProcess:
-        worker = settings.worker.model_copy(update={"state_dir": tmp_path / f"state-{name}"})
+        worker = settings.worker.model_copy(update={
+            "state_dir": tmp_path / f"state-{name}", "web_enabled": True, "web_port": ports[name],
+        })  # fmt: skip
         own = settings.model_copy(update={"worker": worker})
         return harness.worker(name, own)  # a dead member leaves after worker.session_timeout_s
+
+    def catalogs_full() -> bool:  # each worker ranks with every item (see below)
+        try:
+            return all(
+                scrape_metrics(port).get(("recloop_catalog_items", ()), 0) >= N_ITEMS
+                for port in ports.values()
+            )
+        except OSError:  # a web server not listening yet
+            return False
 
     survivor, victim = on_own_state("a"), on_own_state("b")
     survivor.start()
@@ -428,7 +441,9 @@ def test_when_one_of_two_workers_dies_the_other_takes_over_its_users(
             assert wait_for(lambda: _split(harness.group_members(group)), 120), (
                 f"the two workers never shared the partitions: {harness.group_members(group)}"
             )
-            harness.wait_until_worker_sees_catalog()
+            # the warm-up user's partition proves one worker's catalog only: a worker that
+            # ranks before its catalog is complete learns affinities without categories
+            assert wait_for(catalogs_full, 120), "a worker never saw the whole catalog"
             send_log(harness, log)
             future = replay_in_background(world, log, settings)
             watch = SnapshotWatch(tail)
