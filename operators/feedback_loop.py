@@ -47,7 +47,7 @@ from operators.profile import (
 from operators.ranking import (
     MODEL_VERSION,
     RankingParams,
-    candidate_features,
+    head_candidates,
     heuristic_head,
     newest,
     rank_items,
@@ -175,11 +175,12 @@ def _learn_from_like(
     The head is the one :func:`~operators.ranking.rank_rows` re-ranks: among the
     candidates a list may show (nothing paused, nothing consumed long ago), so a like of
     an item that was no candidate (consumed before, or brought by no source) teaches
-    nothing either.
+    nothing either. A like the cheap sources already rule out of the head is settled
+    before the index is searched (:func:`~operators.ranking.head_candidates`).
     """
-    found = candidate_features(before, catalog, event.timestamp.timestamp(), params)
-    positive = found.features.get(item_id)
-    if positive is None:  # no candidate: the catalog does not know it, or no list held it
+    found = head_candidates(before, catalog, event.timestamp.timestamp(), params, item_id)
+    positive = found.features.get(item_id) if found is not None else None
+    if found is None or positive is None:  # it cannot be in the head, or is no candidate
         return
     # the head one longer: when the like is in the head proper, the rest of it is the
     # head of the others, the negatives are drawn from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -857,3 +858,61 @@ def test_past_the_history_the_consumed_set_filter_keeps_a_category_source_going(
     found = candidate_features(profile, catalog, NOW, params)
 
     assert sorted(found.ids) == [f"drama-{n:02d}" for n in range(20, 40)]
+
+
+def test_the_learners_shortcut_only_skips_likes_the_head_cannot_hold(catalog: Catalog) -> None:
+    """``head_candidates`` stops early only when the whole gathering's head lacks the item.
+
+    The catalog is small and the cheap sources narrow (ten trending, eight co-visited), so
+    the index's searches, the category heads and the fresh items bring candidates the
+    shortcut never sees; pauses and a consumed-set filter past the history are mixed in.
+    """
+    import numpy as np
+
+    from operators.ranking import head_candidates, heuristic_head
+
+    rng = random.Random(3)
+    ids = sorted(catalog.states)
+    for item_id in ids:
+        _boost(catalog, item_id, rng.randrange(6))
+    for n in range(0, 40, 3):
+        state = catalog.get(ids[n])
+        assert state is not None
+        catalog.put(state.with_covisits(rng.sample(ids, 15), 1.0, 200))
+    params = replace(PARAMS, model_rerank=5, covisit_candidates=8, trending_candidates=10)
+    categories = sorted({s.category for s in catalog.states.values() if s.category})
+    profiles = []
+    for n in range(12):
+        liked = tuple(rng.sample(ids[:40], 4))
+        vector = np.random.default_rng(n).normal(size=catalog.embedding.dim)
+        profile = replace(
+            UserProfile.new(f"u{n}"), recent_positives=liked,
+            history=(*liked, *rng.sample(ids, 3)), vector=tuple(vector.tolist()),
+            affinity={c: rng.uniform(-1.0, 2.0) for c in rng.sample(categories, 3)},
+        )  # fmt: skip
+        if n % 3 == 1:
+            paused = rng.sample(categories, len(categories) // 2)
+            profile = replace(profile, paused=tuple(f"category:{c}" for c in paused))
+        if n % 3 == 2:
+            bloom = Bloom.empty(100)
+            for item_id in (*profile.history, *rng.sample(ids, 8)):
+                bloom = bloom.add(item_id)
+            profile = replace(profile, consumed=bloom)
+        profiles.append(profile)
+
+    outcomes: Counter[tuple[bool, bool]] = Counter()
+    for profile in profiles:
+        for item_id in ids:
+            catalog.remember(None, None)  # nothing to re-use: the shortcut is tried
+            shortcut = head_candidates(profile, catalog, NOW, params, item_id)
+            found = candidate_features(profile, catalog, NOW, params)
+            head, _ = heuristic_head(found, params, params.model_rerank + 1, profile)
+            in_head = item_id in head[: params.model_rerank]
+            assert not (shortcut is None and in_head), (profile.user_id, item_id)
+            if shortcut is not None:
+                assert shortcut is found  # the whole gathering, kept for the next ask
+            outcomes[shortcut is None, item_id in found.features] += 1
+
+    assert outcomes[True, True] > 50  # candidates outranked by the cheap sources alone
+    assert outcomes[False, True] > 50  # and candidates it had to gather everything for
+    assert outcomes[True, False] > 0  # consumed or blocked: no candidate at all
