@@ -183,8 +183,10 @@ def _learn_from_like(
     if found is None or positive is None:  # it cannot be in the head, or is no candidate
         return
     # the head one longer: when the like is in the head proper, the rest of it is the
-    # head of the others, the negatives are drawn from
-    head, tail = heuristic_head(found, params, params.model_rerank + 1, before)
+    # head of the others, the negatives are drawn from; past it only when they are fewer
+    # than the negatives wanted
+    head, tail = heuristic_head(found, params, params.model_rerank + 1, before,
+                                rest=params.model_negatives > params.model_rerank)  # fmt: skip
     if item_id not in head[: params.model_rerank]:
         return
     head.remove(item_id)

@@ -923,22 +923,25 @@ def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, floa
 
 
 def heuristic_head(
-    found: Candidates, params: RankingParams, n: int, profile: UserProfile
+    found: Candidates, params: RankingParams, n: int, profile: UserProfile, rest: bool = True
 ) -> tuple[list[str], list[str]]:
     """The ``n`` best candidates by the heuristic (best first), and the rest (by id).
 
     The split the online model works on: it re-ranks the head and learns from the likes
     that came from it, against negatives drawn from it. One definition keeps both in step.
     Only the candidates a list may show the user (:func:`servable`) are split, as
-    :func:`rank_rows` splits them.
+    :func:`rank_rows` splits them. Without ``rest``, the rest comes back empty (sorting
+    hundreds of ids costs more than the split).
     """
     ids = found.ids
     blended = _blend(found, params)
     live = servable(found, blended, profile, 2 * n)
     head = [ids[p] for p in _best(blended, ids, np.flatnonzero(live), n)]
+    if not rest:
+        return head, []
     chosen = set(head)
-    rest = (ids[p] for p in np.flatnonzero(live).tolist())
-    return head, sorted(i for i in rest if i not in chosen)
+    others = (ids[p] for p in np.flatnonzero(live).tolist())
+    return head, sorted(i for i in others if i not in chosen)
 
 
 def exploration_slots(profile: UserProfile, params: RankingParams) -> int:

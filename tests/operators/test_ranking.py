@@ -769,6 +769,7 @@ def test_feature_dicts_and_scores_come_from_the_same_columns(catalog: Catalog) -
     by_score = sorted(scores, key=lambda i: (-scores[i], i))
     head, rest = heuristic_head(found, PARAMS, 5, profile)
     assert head == by_score[:5] and rest == sorted(by_score[5:])
+    assert heuristic_head(found, PARAMS, 5, profile, rest=False) == (head, [])
     # for a user, among what a list may show: nothing consumed long ago (past the history)
     gone = by_score[1]
     bloom = Bloom.empty(100)
