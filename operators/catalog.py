@@ -444,13 +444,16 @@ class _TopOrder:
         self.stale = False
         self._ids = None
 
-    def update(self, item_id: str, state: ItemState | None) -> None:
+    def update(self, item_id: str, state: ItemState | None, key: SortKey | None = None) -> None:
+        """Take the item's new state (``None``: gone) into the list; ``key``: its key here."""
         if self.stale:
             return
         old = self.members.get(item_id)
         if old is not None and self.eligible(state):
             assert state is not None
-            if self.key(state) == old:  # most puts only add feedback: nothing moves
+            if key is None:
+                key = self.key(state)
+            if key == old:  # most puts only add feedback: nothing moves
                 return
         old = self.members.pop(item_id, None)
         if old is not None:
@@ -460,7 +463,7 @@ class _TopOrder:
             self.stale = old is not None  # a member left: the next best is unknown
             return
         assert state is not None
-        new = self.key(state)
+        new = key if key is not None else self.key(state)
         if old is not None and new > old:
             self.stale = True  # a member got worse: something outside may now beat it
             return
@@ -643,8 +646,15 @@ class Catalog:
             or old.popularity != state.popularity
             or old.popularity_t != state.popularity_t
         ):  # what the orders rank by changed (a co-visit record changes none of it)
+            # the orders differ in length and category, rarely in how they rank: each
+            # kind of key is computed once
+            keys: dict[tuple[float, bool], SortKey] = {}
             for order in self._affected(old, state):
-                order.update(item_id, state)
+                kind = (order.half_life_s, order.newest)
+                key = keys.get(kind)
+                if key is None:
+                    key = keys[kind] = order.key(state)
+                order.update(item_id, state, key)
         if (
             old is None
             or old.taste != state.taste
@@ -784,6 +794,11 @@ class Catalog:
     def row_id(self, row: int) -> str:
         """The item id of a row (``""`` for row 0)."""
         return self._row_ids[row]
+
+    def row_ids(self, rows: IntArray) -> list[str]:
+        """The item id of each row (:meth:`row_id`), in order."""
+        ids = self._row_ids
+        return [ids[row] for row in rows.tolist()]
 
     def columns(self) -> ItemColumns:
         """Every row's counts and popularity, as of the items' current states (read-only).

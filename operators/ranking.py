@@ -237,14 +237,31 @@ def _strongest(values: Vector, rows: IntArray, n: int, catalog: Catalog) -> list
         room = n - int(np.count_nonzero(above))
         tied = values == nth
         if np.count_nonzero(tied) > room:  # the cut falls among equals: the lowest ids stay
-            names = sorted(map(catalog.row_id, rows[tied].tolist()))[:room]
+            names = sorted(catalog.row_ids(rows[tied]))[:room]
             tied = np.isin(rows, catalog.rows(names))
         kept = above | tied
         values, rows = values[kept], rows[kept]
-    names = list(map(catalog.row_id, rows.tolist()))
-    # sorted by (-value, id), as Python sorts the pairs (ids never hold a NUL, so NumPy's
-    # fixed-width strings compare as Python's do)
-    return [names[n] for n in np.lexsort((np.array(names), -values)).tolist()]
+    # sorted by (-value, id), as Python sorts the pairs: by value, then each run of equal
+    # values by id
+    order = np.argsort(-values, kind="stable")
+    names = catalog.row_ids(rows[order])
+    ordered = values[order]
+    equal = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(equal):
+        for start, end in _runs(equal.tolist()):
+            names[start:end] = sorted(names[start:end])
+    return names
+
+
+def _runs(equal: list[int]) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` runs of equal values, given where ``value[i] == value[i + 1]``."""
+    start = previous = equal[0]
+    for i in equal[1:]:
+        if i != previous + 1:
+            yield start, previous + 2
+            start = i
+        previous = i
+    yield start, previous + 2
 
 
 def _best(values: Vector, ids: Sequence[str], among: IntArray, n: int) -> list[int]:

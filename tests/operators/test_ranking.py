@@ -917,3 +917,22 @@ def test_the_learners_shortcut_only_skips_likes_the_head_cannot_hold(catalog: Ca
     assert outcomes[True, True] > 50  # candidates outranked by the cheap sources alone
     assert outcomes[False, True] > 50  # and candidates it had to gather everything for
     assert outcomes[True, False] > 0  # consumed or blocked: no candidate at all
+
+
+def test_the_strongest_cut_orders_by_value_then_id_as_python_sorts_pairs() -> None:
+    import numpy as np
+
+    from operators import ranking
+
+    catalog = Catalog()
+    ids = [f"item-{n:03d}" for n in range(60)]
+    rng = random.Random(11)
+    for item_id in rng.sample(ids, len(ids)):  # rows handed out in shuffled order
+        catalog.put(ItemState(item_id=item_id))
+    for trial in range(200):
+        order = rng.sample(ids, len(ids))  # neighbour maps fill in arrival order
+        # few distinct values: long runs of ties, at the cut and inside it
+        values = np.array([float(rng.randrange(1 + trial % 7)) for _ in order])
+        n = rng.randrange(1, 70)
+        expected = [i for _, i in sorted(zip((-values).tolist(), order, strict=True))][:n]
+        assert ranking._strongest(values, catalog.rows(order), n, catalog) == expected, trial
