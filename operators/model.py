@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from river import compose, drift, linear_model, metrics, optim, preprocessing, utils
 
 Features = Mapping[str, float]
@@ -105,6 +107,24 @@ class RankingModel:
                     z += weight * (value - mean) / sigma
             scores.append(1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0)
         return scores
+
+    def score_columns(self, names: Sequence[str], columns: npt.NDArray[np.float64]) -> list[float]:
+        """:meth:`score_many` for candidates given as columns (row ``j``: feature ``names[j]``).
+
+        The same arithmetic in the same order, element by element, so the same scores to
+        the last bit, without a dict per candidate (a list re-ranks thirty of them).
+        """
+        scaler = self.pipeline["StandardScaler"]
+        logistic = self.pipeline["LogisticRegression"]
+        means, variances = scaler.means, scaler.vars
+        at = {name: j for j, name in enumerate(names)}
+        z = np.full(columns.shape[1], float(logistic.intercept))
+        for name, weight in logistic.weights.items():
+            j = at.get(name)
+            sigma = math.sqrt(variances.get(name, 0.0))
+            if j is not None and sigma > 0.0:
+                z = z + weight * (columns[j] - means.get(name, 0.0)) / sigma
+        return [1.0 / (1.0 + math.exp(-v)) if v > -500 else 0.0 for v in z.tolist()]
 
     def learn(self, positives: Sequence[Features], negatives: Sequence[Features]) -> None:
         """Test, then train, on one like: its positive example(s) and the passed-over ones."""

@@ -343,7 +343,10 @@ def _rerank(
     head, so the rest only fills in when the head is short.
     """
     floor = rows[len(reranked) - 1][0] if reranked else 0.0
-    probabilities = model.score_many([found.features[i] for i in reranked])
+    table = found.features
+    probabilities = model.score_columns(
+        FEATURES, table.columns[:, [table.position(i) for i in reranked]]
+    )
     for n, p in enumerate(probabilities):
         s, i, state = rows[n]
         rows[n] = (floor + (1 - weight) * (s - floor) + weight * p, i, state)

@@ -125,6 +125,22 @@ def test_fast_scoring_equals_rivers_own_prediction() -> None:
     assert fast == pytest.approx([model.score(row) for row in rows], abs=1e-9)
 
 
+def test_scoring_columns_gives_the_very_scores_of_scoring_rows() -> None:
+    import numpy as np
+
+    model = RankingModel()
+    # "affinity" is constant (no spread: River leaves it out), "similarity" never seen
+    _train(model, [({**f, "affinity": 0.5}, liked) for f, liked in _examples(4, 300)])
+    names = ("covisit", "trend", "affinity", "log_popularity", "similarity")
+    rng = np.random.default_rng(4)
+    columns = rng.uniform(-3.0, 3.0, size=(len(names), 40))
+    columns[0, :5] = [1e6, -1e6, 0.0, 1e-12, 3.0]  # saturated both ways
+
+    rows = [dict(zip(names, columns[:, n].tolist(), strict=True)) for n in range(40)]
+    assert model.score_columns(names, columns) == model.score_many(rows)
+    assert model.score_columns(names, columns[:, :0]) == []
+
+
 def test_learning_never_mutates_its_input_and_scoring_has_no_side_effects() -> None:
     model = RankingModel()
     positive, negative = {"covisit": 0.7, "trend": 0.1}, {"covisit": 0.1, "trend": 0.8}
