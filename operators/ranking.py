@@ -44,7 +44,7 @@ import math
 import random
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from itertools import chain, repeat
@@ -818,12 +818,8 @@ def _finish(
     if params.fresh_candidates > 0:
         fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
     states = start.states
-    for item_id in chain(start.popular, *by_category, embedded, *neighbours, fresh,
-                         start.longtail):  # fmt: skip
-        if item_id not in states and item_id not in excluded:
-            found_state = items.get(item_id)
-            if found_state is not None and found_state.available:
-                states[item_id] = found_state
+    _take_in(states, chain(start.popular, *by_category, embedded, *neighbours, fresh,
+                           start.longtail), items, excluded)  # fmt: skip
     found = Candidates(
         FeatureTable([], np.zeros((len(FEATURES), 0))), states, start.sources, start.top_trend,
         popular=frozenset(start.popular), fresh=frozenset(fresh),
@@ -834,6 +830,18 @@ def _finish(
     found.features = FeatureTable(ids, _features_at(rows, start, found, catalog, now_t, params))
     found.feedback_events = catalog.columns().feedback_events[rows]
     return found
+
+
+def _take_in(
+    states: dict[str, ItemState], item_ids: Iterable[str], items: Mapping[str, ItemState],
+    excluded: frozenset[str],
+) -> None:  # fmt: skip
+    """Add to ``states``, in order, each new id's state: neither excluded nor withdrawn."""
+    for item_id in item_ids:
+        if item_id not in states and item_id not in excluded:
+            found_state = items.get(item_id)
+            if found_state is not None and found_state.available:
+                states[item_id] = found_state
 
 
 def _features_at(
@@ -875,12 +883,7 @@ def _cannot_head(
     if item_id in start.excluded or state is None or not state.available:
         return True
     states = dict(start.states)
-    items = catalog.states
-    for other in start.popular:
-        if other not in states and other not in start.excluded:
-            found_state = items.get(other)
-            if found_state is not None and found_state.available:
-                states[other] = found_state
+    _take_in(states, start.popular, catalog.states, start.excluded)
     states.pop(item_id, None)
     if len(states) < n:
         return False
@@ -901,7 +904,7 @@ def _cannot_head(
     count = 0
     for position in ahead.tolist():  # the item itself (position 0) is never ahead
         other = ids[position]
-        if paused and not paused.isdisjoint(_keys_of(states[other])):
+        if paused and _is_paused(states[other], paused):
             continue
         if beyond and profile.has_consumed(other):
             continue
@@ -983,9 +986,14 @@ def _unpaused(found: Candidates, profile: UserProfile) -> npt.NDArray[np.bool_]:
     if profile.paused:
         paused = set(profile.paused)
         for position, item_id in enumerate(found.ids):
-            if not paused.isdisjoint(_keys_of(found.states[item_id])):
+            if _is_paused(found.states[item_id], paused):
                 live[position] = False
     return live
+
+
+def _is_paused(state: ItemState, paused: set[str]) -> bool:
+    """Whether one of the item's keys (its category, its creator) is paused."""
+    return not paused.isdisjoint(_keys_of(state))
 
 
 def servable(
