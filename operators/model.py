@@ -8,7 +8,8 @@ that head are negatives. Before learning, it scores the same examples, so River'
 ADWIN drift detector on the loss track the model online; the worker exports them
 (docs/metrics.md) and ``recloop evaluate`` reports them.
 
-Scoring many candidates per request goes through :meth:`RankingModel.score_many`, which
+Scoring many candidates per request goes through :meth:`RankingModel.score_columns`
+(the ranker's feature columns; :meth:`RankingModel.score_many` for dicts), which
 evaluates the same learned pipeline (standard scaling, then the logistic model) with
 plain arithmetic; a test keeps it equal to River's ``predict_proba_one``.
 
@@ -88,31 +89,26 @@ class RankingModel:
         return float(self.pipeline.predict_proba_one(dict(features)).get(True, 0.5))
 
     def score_many(self, rows: Sequence[Features]) -> list[float]:
-        """:meth:`score` for many candidates at once, from the same learned parameters."""
-        scaler = self.pipeline["StandardScaler"]
-        logistic = self.pipeline["LogisticRegression"]
-        means, variances, weights = scaler.means, scaler.vars, logistic.weights
-        terms = []
-        for name, weight in weights.items():
-            sigma = math.sqrt(variances.get(name, 0.0))
-            terms.append((name, weight, means.get(name, 0.0), sigma))
-        intercept = logistic.intercept
-        scores = []
-        for row in rows:
-            z = intercept
-            for name, weight, mean, sigma in terms:
-                value = row.get(name)
-                # as River does: an absent feature contributes nothing, a constant one 0
-                if value is not None and sigma > 0.0:
-                    z += weight * (value - mean) / sigma
-            scores.append(1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0)
-        return scores
+        """:meth:`score` for many candidates at once, from the same learned parameters.
+
+        Through :meth:`score_columns`: an absent feature stands at its mean, so it adds
+        nothing (as in River).
+        """
+        names = list(self.pipeline["LogisticRegression"].weights)
+        means = self.pipeline["StandardScaler"].means
+        columns = np.empty((len(names), len(rows)))
+        for j, name in enumerate(names):
+            mean = means.get(name, 0.0)
+            columns[j] = [mean if (value := row.get(name)) is None else value for row in rows]
+        return self.score_columns(names, columns)
 
     def score_columns(self, names: Sequence[str], columns: npt.NDArray[np.float64]) -> list[float]:
-        """:meth:`score_many` for candidates given as columns (row ``j``: feature ``names[j]``).
+        """:meth:`score` for candidates given as columns (row ``j``: feature ``names[j]``).
 
-        The same arithmetic in the same order, element by element, so the same scores to
-        the last bit, without a dict per candidate (a list re-ranks thirty of them).
+        River's pipeline (standard scaling, then the logistic model) in plain arithmetic,
+        element by element, without a dict per candidate (a list re-ranks thirty of them).
+        A feature the model has not seen adds nothing; one with no spread adds 0, as in
+        River.
         """
         scaler = self.pipeline["StandardScaler"]
         logistic = self.pipeline["LogisticRegression"]
