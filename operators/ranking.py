@@ -696,27 +696,28 @@ def _without_k(params: RankingParams) -> RankingParams:
 
 
 def _describe(
-    rows: IntArray, covisit: Vector, similarity: Vector,
-    found: Candidates, catalog: Catalog, now_t: float, params: RankingParams,
-    affinity: Mapping[str, float],
+    rows: IntArray, covisit: Vector, similarity: Vector, start: _Start, catalog: Catalog,
+    now_t: float, params: RankingParams,
 ) -> Matrix:  # fmt: skip
     """The candidates' features (one row per name in :data:`FEATURES`).
 
-    Given each candidate's catalog row, raw co-visitation and similarity. Exponentials and
+    Given each candidate's catalog row, raw co-visitation and similarity, and the scales
+    and affinities of the gathering's :class:`_Start`. Exponentials and
     logarithms go through Python's ``math`` (the C library), as the single-item path
     always has: NumPy's vectorised ones may round the last bit differently.
     """
     columns = catalog.columns()
     popularity, positives = columns.popularity[rows], columns.positives[rows]
     categories = catalog.categories()
-    trend_scale = 1.0 / found.top_trend if found.top_trend else 0.0
+    trend_scale = 1.0 / start.top_trend if start.top_trend else 0.0
     # ItemState.popularity_at, for every candidate
     exponents = -np.maximum(0.0, now_t - columns.popularity_t[rows]) / params.popularity_half_life_s
     decay = np.fromiter(map(math.pow, repeat(2.0), exponents.tolist()), np.float64, len(rows))
     described = np.empty((len(FEATURES), len(rows)))
-    described[0] = covisit * found.covisit_scale
+    described[0] = covisit * start.covisit_scale
     described[1] = np.where(popularity != 0.0, popularity * decay, 0.0) * trend_scale
     # by category code: a candidate's category is its current state's (the catalog's)
+    affinity = start.affinity
     described[2] = np.array([affinity.get(c, 0.0) for c in categories])[columns.category[rows]]
     largest = int(positives.max()) if len(rows) else 0
     described[3] = (
@@ -820,16 +821,14 @@ def _finish(
     states = start.states
     _take_in(states, chain(start.popular, *by_category, embedded, *neighbours, fresh,
                            start.longtail), items, excluded)  # fmt: skip
-    found = Candidates(
-        FeatureTable([], np.zeros((len(FEATURES), 0))), states, start.sources, start.top_trend,
-        popular=frozenset(start.popular), fresh=frozenset(fresh),
-        covisit_scale=start.covisit_scale, user_vector=user_vector, drawn=drawn,
-    )  # fmt: skip
     ids = list(states)
     rows = catalog.rows(ids)
-    found.features = FeatureTable(ids, _features_at(rows, start, found, catalog, now_t, params))
-    found.feedback_events = catalog.columns().feedback_events[rows]
-    return found
+    return Candidates(
+        FeatureTable(ids, _features_at(rows, start, catalog, now_t, params)), states,
+        start.sources, start.top_trend, popular=frozenset(start.popular),
+        fresh=frozenset(fresh), covisit_scale=start.covisit_scale, user_vector=user_vector,
+        drawn=drawn, feedback_events=catalog.columns().feedback_events[rows],
+    )  # fmt: skip
 
 
 def _take_in(
@@ -845,9 +844,8 @@ def _take_in(
 
 
 def _features_at(
-    rows: IntArray, start: _Start, found: Candidates, catalog: Catalog, now_t: float,
-    params: RankingParams,
-) -> Matrix:  # fmt: skip
+    rows: IntArray, start: _Start, catalog: Catalog, now_t: float, params: RankingParams
+) -> Matrix:
     """The features of the items at catalog ``rows`` (:func:`_describe`)."""
     user_vector = start.user_vector
     similarity = (
@@ -860,7 +858,7 @@ def _features_at(
     at = np.minimum(np.searchsorted(covisit_rows, rows), max(len(covisit_rows) - 1, 0))
     co_visited = covisit_rows[at] == rows if len(covisit_rows) else np.zeros(len(rows), bool)
     raws = np.where(co_visited, covisit[at] if len(covisit) else 0.0, 0.0)
-    return _describe(rows, raws, similarity, found, catalog, now_t, params, start.affinity)
+    return _describe(rows, raws, similarity, start, catalog, now_t, params)
 
 
 #: How far above an item a candidate's blend must be to count as certainly ahead of it in
@@ -888,14 +886,8 @@ def _cannot_head(
     if len(states) < n:
         return False
     ids = [item_id, *states]
-    partial = Candidates(
-        FeatureTable([], np.zeros((len(FEATURES), 0))), {}, start.sources, start.top_trend,
-        covisit_scale=start.covisit_scale,
-    )  # fmt: skip
-    partial.features = FeatureTable(
-        ids, _features_at(catalog.rows(ids), start, partial, catalog, now_t, params)
-    )
-    blended = _blend(partial, params)
+    table = FeatureTable(ids, _features_at(catalog.rows(ids), start, catalog, now_t, params))
+    blended = _blend(table, params)
     ahead = np.flatnonzero(blended > blended[0] + _CERTAINLY_AHEAD)
     if len(ahead) < n:
         return False
@@ -929,9 +921,8 @@ def _would_search(
     return False
 
 
-def _blend(found: Candidates, params: RankingParams) -> Vector:
-    """:func:`heuristic_scores` as an array, in the candidates' order."""
-    table = found.features
+def _blend(table: FeatureTable, params: RankingParams) -> Vector:
+    """:func:`heuristic_scores` as an array, in the table's order."""
     return (
         table.column("covisit")
         + params.trending_weight * table.column("trend")
@@ -942,7 +933,7 @@ def _blend(found: Candidates, params: RankingParams) -> Vector:
 
 def heuristic_scores(found: Candidates, params: RankingParams) -> dict[str, float]:
     """Every candidate's hand-set blend: co-visitation + weighted trend, affinity, similarity."""
-    return dict(zip(found.ids, _blend(found, params).tolist(), strict=True))
+    return dict(zip(found.ids, _blend(found.features, params).tolist(), strict=True))
 
 
 def heuristic_head(
@@ -957,7 +948,7 @@ def heuristic_head(
     hundreds of ids costs more than the split).
     """
     ids = found.ids
-    blended = _blend(found, params)
+    blended = _blend(found.features, params)
     live = servable(found, blended, profile, 2 * n)
     head = [ids[p] for p in _best(blended, ids, np.flatnonzero(live), n)]
     if not rest:
@@ -1230,7 +1221,7 @@ def rank_rows(
     """
     found = candidate_features(profile, catalog, now_t, params)
     ids = found.ids
-    blended = _blend(found, params)
+    blended = _blend(found.features, params)
     scores = blended.tolist()
     live = _unpaused(found, profile)  # the candidates still in the running
     cap = _category_cap(profile, params)
