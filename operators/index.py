@@ -210,6 +210,11 @@ class ItemIndex:
         #: graph rebuilds that cleared tombstones (see :meth:`_compact_step`)
         self.compactions = 0
         self._rebuild: _Rebuild | None = None
+        # bumped by every change to ``_labels``; dates the exclusions' labels kept below
+        self._epoch = 0
+        # the last frozenset of excluded ids asked about, the epoch, and their live labels:
+        # a gathering's searches all exclude the same (hundreds of) ids
+        self._excluded: tuple[frozenset[str], int, frozenset[int]] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -287,6 +292,7 @@ class ItemIndex:
         vector: Sequence[float] | npt.NDArray[np.floating[Any]],
         k: int,
         exclude: Collection[str] = (),
+        also: str | None = None,
     ) -> list[tuple[str, float]]:
         """The ``k`` live items most similar to ``vector``, best first.
 
@@ -294,7 +300,10 @@ class ItemIndex:
             vector: The query embedding (any non-zero length; it is normalised).
             k: How many items to return. Fewer come back only when fewer live items are
                 left after the exclusions.
-            exclude: Item ids never to return (unknown or removed ids are ignored).
+            exclude: Item ids never to return (unknown or removed ids are ignored). The
+                labels of a frozenset are kept until the next write, for the next search.
+            also: One more id never to return (a search from an item's own vector),
+                without copying ``exclude``.
 
         Returns:
             ``(item_id, cosine similarity)`` pairs, most similar first. Empty when the
@@ -306,7 +315,7 @@ class ItemIndex:
         """
         query = _normalised(vector, self.dim)
         with self._lock:
-            return self._query(query, k, exclude)
+            return self._query(query, k, exclude, self._labels.get(also) if also else None)
 
     def neighbours(
         self, item_id: str, k: int, exclude: Collection[str] = ()
@@ -322,7 +331,7 @@ class ItemIndex:
             label = self._live_label(item_id)
             if label is None:
                 return []
-            return self._query(self._vectors[label].copy(), k, {*exclude, item_id})
+            return self._query(self._vectors[label].copy(), k, exclude, label)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -381,6 +390,7 @@ class ItemIndex:
                     self._removed.add(old)
                 self._labels[item_id] = label
                 self._removed.discard(label)
+            self._epoch += 1
             if self._rebuild is not None:
                 self._copy(self._rebuild, list(last_row), matrix[list(last_row.values())])
             self._compact_step()
@@ -399,6 +409,7 @@ class ItemIndex:
             self._index.mark_deleted(label)
             self._removed.add(label)
             del self._labels[item_id]
+            self._epoch += 1
             rebuild = self._rebuild
             copied = rebuild.labels.pop(item_id, None) if rebuild is not None else None
             if rebuild is not None and copied is not None:
@@ -539,6 +550,7 @@ class ItemIndex:
         self._index = rebuild.graph
         self._ids = rebuild.ids
         self._labels = rebuild.labels
+        self._epoch += 1
         self._removed = rebuild.removed
         self._vectors = rebuild.vectors
         self._rebuild = None
@@ -580,42 +592,59 @@ class ItemIndex:
         graph.set_num_threads(self.num_threads)
         return graph
 
-    def _query(
-        self, query: FloatMatrix, k: int, exclude: Collection[str]
-    ) -> list[tuple[str, float]]:
-        # the labels of the excluded ids, in C loops: users exclude hundreds of items
-        # (``_labels`` maps live labels only)
+    def _excluded_labels(self, exclude: Collection[str]) -> frozenset[int]:
+        """The live labels of the ids in ``exclude``.
+
+        In C loops (users exclude hundreds of items; ``_labels`` maps live labels only),
+        and kept for a frozenset until the next write: a gathering's searches ask again.
+        """
+        kept = self._excluded
+        if kept is not None and kept[0] is exclude and kept[1] == self._epoch:
+            return kept[2]
         labels_of = set(map(self._labels.get, exclude))
         labels_of.discard(None)
-        excluded = cast(set[int], labels_of)
+        labels = frozenset(cast(set[int], labels_of))
+        if isinstance(exclude, frozenset):  # a set could change under the same identity
+            self._excluded = (exclude, self._epoch, labels)
+        return labels
+
+    def _query(
+        self, query: FloatMatrix, k: int, exclude: Collection[str], also: int | None = None
+    ) -> list[tuple[str, float]]:
+        """The search, leaving out the ids in ``exclude`` and the label ``also`` (live)."""
+        excluded = self._excluded_labels(exclude)
+        if also in excluded:
+            also = None
+        leaving_out = len(excluded) + (also is not None)
         live = len(self._ids) - len(self._removed)
-        want = min(k, live - len(excluded))
+        want = min(k, live - leaving_out)
         if want <= 0:
             return []
         try:
-            if len(excluded) <= _OVERFETCH_LIMIT:
+            if leaving_out <= _OVERFETCH_LIMIT:
                 labels, distances = self._index.knn_query(
-                    query, k=want + len(excluded), num_threads=1
+                    query, k=want + leaving_out, num_threads=1
                 )
             else:
                 labels, distances = self._index.knn_query(
-                    query, k=want, num_threads=1, filter=lambda label: label not in excluded
-                )
+                    query, k=want, num_threads=1,
+                    filter=lambda label: label not in excluded and label != also,
+                )  # fmt: skip
         except RuntimeError:
             # hnswlib found fewer than asked: part of the graph is unreachable from the
             # entry point (rare; mostly tiny or heavily churned graphs). Scan exactly.
-            return self._exact_query(query, want, excluded)
+            return self._exact_query(query, want, excluded if also is None else {*excluded, also})
         found: list[tuple[str, float]] = []
         ids, removed = self._ids, self._removed
         for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
-            if label not in excluded and label not in removed:
+            if label not in excluded and label not in removed and label != also:
                 found.append((ids[label], 1.0 - distance))
                 if len(found) == want:
                     break
         return found
 
     def _exact_query(
-        self, query: FloatMatrix, k: int, excluded: set[int]
+        self, query: FloatMatrix, k: int, excluded: Collection[int]
     ) -> list[tuple[str, float]]:
         labels = [
             label

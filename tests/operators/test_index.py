@@ -406,6 +406,37 @@ def test_neighbours_exclude_the_item_itself(
     )
 
 
+def test_an_excluded_frozenset_stays_excluded_after_its_items_are_written_again(
+    small: tuple[ItemIndex, dict[str, Matrix]], rng: np.random.Generator
+) -> None:
+    """The labels of an exclusion are kept for the next search only until a write."""
+    index, live = small
+    query = live["item-00020"]
+    nearest = _exact(live, query, 3)
+    exclude = frozenset(nearest)
+    assert not {item for item, _ in index.query(query, 10, exclude)} & exclude
+    # the excluded items move to new labels (an upsert), and one comes back after a removal
+    moved = {item: live[item] + 0.01 * _unit(rng, 1)[0] for item in nearest}
+    index.upsert_many(list(moved), np.stack(list(moved.values())))
+    index.remove(nearest[0])
+    index.upsert(nearest[0], moved[nearest[0]])
+    live.update(moved)
+    found = [item for item, _ in index.query(query, 10, exclude)]
+    assert found == _exact(live, query, 10, set(exclude))
+
+
+def test_a_search_leaves_out_one_more_id_without_it_in_the_exclusions(
+    small: tuple[ItemIndex, dict[str, Matrix]],
+) -> None:
+    index, live = small
+    query = live["item-00030"]
+    exclude = frozenset({"item-00031"})
+    found = [item for item, _ in index.query(query, 5, exclude, also="item-00030")]
+    assert found == _exact(live, query, 5, {"item-00030", "item-00031"})
+    # the same exclusions again, without the extra id: it is back
+    assert index.query(query, 5, exclude)[0][0] == "item-00030"
+
+
 # -- persistence ------------------------------------------------------------------------
 
 
