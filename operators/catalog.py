@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from operators.covisits import CoVisits
 from operators.embedding import (
     EmbeddingParams,
     Vector,
@@ -54,6 +55,8 @@ class ItemState:
     popularity_t: float = 0.0
     positives: int = 0
     feedback_events: int = 0
+    #: co-visit counts: users who liked this item also liked these (a :class:`CoVisits`
+    #: once counted; any mapping is taken)
     neighbours: Mapping[str, float] = field(default_factory=dict)
     #: the feedback part of the item's embedding (see operators.embedding); empty: none yet
     taste: tuple[float, ...] = ()
@@ -130,15 +133,14 @@ class ItemState:
 
     def with_covisits(self, items: Sequence[str], weight: float, max_neighbours: int) -> ItemState:
         """Count that users who liked this item also liked ``items`` (bounded, strongest kept)."""
-        neighbours = dict(self.neighbours)
-        for other in items:
-            if other != self.item_id:
-                neighbours[other] = neighbours.get(other, 0.0) + weight
+        item_id = self.item_id
+        neighbours = CoVisits.of(self.neighbours).plus(
+            items if item_id not in items else [i for i in items if i != item_id], weight
+        )
         # prune in batches (to the bound, when 25% over it) so a busy item is not
         # re-sorted on every co-visit
         if len(neighbours) > max_neighbours + max_neighbours // 4:
-            strongest = heapq.nlargest(max_neighbours, neighbours.items(), key=lambda kv: kv[1])
-            neighbours = dict(strongest)
+            neighbours = neighbours.strongest(max_neighbours)
         return self._evolve(neighbours=neighbours)
 
     def with_taste(self, taste: tuple[float, ...]) -> ItemState:
@@ -155,7 +157,7 @@ class ItemState:
                 "popularity_t": self.popularity_t,
                 "positives": self.positives,
                 "feedback_events": self.feedback_events,
-                "neighbours": self.neighbours,
+                "neighbours": CoVisits.of(self.neighbours).as_dict(),
                 "taste": self.taste,
             },
             separators=(",", ":"),
@@ -193,7 +195,7 @@ class ItemState:
             popularity_t=raw["popularity_t"],
             positives=raw["positives"],
             feedback_events=raw["feedback_events"],
-            neighbours=dict(raw.get("neighbours", {})),
+            neighbours=CoVisits.of(raw.get("neighbours", {})),
             taste=tuple(float(x) for x in raw.get("taste", ())),
         )
 
@@ -567,9 +569,9 @@ class Catalog:
         #: available items per category, and those categories sorted (None: to sort again)
         self._available_in: dict[str, int] = {}
         self._sorted_categories: tuple[str, ...] | None = None
-        # each co-visit source's neighbours' rows and counts (see neighbour_arrays): the
-        # state they came from, its neighbours' ids, their rows, their counts
-        self._neighbour_rows: dict[str, tuple[ItemState, list[str], IntArray, Vector]] = {}
+        # each co-visit source's neighbours' rows (see neighbour_arrays): the state they
+        # came from, its co-visits, their rows
+        self._neighbour_rows: dict[str, tuple[ItemState, CoVisits, IntArray]] = {}
         # content priors, kept with the record they were computed from (at most
         # _PRIORS_KEPT: 32 MB of 64-d vectors)
         self._priors: dict[str, tuple[ItemRecord | None, Vector]] = {}
@@ -812,22 +814,30 @@ class Catalog:
     def neighbour_arrays(self, state: ItemState) -> tuple[IntArray, Vector]:
         """The rows and the counts of the item's co-visit neighbours (as ``state.neighbours``).
 
-        Kept for the state the catalog holds; its next state usually only adds neighbours
-        at the end of the map (see :meth:`ItemState.with_covisits`), so only their rows
-        are looked up then. Read-only.
+        The rows are kept for the state the catalog holds; its next state usually only
+        adds neighbours at the end (see :class:`~operators.covisits.CoVisits`), so only
+        theirs are looked up then. Read-only.
         """
         cached = self._neighbour_rows.get(state.item_id)
         if cached is not None and cached[0] is state:
-            return cached[2], cached[3]
-        ids = list(state.neighbours)
-        if cached is not None and ids[: len(cached[1])] == cached[1]:
-            rows = np.concatenate([cached[2], self._rows_of(ids[len(cached[1]) :])])
-        else:
-            rows = self._rows_of(ids)
-        counts = np.fromiter(state.neighbours.values(), np.float64, len(ids))
+            return cached[2], cached[1].counts
+        visits = CoVisits.of(state.neighbours)
+        size = len(visits)
+        rows = None
+        if cached is not None:
+            before, kept = cached[1], cached[2]
+            if before.shared is visits.shared:  # both read the same ids, as far as each goes
+                same = min(size, len(kept))
+            else:  # a state restored from the topic: compare the ids
+                same = len(kept) if visits.ids()[: len(kept)] == before.ids() else 0
+            if same:
+                rest = visits.ids()[same:] if same < size else []
+                rows = np.concatenate([kept[:same], self._rows_of(rest)]) if rest else kept[:same]
+        if rows is None:
+            rows = self._rows_of(visits.ids())
         if self._items.get(state.item_id) is state:  # only what the catalog holds is kept
-            self._neighbour_rows[state.item_id] = (state, ids, rows, counts)
-        return rows, counts
+            self._neighbour_rows[state.item_id] = (state, visits, rows)
+        return rows, visits.counts
 
     def _rows_of(self, item_ids: list[str]) -> IntArray:
         """Each id's row, given out to the ids the catalog has not seen yet."""
@@ -969,7 +979,7 @@ class Catalog:
         if vector is None or state is None or not state.available:
             return []
         self.sync_index()
-        return self.index.query(vector, k, {*exclude, item_id})
+        return self.index.query(vector, k, exclude, also=item_id)
 
     def top(self, n: int, half_life_s: float, category: str | None = None) -> list[str]:
         """The ``n`` best available items (of one category, or all): trending, then fresh.
