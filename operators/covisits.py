@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -111,9 +111,15 @@ class CoVisits(Mapping[str, float]):
         """The counts as a plain dict (for JSON)."""
         return dict(zip(self.ids(), self.counts.tolist(), strict=True))
 
-    def plus(self, item_ids: Iterable[str], weight: float) -> CoVisits:
+    def plus(self, item_ids: Sequence[str], weight: float) -> CoVisits:
         """These counts with ``weight`` added for each id (in turn; new ids at the end)."""
         shared = self._ids
+        if len(item_ids) == 1:  # a co-visit record (most): to a neighbour it has, no ids added
+            position = shared.positions.get(item_ids[0])
+            if position is not None and position < self._size:
+                counts = self.counts.copy()
+                counts[position] += weight
+                return CoVisits(shared, self._size, counts)
         with shared.lock:
             if len(shared.ids) != self._size:  # a newer state appended: fork this part
                 shared = _Ids(shared.ids[: self._size])
@@ -126,8 +132,11 @@ class CoVisits(Mapping[str, float]):
                     ids.append(item_id)
                 at.append(position)
             size = len(ids)
-        counts = np.zeros(size)
-        counts[: self._size] = self.counts
+        counts = (
+            self.counts.copy()
+            if size == self._size
+            else np.concatenate((self.counts, np.zeros(size - self._size)))
+        )
         if len(at) == 1:
             counts[at[0]] += weight
         else:
