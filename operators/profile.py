@@ -97,6 +97,7 @@ class UserProfile:
             raise TypeError(f"UserProfile has no field {', '.join(sorted(unknown))}")
         evolved = object.__new__(UserProfile)
         evolved.__dict__.update(self.__dict__, **changes)
+        evolved.__dict__.pop("_excluded", None)  # kept by excluded(), for this state only
         return evolved
 
     def has_seen(self, event_id: str) -> bool:
@@ -106,9 +107,14 @@ class UserProfile:
     def excluded(self) -> frozenset[str]:
         """Items never to recommend again: consumed (recently) or marked not relevant.
 
-        Items consumed longer ago are in :attr:`consumed`; see :meth:`has_consumed`.
+        Items consumed longer ago are in :attr:`consumed`; see :meth:`has_consumed`. The
+        set is kept with the profile (a ranking and the learner both ask; a changed
+        profile is a new one), so the index can keep its labels for the next search.
         """
-        return frozenset(self.history) | frozenset(self.blocked)
+        kept: frozenset[str] | None = self.__dict__.get("_excluded")
+        if kept is None:
+            kept = self.__dict__["_excluded"] = frozenset(self.history).union(self.blocked)
+        return kept
 
     def has_consumed(self, item_id: str) -> bool:
         """Whether the user ever consumed the item (the filter's rare false positives too)."""

@@ -102,6 +102,15 @@ def test_a_liked_item_raises_its_category_and_joins_the_history() -> None:
     assert profile.blocked == ()
 
 
+def test_the_excluded_set_is_kept_per_profile_and_a_changed_profile_has_its_own() -> None:
+    liked = apply_signal(UserProfile.new("u"), _like("i1"), "drama", LIMITS)
+    assert liked.excluded() is liked.excluded()  # asked twice, built once
+    blocked = apply_signal(liked, _not_relevant("i2"), "drama", LIMITS, blocks=True)
+    assert blocked.excluded() == {"i1", "i2"} and liked.excluded() == {"i1"}
+    assert liked.evolve(history=("i3",)).excluded() == {"i3"}
+    assert replace(liked, blocked=("i4",)).excluded() == {"i1", "i4"}
+
+
 def test_a_skip_lowers_the_category_and_leaves_the_item_recommendable() -> None:
     profile = apply_signal(UserProfile.new("u"), _skip("i1"), "drama", LIMITS)
 
