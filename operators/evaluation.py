@@ -144,6 +144,9 @@ class EvaluationConfig:
         curve_every: one point of the Recall curve every this many positives.
         split_event: index of the first event of the log's second half; figures are also
             reported for the positives from there on (``None``: no split).
+        split_at_half: without ``split_event``, work it out at the end of the run (as
+            :func:`measure_log` would have): the run's result carries the config with
+            the number, so a run needs no first pass over the log.
 
     """
 
@@ -151,6 +154,13 @@ class EvaluationConfig:
     positive: PositiveRule = field(default_factory=PositiveRule)
     curve_every: int = 1000
     split_event: int | None = None
+    split_at_half: bool = False
+
+    def measured(self, size: LogSize) -> EvaluationConfig:
+        """The config with the split :func:`measure_log` found, when it is to be at half."""
+        if self.split_event is not None or not self.split_at_half:
+            return self
+        return replace(self, split_event=size.split_event, split_at_half=False)
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -462,10 +472,17 @@ def evaluate(
     def novelty_of(item: str) -> float:
         return self_information(item_interactions[item], result.interactions, available)
 
+    # the split worked out at the end: each interaction's first event, each question's
+    # event and rank per recommender
+    deferred = config.split_event is None and config.split_at_half
+    starts: list[int] = []
+    asked: dict[str, list[tuple[int, int | None]]] = {name: [] for name in recommenders}
     started = timer()
     for group in interactions(events):
         head = group[0]
         index = result.events
+        if deferred:
+            starts.append(index)
         if isinstance(head, ITEM_EVENTS):
             item, user = head.item_id, head.user_id
             if config.positive.interaction_is_positive(group):
@@ -473,7 +490,7 @@ def evaluate(
                 if item in user_items[user]:
                     result.repeat_positives += 1
                 else:
-                    _ask_all(
+                    ranks = _ask_all(
                         recommenders, result, config, user, item, head.timestamp,
                         frozenset(user_items[user]),
                         after_split=config.split_event is not None and index >= config.split_event,
@@ -483,6 +500,9 @@ def evaluate(
                         novelty_of=novelty_of,
                         timer=timer,
                     )  # fmt: skip
+                    if deferred:
+                        for name, rank in ranks.items():
+                            asked[name].append((index, rank))
             user_items[user].add(item)
             user_categories[user].add(categories.get(item, UNKNOWN_CATEGORY))
             item_interactions[item] += 1
@@ -497,6 +517,14 @@ def evaluate(
         result.events += len(group)
     result.users = len(user_items)
     result.wall_time_s = timer() - started
+    if deferred:  # measure_log's split: where the second half of the interactions starts
+        split = starts[len(starts) // 2] if starts else 0
+        result.config = replace(config, split_event=split, split_at_half=False)
+        for name, questions in asked.items():
+            tally = result.figures[name].after_split
+            for index, rank in questions:
+                if index >= split:
+                    tally.add(rank)
     for name, figures in result.figures.items():
         if figures.positives and (not figures.curve or figures.curve[-1][0] != figures.positives):
             figures.curve.append((figures.positives, figures.recall))
@@ -520,8 +548,14 @@ def _ask_all(
     categories: Mapping[str, str],
     novelty_of: Callable[[str], float],
     timer: Callable[[], float],
-) -> None:
-    """Ask every recommender for the user's list and score it against ``item``."""
+) -> dict[str, int | None]:
+    """Ask every recommender for the user's list and score it against ``item``.
+
+    Returns:
+        Each recommender's rank of ``item`` (1-based; ``None``: not in the list).
+
+    """
+    ranks: dict[str, int | None] = {}
     for name, recommender in recommenders.items():
         t0 = timer()
         shown = recommender.recommend(user, config.k, exclude, now)
@@ -532,7 +566,7 @@ def _ask_all(
                 f"{name} returned {shown!r} for {user} (k={config.k}; it must hold at most k "
                 "distinct items, none the user interacted with)"
             )
-        rank = shown.index(item) + 1 if item in shown else None
+        rank = ranks[name] = shown.index(item) + 1 if item in shown else None
         figures.overall.add(rank)
         if after_split:
             figures.after_split.add(rank)
@@ -548,6 +582,7 @@ def _ask_all(
         figures.novelty_items += len(shown)
         if figures.positives % config.curve_every == 0:
             figures.curve.append((figures.positives, figures.recall))
+    return ranks
 
 
 # -- recommenders ----------------------------------------------------------------------

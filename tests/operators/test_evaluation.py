@@ -10,18 +10,21 @@ import json
 import math
 import subprocess
 import sys
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from operators.deescalation import part_of_day
 from operators.evaluation import (
     RECOMMENDER_NAMES,
     CooccurrenceRecommender,
     EvaluationConfig,
+    EvaluationResult,
     LoopRecommender,
     PopularityRecommender,
     ProtocolViolation,
@@ -43,7 +46,7 @@ from operators.model import RankingModel
 from operators.movielens import MovieLensRating, RatingMapping, rating_events
 from operators.ranking import rank_items
 from operators.synthetic import SyntheticWorld
-from pipeline.offline_commands import evaluate_command, import_group
+from pipeline.offline_commands import _watching, evaluate_command, import_group
 from schemas.catalog import ItemRecord, item_to_json
 from schemas.events import Dwell, Event, Impression, Rating, Skip, event_to_json
 
@@ -269,6 +272,31 @@ def test_standard_runs_are_repeatable_from_their_seed() -> None:
                                           "static_cooccurrence", "cooccurrence"}  # fmt: skip
 
 
+def test_a_split_worked_out_at_the_end_is_the_one_a_first_pass_measures() -> None:
+    world = SyntheticWorld.generate(seed=5, n_items=40, n_users=8, n_categories=4)
+    log = synthetic_log(world, 25)
+    measured = EvaluationConfig(curve_every=10, split_event=measure_log(log).split_event)
+    at_half = EvaluationConfig(curve_every=10, split_at_half=True)
+    assert at_half.measured(measure_log(log)) == measured
+    names = ("recloop", "popularity")
+
+    def run(config: EvaluationConfig) -> EvaluationResult:
+        recommenders = standard_recommenders(list(world.items), 9, None, only=names)
+        return evaluate(log, recommenders, world.items, config)
+
+    first, second = run(measured), run(at_half)
+    assert second.config == measured  # the result carries the number, ready to merge
+    assert without_timings(first.as_dict()) == without_timings(second.as_dict())
+    assert (
+        0
+        < second.figures["recloop"].after_split.positives
+        < second.figures["recloop"].overall.positives
+    )
+    # a run with no split at all reports none
+    none = run(EvaluationConfig(curve_every=10))
+    assert none.config.split_event is None and none.figures["recloop"].after_split.positives == 0
+
+
 def test_recloop_beats_popularity_for_users_with_hidden_tastes() -> None:
     # items are drawn uniformly, so popularity carries no signal; each user likes two of
     # six categories (0.8 vs 0.05), which recloop's loop should pick up
@@ -353,10 +381,44 @@ def test_the_baselines_in_a_process_beside_recloop_give_the_same_document(
     (tmp_path / "events.jsonl").write_bytes(b"".join(event_to_json(e) + b"\n" for e in log))
     (tmp_path / "items.jsonl").write_bytes(b"".join(item_to_json(i) + b"\n" for i in world.items))
     one, two = (run_evaluate(tmp_path, "--jobs", str(jobs)) for jobs in (1, 2))
+    # recloop's process works the split out at the end, unless a limit asks for a first
+    # pass (the static baseline's process always measures first): the same document
+    measured = run_evaluate(tmp_path, "--limit", "1000000")
     assert (one["inputs"]["processes"], two["inputs"]["processes"]) == (1, 2)
-    del one["inputs"], two["inputs"]
-    assert without_timings(one) == without_timings(two)
+    del one["inputs"], two["inputs"], measured["inputs"]
+    assert without_timings(one) == without_timings(two) == without_timings(measured)
     assert list(two["recommenders"]) == list(RECOMMENDER_NAMES)
+    assert two["protocol"]["split_event"] == measure_log(log).split_event
+    assert two["recommenders"]["recloop"]["after_split"]["positives"] > 0
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_bad_line_fails_the_evaluation_without_a_first_pass(tmp_path: Path, jobs: int) -> None:
+    world = SyntheticWorld.generate(seed=5, n_items=30, n_users=6, n_categories=3)
+    lines = [event_to_json(e) + b"\n" for e in synthetic_log(world, 20)]
+    lines.insert(len(lines) // 2, b'{"type": "click", "user_id": "u1"}\n')
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines))
+    (tmp_path / "items.jsonl").write_bytes(b"".join(item_to_json(i) + b"\n" for i in world.items))
+    evaluated = CliRunner().invoke(
+        evaluate_command,
+        [str(tmp_path / "events.jsonl"), "--items", str(tmp_path / "items.jsonl"),
+         "--jobs", str(jobs)],
+    )  # fmt: skip
+    assert evaluated.exit_code != 0
+    assert isinstance(evaluated.exception, ValidationError)
+    assert not evaluated.stdout.strip()  # no document
+
+
+def test_a_failure_beside_stops_the_first_run_at_its_next_look() -> None:
+    steps: list[int] = []
+    failed: Future[EvaluationResult] = Future()
+    advance = _watching(steps.append, [failed])
+    advance(4000)
+    failed.set_exception(ValueError("line 7: not an event"))
+    advance(95)  # not yet time to look
+    with pytest.raises(ValueError, match="line 7"):
+        advance(1)
+    assert steps == [4000, 95, 1]
 
 
 def test_merging_runs_over_different_logs_is_refused() -> None:
