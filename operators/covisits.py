@@ -105,7 +105,7 @@ class CoVisits(Mapping[str, float]):
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, float]]]:
         # the shared ids carry a lock, which does not pickle: go through a plain dict
-        return (CoVisits.of, (dict(zip(self.ids(), self.counts.tolist(), strict=True)),))
+        return (CoVisits.of, (self.as_dict(),))
 
     def as_dict(self) -> dict[str, float]:
         """The counts as a plain dict (for JSON)."""
