@@ -40,6 +40,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -214,7 +215,7 @@ class ItemIndex:
         self._epoch = 0
         # the last frozenset of excluded ids asked about, the epoch, and their live labels:
         # a gathering's searches all exclude the same (hundreds of) ids
-        self._excluded: tuple[frozenset[str], int, frozenset[int]] | None = None
+        self._excluded: tuple[frozenset[str], int, AbstractSet[int]] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -592,7 +593,7 @@ class ItemIndex:
         graph.set_num_threads(self.num_threads)
         return graph
 
-    def _excluded_labels(self, exclude: Collection[str]) -> frozenset[int]:
+    def _excluded_labels(self, exclude: Collection[str]) -> AbstractSet[int]:
         """The live labels of the ids in ``exclude``.
 
         In C loops (users exclude hundreds of items; ``_labels`` maps live labels only),
@@ -603,7 +604,7 @@ class ItemIndex:
             return kept[2]
         labels_of = set(map(self._labels.get, exclude))
         labels_of.discard(None)
-        labels = frozenset(cast(set[int], labels_of))
+        labels = cast(AbstractSet[int], labels_of)  # never changed once made
         if isinstance(exclude, frozenset):  # a set could change under the same identity
             self._excluded = (exclude, self._epoch, labels)
         return labels
