@@ -77,22 +77,24 @@ class CoVisits(Mapping[str, float]):
         """The neighbour ids, in order: a prefix of a longer list when :attr:`shared` is."""
         return self._ids.ids[: self._size]
 
+    def _position(self, item_id: object) -> int | None:
+        """Where ``item_id`` is in this state's ids (``None``: no neighbour of this state)."""
+        position = self._ids.positions.get(item_id) if isinstance(item_id, str) else None
+        return position if position is not None and position < self._size else None
+
     def __getitem__(self, item_id: str) -> float:
-        position = self._ids.positions.get(item_id)
-        if position is None or position >= self._size:
+        position = self._position(item_id)
+        if position is None:
             raise KeyError(item_id)
         return float(self.counts[position])
 
     def get(self, item_id: str, default: Any = None) -> Any:
         """The count of ``item_id``, ``default`` when it is no neighbour."""
-        position = self._ids.positions.get(item_id)
-        if position is None or position >= self._size:
-            return default
-        return float(self.counts[position])
+        position = self._position(item_id)
+        return default if position is None else float(self.counts[position])
 
     def __contains__(self, item_id: object) -> bool:
-        position = self._ids.positions.get(item_id) if isinstance(item_id, str) else None
-        return position is not None and position < self._size
+        return self._position(item_id) is not None
 
     def __iter__(self) -> Iterator[str]:
         return islice(self._ids.ids, self._size)
@@ -115,8 +117,8 @@ class CoVisits(Mapping[str, float]):
         """These counts with ``weight`` added for each id (in turn; new ids at the end)."""
         shared = self._ids
         if len(item_ids) == 1:  # a co-visit record (most): to a neighbour it has, no ids added
-            position = shared.positions.get(item_ids[0])
-            if position is not None and position < self._size:
+            position = self._position(item_ids[0])
+            if position is not None:
                 counts = self.counts.copy()
                 counts[position] += weight
                 return CoVisits(shared, self._size, counts)
