@@ -4,14 +4,16 @@ Every user and every content feature (a category, a tag, a creator) has a fixed 
 *code*: a ``dim``-long vector of ``±1/sqrt(dim)`` drawn from a generator seeded by a hash
 of its name, so every worker and every replay derives the same code without storing it.
 
-* An **item's embedding** is its content prior (the sum of its features' codes, scaled to
-  ``prior_weight``, plus a random projection of the catalog's own ``embedding`` when the
-  record carries one) plus its *taste*: the sum, over every signal users gave it, of
-  ``target x weight x code(user)``. The taste is a random projection of the item's column
-  of the user-item feedback matrix, so the cosine of two items' embeddings estimates the
-  cosine of their feedback columns (Johnson-Lindenstrauss): items liked by the same users
-  end up close, items one group likes and another skips end up apart. A new item has only
-  its prior and starts out next to the other items of its category.
+* An **item's embedding** is its content prior (the sum of its features' codes and a
+  smaller one of its own, scaled to ``prior_weight``, plus a random projection of the
+  catalog's own ``embedding`` when the record carries one) plus its *taste*: the sum,
+  over every signal users gave it, of ``target x weight x code(user)``. The taste is a
+  random projection of the item's column of the user-item feedback matrix, so the cosine
+  of two items' embeddings estimates the cosine of their feedback columns
+  (Johnson-Lindenstrauss): items liked by the same users end up close, items one group
+  likes and another skips end up apart. A new item has only
+  its prior and starts out next to the other items of its category (not on them: its
+  own code sets it a little apart, which the item index needs).
 * A **user's embedding** is an exponential moving average of the (unit) embeddings of the
   items they gave signals to, weighted by each signal's target and weight: likes pull it
   towards an item, skips and "not relevant" push it away.
@@ -70,6 +72,10 @@ class EmbeddingParams:
     prior_weight: float = 2.0
     #: Weight of the tags and the creator in the prior, relative to the category.
     feature_weight: float = 0.5
+    #: Weight of the item's own code in the prior, relative to the category: items with
+    #: the same features start close, not at one point (an HNSW graph of many equal
+    #: vectors finds their neighbours badly; docs/retrieval.md). 0: no own code.
+    identity_weight: float = 0.25
     #: How much of a user's embedding is kept at each new signal.
     user_decay: float = 0.9
     #: Salt of every code, so two deployments can keep unrelated spaces.
@@ -106,8 +112,10 @@ def _scaled(vector: Vector, length: float) -> Vector:
 def item_prior(record: ItemRecord | None, params: EmbeddingParams) -> Vector:
     """Where an item starts before any feedback: next to its category, tags and creator.
 
-    A record that carries its own ``embedding`` (any length) adds a fixed random projection
-    of it, so items that are close in that space start close here too.
+    The item's own code, at ``identity_weight``, keeps two items with the same features
+    apart (at the default 0.25, their cosine is about 0.94). A record that carries its
+    own ``embedding`` (any length) adds a fixed random projection of it, so items that
+    are close in that space start close here too.
     """
     prior = np.zeros(params.dim)
     if record is None:
@@ -117,6 +125,8 @@ def item_prior(record: ItemRecord | None, params: EmbeddingParams) -> Vector:
         prior += params.feature_weight * _code("tag", tag, params.dim, params.seed)
     if record.creator is not None:
         prior += params.feature_weight * _code("creator", record.creator, params.dim, params.seed)
+    if params.identity_weight:
+        prior += params.identity_weight * _code("item", record.item_id, params.dim, params.seed)
     prior = _scaled(prior, 1.0)
     if record.embedding:
         content = np.asarray(record.embedding, dtype=np.float64)

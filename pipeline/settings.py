@@ -211,6 +211,7 @@ class EmbeddingSettings(Section):
     dim: int = Field(default=_E.dim, ge=2, le=1024)
     prior_weight: float = Field(default=_E.prior_weight, ge=0)
     feature_weight: float = Field(default=_E.feature_weight, ge=0)
+    identity_weight: float = Field(default=_E.identity_weight, ge=0)
     user_decay: float = Field(default=_E.user_decay, gt=0, le=1)
     seed: int = Field(default=_E.seed, ge=0)
     reindex_below: float = Field(

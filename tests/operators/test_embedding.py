@@ -56,6 +56,43 @@ def test_a_new_item_starts_next_to_its_category() -> None:
     assert not item_prior(None, PARAMS).any()
 
 
+def test_items_with_the_same_features_start_close_but_not_at_one_point() -> None:
+    one = item_prior(_record("d1", tags=["period"]), PARAMS)
+    two = item_prior(_record("d2", tags=["period"]), PARAMS)
+    other_tag = item_prior(_record("d3", tags=["crime"]), PARAMS)
+    without_own_code = EmbeddingParams(identity_weight=0.0)
+
+    assert 0.9 < _cos(one, two) < 0.99
+    assert _cos(one, two) > _cos(one, other_tag)
+    assert np.array_equal(item_prior(_record("d1", tags=["period"]), PARAMS), one)
+    assert np.array_equal(
+        item_prior(_record("d1", tags=["period"]), without_own_code),
+        item_prior(_record("d2", tags=["period"]), without_own_code),
+    )
+
+
+@pytest.mark.parametrize(("identity_weight", "finds_itself"), [(0.25, True), (0.0, False)])
+def test_the_index_tells_new_items_with_the_same_features_apart(
+    identity_weight: float, finds_itself: bool
+) -> None:
+    # 400 items without feedback in 4 categories: without their own codes, each category
+    # is one point, 100 equal vectors, and no search can tell which of them it found
+    params = EmbeddingParams(identity_weight=identity_weight)
+    catalog = Catalog(params)
+    for n in range(400):
+        record = _record(f"i{n:03d}", f"c{n % 4}")
+        catalog.put(ItemState(item_id=record.item_id).with_record(record))
+    items = sorted(catalog.states)
+
+    found = [catalog.similar(v, 1)[0][0] for i in items if (v := catalog.unit(i)) is not None]
+
+    assert (found == items) is finds_itself
+    if finds_itself:
+        rng = np.random.default_rng(7)
+        queries = [rng.standard_normal(params.dim) for _ in range(50)]
+        assert (catalog.index_recall(queries, 10) or 0.0) >= 0.95
+
+
 def test_a_record_embedding_of_any_length_is_projected_into_the_space() -> None:
     near = item_prior(_record("a", embedding=[1.0, 0.0, 0.2]), PARAMS)
     close = item_prior(_record("b", embedding=[0.9, 0.1, 0.2]), PARAMS)
