@@ -11,9 +11,9 @@ of its name, so every worker and every replay derives the same code without stor
   random projection of the item's column of the user-item feedback matrix, so the cosine
   of two items' embeddings estimates the cosine of their feedback columns
   (Johnson-Lindenstrauss): items liked by the same users end up close, items one group
-  likes and another skips end up apart. A new item has only
-  its prior and starts out next to the other items of its category (not on them: its
-  own code sets it a little apart, which the item index needs).
+  likes and another skips end up apart. A new item has only its prior and starts out
+  next to the other items of its category (not on them: its own code sets it a little
+  apart, which the item index needs).
 * A **user's embedding** is an exponential moving average of the (unit) embeddings of the
   items they gave signals to, weighted by each signal's target and weight: likes pull it
   towards an item, skips and "not relevant" push it away.
@@ -82,13 +82,17 @@ class EmbeddingParams:
     seed: int = 0
 
 
-@functools.lru_cache(maxsize=65_536)  # 64-d codes: about 40 MB when full
-def _code(kind: str, name: str, dim: int, seed: int) -> Vector:
+def _draw_code(kind: str, name: str, dim: int, seed: int) -> Vector:
     digest = hashlib.blake2b(f"{seed}\x1f{kind}\x1f{name}".encode(), digest_size=8).digest()
     rng = np.random.default_rng(int.from_bytes(digest, "little"))
     code = (rng.integers(0, 2, dim) * 2 - 1) / math.sqrt(dim)
     code.setflags(write=False)
     return code
+
+
+#: The codes of users and features, each used again and again (64-d codes: about 40 MB
+#: when full). An item's own code is drawn once per prior, which the catalog keeps.
+_code = functools.lru_cache(maxsize=65_536)(_draw_code)
 
 
 def user_code(user_id: str, params: EmbeddingParams) -> Vector:
@@ -126,7 +130,9 @@ def item_prior(record: ItemRecord | None, params: EmbeddingParams) -> Vector:
     if record.creator is not None:
         prior += params.feature_weight * _code("creator", record.creator, params.dim, params.seed)
     if params.identity_weight:
-        prior += params.identity_weight * _code("item", record.item_id, params.dim, params.seed)
+        prior += params.identity_weight * _draw_code(
+            "item", record.item_id, params.dim, params.seed
+        )
     prior = _scaled(prior, 1.0)
     if record.embedding:
         content = np.asarray(record.embedding, dtype=np.float64)
