@@ -404,8 +404,19 @@ def measure_log(events: Iterable[Event]) -> LogSize:
     starts = [0]
     for group in interactions(events):
         starts.append(starts[-1] + len(group))
-    n = len(starts) - 1
-    return LogSize(events=starts[-1], interactions=n, split_event=starts[n // 2])
+    return LogSize(events=starts[-1], interactions=len(starts) - 1,
+                   split_event=second_half_start(starts[:-1]))  # fmt: skip
+
+
+def second_half_start(starts: Sequence[int]) -> int:
+    """The first event of the log's second half, given each interaction's first event.
+
+    Example:
+        >>> second_half_start([0, 2, 3, 5, 6]), second_half_start([])
+        (3, 0)
+
+    """
+    return starts[len(starts) // 2] if starts else 0
 
 
 def read_events(path: Path, limit: int | None = None) -> Iterator[Event]:
@@ -517,8 +528,8 @@ def evaluate(
         result.events += len(group)
     result.users = len(user_items)
     result.wall_time_s = timer() - started
-    if deferred:  # measure_log's split: where the second half of the interactions starts
-        split = starts[len(starts) // 2] if starts else 0
+    if deferred:  # measure_log's split, from the starts this pass kept
+        split = second_half_start(starts)
         result.config = replace(config, split_event=split, split_at_half=False)
         for name, questions in asked.items():
             tally = result.figures[name].after_split
