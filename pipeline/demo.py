@@ -37,17 +37,15 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from operators.files import write_atomic
 from operators.simulator import Scoreboard, SessionClock, Simulation, percentiles
 from pipeline.clients import poll_ready, producer_config, wait_for_records
 from pipeline.settings import Settings
-from pipeline.topics import create_topics
+from pipeline.topics import create_topics, delete_matching, owned_by
 from pipeline.worker_process import WorkerProcess
 from schemas.catalog import item_to_json
 from schemas.events import Context, Event, Preference, event_to_json
@@ -270,18 +268,10 @@ def _snapshot_consumer(settings: Settings) -> Consumer:
 
 
 def _delete_topics(bootstrap: str, base: str) -> None:
-    """Delete the run's topics (``<base>.*``, and Faust's ``<base>-*`` changelogs)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        names = [
-            name
-            for name in admin.list_topics(timeout=10).topics
-            if name.startswith((f"{base}.", f"{base}-"))
-        ]
-        for future in admin.delete_topics(names, operation_timeout=30).values() if names else []:
-            future.result()
-    except KafkaException as exc:  # the report is written; leftovers are only clutter
-        print(f"could not delete the run's topics ({exc})", file=sys.stderr)
+    """Delete the run's topics (``<base>.*``, and Faust's ``<base>-*`` changelogs) and group."""
+    deleted = delete_matching(bootstrap, owned_by(base), owned_by(base))
+    if deleted.errors:  # the report is written; leftovers are only clutter
+        print(f"could not delete all of the run's topics ({deleted.errors[0]})", file=sys.stderr)
 
 
 class _Loop:

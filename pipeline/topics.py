@@ -20,7 +20,10 @@ topic (after prefix)    key        what it carries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -101,3 +104,154 @@ def create_topics(
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+class TopicsNotReady(RuntimeError):
+    """The broker's metadata still lacks some of recloop's topics (or their leaders)."""
+
+
+def missing_topics(listed: Mapping[str, Any], kafka: KafkaSettings) -> list[str]:
+    """The recloop topics that ``listed`` (``ClusterMetadata.topics``) lacks or cannot serve.
+
+    A topic counts as missing when it is not listed, is listed with an error, has fewer
+    partitions than the settings say, or has a partition without a leader.
+    """
+    missing = []
+    for spec in topic_specs(kafka):
+        topic = listed.get(spec.name)
+        if (
+            topic is None
+            or topic.error is not None
+            or len(topic.partitions) < kafka.partitions
+            or any(partition.leader < 0 for partition in topic.partitions.values())
+        ):
+            missing.append(spec.name)
+    return missing
+
+
+def wait_for_topics(
+    kafka: KafkaSettings,
+    bootstrap_servers: str,
+    timeout_s: float = 120.0,
+    *,
+    admin: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[list[str]], None] | None = None,
+) -> None:
+    """Return once the broker's metadata lists every recloop topic, each partition led.
+
+    A broker that has just started, or is still loading many partitions, can answer
+    metadata requests from a view that lacks topics created moments before. A worker
+    whose consumer group is assigned then gets no partition of the topics it cannot
+    see, and the consumer notices only at its next metadata refresh, minutes later: it
+    would sit idle. ``on_wait`` hears the missing names once, when the first answer
+    lacks some.
+
+    Raises:
+        TopicsNotReady: some are still missing after ``timeout_s``, named.
+
+    """
+    client = admin if admin is not None else AdminClient({"bootstrap.servers": bootstrap_servers})
+    deadline = clock() + timeout_s
+    told = False
+    while True:
+        try:
+            missing = missing_topics(client.list_topics(timeout=5).topics, kafka)
+        except KafkaException as exc:  # the broker does not answer yet: not ready either
+            missing = [f"(metadata: {exc})"]
+        if not missing:
+            return
+        if on_wait is not None and not told:
+            on_wait(missing)
+            told = True
+        if clock() >= deadline:
+            raise TopicsNotReady(
+                f"after {timeout_s:.0f} s the broker at {bootstrap_servers} still does not "
+                f"list these topics with a leader for every partition: {', '.join(missing)}"
+            )
+        sleep(0.25)
+
+
+def owned_by(name: str) -> Callable[[str], bool]:
+    """Whether a topic or consumer group belongs to the run or app ``name``.
+
+    Its topics are ``<name>.*`` (a topic prefix of ``<name>.``) and ``<name>-*`` (Faust's
+    changelogs and internal topics of the app id ``name``); its groups ``name`` (the app
+    id) and ``<name>-*``. Nobody else's match, provided names are unique.
+    """
+    return lambda candidate: candidate == name or candidate.startswith((f"{name}.", f"{name}-"))
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What :func:`delete_matching` deleted, and what it could not (with the reason)."""
+
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+#: Topics per delete request (a sweep of thousands goes in several).
+_DELETE_BATCH = 500
+
+
+def delete_matching(
+    bootstrap_servers: str,
+    topics: Callable[[str], bool],
+    groups: Callable[[str], bool] | None = None,
+    timeout_s: float = 30.0,
+) -> Deleted:
+    """Delete every topic, and consumer group, whose name the predicate accepts.
+
+    For runs, tests and demos cleaning up after themselves: failures are collected in
+    :attr:`Deleted.errors`, never raised (what is left over is clutter). A group with
+    members still in it is not deleted (``NON_EMPTY_GROUP``).
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
+    deleted = Deleted()
+    try:
+        names = sorted(t for t in admin.list_topics(timeout=timeout_s).topics if topics(t))
+    except KafkaException as exc:
+        deleted.errors.append(f"listing the topics: {exc}")
+        names = []
+    for batch in _batches(names, _DELETE_BATCH):
+        for name, future in admin.delete_topics(batch, operation_timeout=timeout_s).items():
+            try:
+                future.result()
+                deleted.topics.append(name)
+            except KafkaException as exc:
+                deleted.errors.append(f"topic {name}: {exc}")
+    if groups is None:
+        return deleted
+    try:
+        listed = admin.list_consumer_groups(request_timeout=timeout_s).result().valid
+    except KafkaException as exc:
+        deleted.errors.append(f"listing the consumer groups: {exc}")
+        return deleted
+    ids = sorted(g.group_id for g in listed if groups(g.group_id))
+    # a coordinator still loading its groups (a broker just started) answers "retry"
+    deadline = time.monotonic() + timeout_s
+    while ids:
+        retry = []
+        for batch in _batches(ids, _DELETE_BATCH):
+            for group, future in admin.delete_consumer_groups(
+                batch, request_timeout=timeout_s
+            ).items():
+                try:
+                    future.result()
+                    deleted.groups.append(group)
+                except KafkaException as exc:
+                    if exc.args[0].retriable() and time.monotonic() < deadline:
+                        retry.append(group)
+                    else:
+                        deleted.errors.append(f"group {group}: {exc}")
+        ids = retry
+        if ids:
+            time.sleep(0.5)
+    return deleted
+
+
+def _batches(names: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(names), size):
+        yield names[start : start + size]

@@ -11,7 +11,7 @@ import faust
 
 from pipeline.app import Clock, create_app, utc_now
 from pipeline.settings import Settings
-from pipeline.topics import create_topics
+from pipeline.topics import TopicsNotReady, create_topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,32 @@ def check_state_dir(state_dir: Path) -> None:
 def run_worker(settings: Settings, clock: Clock = utc_now) -> None:
     """Create any missing topics, then run one worker in this process until SIGTERM/SIGINT.
 
+    The worker starts once the broker's metadata lists every topic (:func:`wait_for_topics`).
+
     Args:
         settings: with ``kafka.bootstrap_servers`` resolved.
         clock: the wall clock handed to the agents.
 
     Raises:
         StateDirError: ``worker.state_dir`` cannot be written.
+        click.ClickException: the broker does not list the topics within two minutes.
 
     """
     assert settings.kafka.bootstrap_servers is not None
     check_state_dir(settings.worker.state_dir)
     create_topics(settings.kafka, settings.kafka.bootstrap_servers)
+    # a consumer group that joins before the broker lists the topics is assigned nothing
+    try:
+        wait_for_topics(
+            settings.kafka,
+            settings.kafka.bootstrap_servers,
+            on_wait=lambda missing: log.warning(
+                "waiting for the broker to list %s (it may still be loading its partitions)",
+                ", ".join(missing),
+            ),
+        )
+    except TopicsNotReady as exc:
+        raise click.ClickException(str(exc)) from None
     recloop = create_app(settings, clock)
     worker = faust.Worker(
         recloop.app,

@@ -7,7 +7,6 @@ and prints ONE JSON line; progress goes to stderr (:func:`log`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,7 +25,6 @@ from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
-    KafkaException,
     Producer,
     TopicPartition,
 )
@@ -36,7 +34,7 @@ from operators.synthetic import SyntheticUser, SyntheticWorld
 from pipeline.broker import embedded_broker, resolve_bootstrap
 from pipeline.clients import producer_config, wait_for_records
 from pipeline.settings import Settings, load_settings
-from pipeline.topics import create_topics
+from pipeline.topics import create_topics, delete_matching, owned_by
 from pipeline.worker_process import WorkerProcess
 from schemas.catalog import ItemRecord, item_to_json
 from schemas.events import Event, Impression, event_to_json
@@ -144,21 +142,10 @@ def delete_run(bootstrap: str, name: str, groups: Iterable[str] = ()) -> int:
     The run's topics are ``<name>.*`` (its prefix) and ``<name>-*`` (Faust's changelogs
     and internal topics of the app id ``name`` or ``name-...``); nobody else's match.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 5})
-    topics = [t for t in admin.list_topics(timeout=30).topics
-              if t.startswith((f"{name}.", f"{name}-"))]  # fmt: skip
-    if topics:
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            try:
-                future.result()
-            except KafkaException as exc:
-                log(f"could not delete a topic: {exc}")
-    wanted = list(groups)
-    if wanted:
-        for future in admin.delete_consumer_groups(wanted, request_timeout=30).values():
-            with contextlib.suppress(KafkaException):  # a group that never committed
-                future.result()
-    return len(topics)
+    deleted = delete_matching(bootstrap, owned_by(name), set(groups).__contains__)
+    for error in deleted.errors:
+        log(f"could not delete {error}")
+    return len(deleted.topics)
 
 
 def clean_up(bootstrap: str, name: str, groups: Iterable[str], workdir: Path) -> None:
