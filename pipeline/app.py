@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -95,6 +96,49 @@ def _item_key(key: bytes) -> str:
 
 Clock = Callable[[], datetime]
 Headers = Sequence[tuple[str, bytes]]
+
+
+#: The most of a dead letter's key and value that goes as it is: with its headers (under
+#: 3 KiB) it stays below the 1,000,000-byte request limit of Faust's producer and the
+#: broker's default record limit (1 MiB), whatever the dead-letter topic's settings.
+DEAD_LETTER_BODY_MAX = 960 * 1024
+#: A key longer than that (with a longer value) is cut to this many bytes.
+_DEAD_KEY_KEPT = 1024
+
+
+def dead_letter_body(
+    key: bytes | None, value: bytes | None
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The key and value a dead letter carries for an input's, and headers saying how.
+
+    Unchanged when they fit :data:`DEAD_LETTER_BODY_MAX` (every input below the broker's
+    default record limit does). Longer ones (a broker set to take bigger records) are
+    cut, each cut stated with the original's size and SHA-256; the whole record stays
+    at the offset the dead letter names. A record with neither key nor value (which
+    Kafka's clients refuse to send) gets an empty value and ``recloop.dlq.value: null``.
+    Without this, the send would fail, the input would never be acknowledged, and the
+    worker would stop on it again after every restart.
+    """
+    if key is None and value is None:
+        return None, b"", [("recloop.dlq.value", b"null")]
+    headers: list[tuple[str, bytes]] = []
+    if len(key or b"") + len(value or b"") <= DEAD_LETTER_BODY_MAX:
+        return key, value, headers
+    if key is not None and len(key) > _DEAD_KEY_KEPT:
+        headers += _cut("key", key)
+        key = key[:_DEAD_KEY_KEPT]
+    room = DEAD_LETTER_BODY_MAX - len(key or b"")
+    if value is not None and len(value) > room:
+        headers += _cut("value", value)
+        value = value[:room]
+    return key, value, headers
+
+
+def _cut(part: str, whole: bytes) -> list[tuple[str, bytes]]:
+    return [
+        (f"recloop.dlq.{part}_size", str(len(whole)).encode()),
+        (f"recloop.dlq.{part}_sha256", hashlib.sha256(whole).hexdigest().encode()),
+    ]
 
 
 def utc_now() -> datetime:
@@ -829,7 +873,8 @@ class Recloop:
             ("recloop.dlq.offset", str(offset).encode()),
             ("recloop.dlq.received_at", self.clock().isoformat().encode()),
         ]
-        await self.emitter.send(self.topic_names["dead-letters"], key, raw, headers)
+        key, raw, cut = dead_letter_body(key, raw)
+        await self.emitter.send(self.topic_names["dead-letters"], key, raw, headers + cut)
 
     # -- the items agents ---------------------------------------------------------------
     # Two agents, one per input, share the items table. Each read-modify-write below has

@@ -241,6 +241,8 @@ CASES: tuple[Hostile, ...] = (
     # -- the key -----------------------------------------------------------------------
     Hostile("keyed by another user", event(), "key_mismatch", key=b"u-victim"),
     Hostile("no key", event(), "key_mismatch", key=None),
+    # Kafka's clients refuse to send such a record: the dead letter's value is empty
+    Hostile("neither key nor value", None, "invalid_json", key=None),
     Hostile("key differs in case", event(), "key_mismatch", key=USER.upper().encode()),
     Hostile("key with a trailing space", event(), "key_mismatch", key=KEY + b" "),
     Hostile(

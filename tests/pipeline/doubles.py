@@ -22,8 +22,14 @@ class Sent:
     headers: dict[str, bytes]
 
 
+#: The request limit of Faust's producer (aiokafka's ``max_request_size`` default).
+PRODUCER_MAX_REQUEST = 1_000_000
+
+
 @dataclass
 class RecordingEmitter:
+    """Records what is sent, refusing what Faust's producer (aiokafka) would refuse."""
+
     sent: list[Sent] = field(default_factory=list)
 
     async def send(
@@ -33,6 +39,10 @@ class RecordingEmitter:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
+        assert not (key is None and value is None), "aiokafka refuses a record with neither"
+        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        if size > PRODUCER_MAX_REQUEST:
+            raise RuntimeError(f"MessageSizeTooLargeError: {size} bytes")  # as aiokafka
         self.sent.append(Sent(topic, key, value, dict(headers)))
 
     def to(self, suffix: str) -> list[Sent]:

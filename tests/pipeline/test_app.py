@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -18,7 +19,7 @@ from operators.model import RankingModel
 from operators.profile import UserProfile
 from operators.synthetic import SyntheticWorld
 from operators.validation import decode_event
-from pipeline.app import Recloop
+from pipeline.app import DEAD_LETTER_BODY_MAX, Recloop, dead_letter_body
 from pipeline.offsets import Fetched
 from schemas.catalog import ItemRecord
 from schemas.snapshot import parse_snapshot, snapshot_to_json
@@ -112,6 +113,60 @@ async def test_invalid_events_go_to_dead_letters_and_the_next_valid_one_is_proce
         "ok"
     ]
     assert recloop.stats.dead_lettered == len(bad) and recloop.stats.processed == 1
+
+
+async def test_a_record_with_neither_key_nor_value_is_dead_lettered_and_the_worker_goes_on(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # Kafka's clients refuse to send such a record: dead-lettering it as it was failed,
+    # and the unacknowledged record stopped the worker again after every restart
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(None, key=None)
+        await agent.put(_event("ok", "u1", "click", world.items[1].item_id), key=b"u1")
+    (letter,) = emitter.to("dead-letters")
+    assert (letter.key, letter.value) == (None, b"")
+    assert letter.headers["recloop.dlq.value"] == b"null"
+    assert letter.headers["recloop.dlq.reason"] == b"invalid_json"
+    assert recloop.stats.dead_lettered == 1 and recloop.stats.processed == 1
+
+
+async def test_an_event_over_the_producer_limit_is_dead_lettered_cut_with_its_digest(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # a broker set to take records over 1 MB delivers one the producer could not copy
+    # whole to the dead letters: sending it failed and stopped the worker, for good
+    raw = _event("big", "u1", "click", "i1", padding="x" * 1_200_000)
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(raw, key=b"u1")
+        await agent.put(_event("ok", "u1", "click", world.items[1].item_id), key=b"u1")
+    (letter,) = emitter.to("dead-letters")
+    assert letter.headers["recloop.dlq.reason"] == b"too_large"
+    assert letter.key == b"u1" and letter.value == raw[: DEAD_LETTER_BODY_MAX - 2]
+    assert letter.headers["recloop.dlq.value_size"] == str(len(raw)).encode()
+    assert letter.headers["recloop.dlq.value_sha256"] == hashlib.sha256(raw).hexdigest().encode()
+    assert letter.headers["recloop.dlq.offset"].isdigit()  # where the whole record is
+    assert recloop.stats.processed == 1  # and the fixture checks no agent failed
+
+
+def test_a_dead_letter_body_that_fits_is_sent_unchanged_and_a_huge_key_is_cut_too() -> None:
+    assert dead_letter_body(b"k", b"v") == (b"k", b"v", [])
+    assert dead_letter_body(None, b"v") == (None, b"v", [])
+    assert dead_letter_body(b"k", None) == (b"k", None, [])
+    edge = b"v" * (DEAD_LETTER_BODY_MAX - 1)
+    assert dead_letter_body(b"k", edge) == (b"k", edge, [])
+    key, value = b"k" * 2_000_000, b"v" * 10
+    cut_key, cut_value, headers = dead_letter_body(key, value)
+    assert (cut_key, cut_value) == (key[:1024], value)
+    assert dict(headers) == {
+        "recloop.dlq.key_size": b"2000000",
+        "recloop.dlq.key_sha256": hashlib.sha256(key).hexdigest().encode(),
+    }
+    _, long_value, both = dead_letter_body(key, b"v" * DEAD_LETTER_BODY_MAX)
+    assert len(long_value or b"") == DEAD_LETTER_BODY_MAX - 1024
+    assert [name for name, _ in both] == [
+        "recloop.dlq.key_size", "recloop.dlq.key_sha256",
+        "recloop.dlq.value_size", "recloop.dlq.value_sha256",
+    ]  # fmt: skip
 
 
 async def test_a_long_dead_letter_detail_is_cut_between_characters(
