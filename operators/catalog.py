@@ -239,21 +239,49 @@ class ItemFeedback:
 
     @classmethod
     def from_json(cls, data: bytes) -> ItemFeedback:
-        """The record :meth:`to_json` wrote."""
+        """The record :meth:`to_json` wrote, checked: a damaged one never becomes state.
+
+        Raises:
+            ValueError: not JSON, not an object, a kind this version does not know, an id
+                that is not a non-empty string, a number that is not finite, or a time
+                without its UTC offset (``KeyError``: a field missing).
+
+        """
         raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("an item feedback record is a JSON object")
         kind = raw.get("kind", "signal")
         if kind not in ("signal", "covisit", "expire"):
             raise ValueError(f"unknown item feedback kind {kind!r}")
+        item_id, event_id, user_id = raw["item_id"], raw["event_id"], raw.get("user_id")
+        co_items = raw.get("co_items", [])
+        if not (_is_id(item_id) and _is_id(event_id) and (user_id is None or _is_id(user_id))):
+            raise ValueError("item_id and event_id must be non-empty strings, user_id one or null")
+        if not isinstance(co_items, list) or not all(_is_id(c) for c in co_items):
+            raise ValueError("co_items must be a list of non-empty strings")
+        event_time = datetime.fromisoformat(raw["event_time"])
+        if event_time.tzinfo is None:
+            raise ValueError(f"event_time {raw['event_time']!r} has no UTC offset")
         return cls(
-            item_id=raw["item_id"],
-            target=float(raw["target"]),
-            weight=float(raw["weight"]),
-            event_time=datetime.fromisoformat(raw["event_time"]),
-            event_id=raw["event_id"],
+            item_id=item_id,
+            target=_finite(raw["target"], "target"),
+            weight=_finite(raw["weight"], "weight"),
+            event_time=event_time,
+            event_id=event_id,
             kind=kind,
-            co_items=tuple(raw.get("co_items", ())),
-            user_id=raw.get("user_id"),
+            co_items=tuple(co_items),
+            user_id=user_id,
         )
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

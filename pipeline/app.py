@@ -984,7 +984,13 @@ class Recloop:
                 log.error("item feedback without key or value; recloop never writes such records")
                 continue
             try:
-                decoded.append((source, key, ItemFeedback.from_json(raw)))
+                feedback = ItemFeedback.from_json(raw)
+                if feedback.item_id.encode() != key:  # it would change another item
+                    raise InvalidEvent(
+                        "key_mismatch",
+                        f"item-feedback record: key {key[:64]!r} is not {feedback.item_id!r}",
+                    )
+                decoded.append((source, key, feedback))
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 # recloop writes these records, yet one from a newer worker (a kind this
                 # one does not know, in a rolling upgrade) or a damaged one must not stop
@@ -992,8 +998,12 @@ class Recloop:
                 # Sent before any item state is read: the catalog agent may run during
                 # the await, and a state read before it would undo its change
                 message = source.message
-                invalid = InvalidEvent(
-                    "schema_violation", f"item-feedback record: {type(exc).__name__}: {exc}"
+                invalid = (
+                    exc
+                    if isinstance(exc, InvalidEvent)
+                    else InvalidEvent(
+                        "schema_violation", f"item-feedback record: {type(exc).__name__}: {exc}"
+                    )
                 )
                 await self._dead_letter(key, raw, invalid, message.topic, message.partition,
                                         message.offset)  # fmt: skip

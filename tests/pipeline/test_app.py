@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from faust.types import Message
 
-from operators.catalog import Catalog, ItemFeedback, ItemState
+from operators.catalog import Catalog, ItemFeedback, ItemState, expiry_of
 from operators.feedback_loop import process_event
 from operators.model import RankingModel
 from operators.profile import UserProfile
@@ -597,6 +597,36 @@ async def test_an_unreadable_item_feedback_record_is_dead_lettered_and_the_rest_
     assert all(d.headers["recloop.dlq.topic"] == b"p.item-feedback" for d in letters)
     (state,) = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
     assert (state.item_id, state.positives) == (item, 1)
+
+
+async def test_damaged_item_feedback_and_records_under_another_key_change_no_item(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # a list for an id stopped the worker (unhashable, outside the guard); a record under
+    # another item's key changed the item it names, and an expiry under another key
+    # deleted the keyed item from every worker's catalog
+    item, other = world.items[2].item_id, world.items[3].item_id
+    damaged = [
+        json.dumps({"item_id": [item], "target": 1.0, "weight": 1.0, "event_id": "d1",
+                    "event_time": "2026-11-01T10:00:00+00:00"}).encode(),
+        _like(item, "d2").replace(b'"target": 1.0', b'"target": NaN'),
+        _like(item, "d3").replace(b'"target": 1.0', b'"target": true'),
+        _like(item, "d4").replace(b"+00:00", b""),  # a time without its offset
+        _like(item, "d5", user_id="").replace(b'"user_id": ""', b'"user_id": 7'),
+        b"[1, 2]",
+    ]  # fmt: skip
+    elsewhere = [_like(other, "m1"), expiry_of(other, NOW).to_json()]
+    async with recloop.item_feedback_agent.test_context() as agent:
+        first = [await agent.put(raw, key=item.encode()) for raw in [*damaged, *elsewhere]]
+        last = await agent.put(_like(item, "ok"), key=item.encode())
+        await until(lambda: last.message.acked)
+    assert all(event.message.acked for event in first)
+    letters = emitter.to("dead-letters")
+    assert [d.value for d in letters] == [*damaged, *elsewhere]
+    reasons = [d.headers["recloop.dlq.reason"] for d in letters]
+    assert reasons == [b"schema_violation"] * len(damaged) + [b"key_mismatch"] * 2
+    published = [ItemState.restore(s.value or b"") for s in emitter.to("item-state")]
+    assert [(state.item_id, state.positives) for state in published] == [(item, 1)]
 
 
 @pytest.mark.parametrize("batch", [(2, 10_000.0)])
