@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import threading
 import time
@@ -61,7 +62,7 @@ from operators.validation import InvalidEvent, ValidationLimits, decode_event, r
 from pipeline.catalog_follower import CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
-from pipeline.settings import Section, Settings
+from pipeline.settings import Section, Settings, WorkerSettings
 from pipeline.topics import replica_config, topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
@@ -139,6 +140,22 @@ def _cut(part: str, whole: bytes) -> list[tuple[str, bytes]]:
         (f"recloop.dlq.{part}_size", str(len(whole)).encode()),
         (f"recloop.dlq.{part}_sha256", hashlib.sha256(whole).hexdigest().encode()),
     ]
+
+
+#: Addresses a server listens on everywhere at: no other worker can reach it there.
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def advertised_host(worker: WorkerSettings) -> str:
+    """The host this worker's HTTP API is reached at by the others (Faust's ``web_host``).
+
+    Faust makes it the worker's ``canonical_url``, the address every member shares with
+    the group and the key of the assignment's table of owners: a wildcard there makes
+    all workers one address, so each would claim (or lose) the others' users.
+    """
+    if worker.web_advertised_host:
+        return worker.web_advertised_host
+    return socket.gethostname() if worker.web_host in _WILDCARDS else worker.web_host
 
 
 def utc_now() -> datetime:
@@ -365,7 +382,7 @@ class Recloop:
             # token; the API in pipeline/web.py routes and authorises by itself
             web_tables_enabled=False,
             web_port=settings.worker.web_port,
-            web_host=settings.worker.web_host,
+            web_host=advertised_host(settings.worker),
             web_bind=settings.worker.web_host,  # Faust binds 0.0.0.0 unless told
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,

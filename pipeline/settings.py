@@ -78,6 +78,12 @@ class WorkerSettings(Section):
     store: str = Field(default="rocksdb://", description="Faust table store URL.")
     web_host: str = Field(default="127.0.0.1", description="0.0.0.0 in a container.")
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_advertised_host: str | None = Field(
+        default=None,
+        description="The host other workers reach this one's HTTP API at (requests for "
+        "users it owns are forwarded there); by default web_host, or this machine's host "
+        "name when web_host is a wildcard (0.0.0.0, ::).",
+    )
     web_enabled: bool = False
     commit_interval_s: float = Field(default=1.0, gt=0)
     checkpoint_s: float = Field(

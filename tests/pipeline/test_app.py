@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -19,8 +20,9 @@ from operators.model import RankingModel
 from operators.profile import UserProfile
 from operators.synthetic import SyntheticWorld
 from operators.validation import decode_event
-from pipeline.app import DEAD_LETTER_BODY_MAX, Recloop, dead_letter_body
+from pipeline.app import DEAD_LETTER_BODY_MAX, Recloop, advertised_host, dead_letter_body
 from pipeline.offsets import Fetched
+from pipeline.settings import WorkerSettings
 from schemas.catalog import ItemRecord
 from schemas.snapshot import parse_snapshot, snapshot_to_json
 from tests.pipeline.conftest import NOW
@@ -840,16 +842,35 @@ async def test_table_changelogs_are_declared_with_the_topics_in_sync_replicas(
     assert declared == {f"recloop-{name}-changelog": (replicas, config) for name in names}
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
-def test_the_web_server_binds_to_the_host_the_settings_name(host: str) -> None:
-    # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says
-    app, fatal = pipeline_app(
-        Catalog(), {"RECLOOP__WORKER__WEB_HOST": host}, RecordingEmitter(), NOW
-    )
+@pytest.mark.parametrize(
+    ("host", "advertised", "expected"),
+    [
+        ("127.0.0.1", None, "127.0.0.1"),
+        ("0.0.0.0", None, socket.gethostname()),
+        ("0.0.0.0", "worker-2.internal", "worker-2.internal"),
+    ],
+)
+def test_the_web_server_binds_to_the_host_named_and_advertises_a_reachable_one(
+    host: str, advertised: str | None, expected: str
+) -> None:
+    # Faust binds web_bind, 0.0.0.0 by default, whatever web_host says; web_host makes
+    # the canonical URL every member shares, the key of the table of owners: 0.0.0.0
+    # there made all workers one, each answering for (or giving up on) the others' users
+    env = {"RECLOOP__WORKER__WEB_HOST": host}
+    if advertised is not None:
+        env["RECLOOP__WORKER__WEB_ADVERTISED_HOST"] = advertised
+    app, fatal = pipeline_app(Catalog(), env, RecordingEmitter(), NOW)
     try:
-        assert (app.app.conf.web_bind, app.app.conf.web_host) == (host, host)
+        assert app.app.conf.web_bind == host
+        assert app.app.conf.canonical_url.host == expected
+        assert app.app.conf.canonical_url.port == 6066
     finally:
         close_pipeline_app(app, fatal)
+
+
+def test_an_ipv6_wildcard_is_not_advertised_either() -> None:
+    assert advertised_host(WorkerSettings(web_host="::")) == socket.gethostname()
+    assert advertised_host(WorkerSettings(web_host="::1")) == "::1"
 
 
 async def test_event_figures_count_events_a_forget_included_and_no_catalog_record(
