@@ -794,7 +794,7 @@ class HttpApi:
         self._ready()
         catalog = self.recloop.follower.catalog
         state = catalog.get(item_id)
-        if state is None:
+        if state is None or state.record is None:  # feedback alone names no catalog item
             raise HttpError(
                 404, "unknown_item", f"the catalog has no item {item_id!r}", item_id=item_id
             )

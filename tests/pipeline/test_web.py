@@ -179,6 +179,17 @@ async def test_bad_reads_get_a_machine_readable_error(
     assert body["error"] == error and body["detail"]
 
 
+async def test_an_id_known_only_from_feedback_is_no_catalog_item(
+    worker: Worker, world: SyntheticWorld
+) -> None:
+    # feedback names ids the catalog never had: "withdrawn" told the caller it once was
+    await _feed(worker, _event("e1", "u1", "click", world.items[0].item_id))
+    worker.recloop.follower.catalog.put(ItemState(item_id="ghost", positives=3))
+    response = await worker.client.get("/items/ghost/similar")
+    assert response.status == 404
+    assert (await response.json())["error"] == "unknown_item"
+
+
 async def test_a_surface_with_its_own_penalty_gets_a_list_ranked_for_it(
     worker: Worker, world: SyntheticWorld
 ) -> None:
