@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,13 +203,64 @@ def relax(
 # -- detection: which events change which penalties ------------------------------------
 
 #: A streak entry: the event id, the category of the item skipped ("" when unknown) and
-#: the event time in seconds.
+#: the event time in seconds. A streak holds its entries in event-time order, consecutive
+#: ones at most ``streak_gap_s`` apart, whatever order the skips arrived in.
 StreakEntry = tuple[str, str, float]
 
 
 def streak_at(streak: tuple[StreakEntry, ...]) -> float | None:
-    """When the streak's latest skip happened (``None`` for no streak)."""
-    return streak[-1][2] if streak else None
+    """When the streak's newest skip happened, by event time (``None`` for no streak)."""
+    return max(t for _, _, t in streak) if streak else None
+
+
+def _in_time_order(
+    streak: tuple[StreakEntry, ...], params: DeescalationParams
+) -> tuple[StreakEntry, ...]:
+    """The streak as the run of its skips in event time, ending at the newest.
+
+    A no-op on every streak this module keeps; a profile stored before streaks followed
+    event time may hold a late skip last, and reads as the run it stood for.
+    """
+    ordered = sorted(streak, key=lambda entry: entry[2])  # stable: ties keep their order
+    start = len(ordered) - 1
+    while start > 0 and ordered[start][2] - ordered[start - 1][2] <= params.streak_gap_s:
+        start -= 1
+    return tuple(ordered[max(start, 0) :])
+
+
+def _after(streak: tuple[StreakEntry, ...], t: float) -> tuple[StreakEntry, ...]:
+    """The skips of the streak later than ``t``: what a break of it at ``t`` leaves.
+
+    In event time a break (a like, a not_relevant, a skip in another session) ends the
+    skips before it; the ones after it, delivered before a late break, stay the streak.
+    """
+    return tuple(entry for entry in streak if entry[2] > t)
+
+
+def _with_skip(
+    streak: tuple[StreakEntry, ...], streak_session: str | None, entry: StreakEntry,
+    session: str | None, params: DeescalationParams,
+) -> tuple[tuple[StreakEntry, ...], str | None]:  # fmt: skip
+    """The streak and its session after one more skip, by event time.
+
+    A skip after the streak's newest extends it, or starts a new one (another session,
+    or more than ``streak_gap_s`` later). A late skip joins it where its time falls, if
+    within ``streak_gap_s`` of a neighbour in time; too long before it, or from another
+    session, it is one the streak had left behind by then, and changes nothing but ending
+    the skips before it. Skips the streak dropped already are not recalled.
+    """
+    t = entry[2]
+    newest = streak_at(streak)
+    if newest is None or t >= newest:
+        if session != streak_session or (newest is not None and t - newest > params.streak_gap_s):
+            return (entry,), session
+        return (*streak, entry), streak_session
+    if session != streak_session:
+        return _after(streak, t), streak_session
+    at = bisect_right([s for _, _, s in streak], t)
+    if at == 0 and streak[0][2] - t > params.streak_gap_s:
+        return streak, streak_session
+    return (*streak[:at], entry, *streak[at:]), streak_session
 
 
 #: the parts of the day by the hour they start at
@@ -305,7 +357,7 @@ def react(
 
     Args:
         penalties: the user's penalties.
-        streak: the user's current frustration streak.
+        streak: the user's current frustration streak (its skips in event-time order).
         streak_session: the session that streak belongs to.
         event_id: the event's id (the basis of any change).
         when: the event's time.
@@ -327,8 +379,11 @@ def react(
     current = dict(penalties)
     adjustments: list[Adjustment] = []
     keys = penalty_keys(category, creator)
+    t = when.timestamp()
+    streak = _in_time_order(streak, params)
     if kind == "not_relevant":
-        streak, streak_session = (), session
+        left = _after(streak, t)  # a late one ends only the skips before it
+        streak, streak_session = left, (streak_session if left else session)
         # seen_it: seen elsewhere, says nothing about the taste; wrong_language: about the
         # item's language, which the catalog does not record (its embedding neighbours
         # still sink, see DeescalationParams.neighbour_step)
@@ -354,24 +409,23 @@ def react(
                     )
                     adjustments.append(adjustment)
     elif kind == "frustration":
-        last = streak_at(streak)
-        if session != streak_session or (
-            last is not None and when.timestamp() - last > params.streak_gap_s
-        ):
-            streak, streak_session = (), session
-        streak = (*streak, (event_id, category or "", when.timestamp()))
+        entry = (event_id, category or "", t)
+        streak, streak_session = _with_skip(streak, streak_session, entry, session, params)
         if len(streak) >= params.streak_length:
             basis = tuple(e for e, _, _ in streak)
+            # the streak happened when its newest skip did, whichever skip came in last
+            newest = streak[-1][2]
+            at = when if newest == t else datetime.fromtimestamp(newest, tz=when.tzinfo)
+            at_part = daypart(at) if part is not None and at is not when else part
             for name in sorted({c for _, c, _ in streak if c}):
                 for scoped, step in _scoped(f"category:{name}", params.streak_step, surface,
-                                            part, params):  # fmt: skip
-                    current, adjustment = _change(current, scoped, step, when, "skip_streak",
+                                            at_part, params):  # fmt: skip
+                    current, adjustment = _change(current, scoped, step, at, "skip_streak",
                                                   basis, None, params)  # fmt: skip
                     adjustments.append(adjustment)
             streak = ()
     elif liked:
-        streak = ()
-        t = when.timestamp()
+        streak = _after(streak, t)  # a late like ends only the skips before it
         covered = [k for k in sorted(current) if base_key(k) in keys]
         for key in covered:
             if penalty_at(current, key, t, params) > 0:

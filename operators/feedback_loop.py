@@ -307,7 +307,10 @@ def _deescalate(
     disliked = profile.disliked
     if kind == "not_relevant" and getattr(event, "reason", None) != "seen_it":
         entry = (signal.item_id, event.timestamp.timestamp())
-        disliked = newest((*disliked, entry), config.deescalation.max_disliked)
+        # the newest by event time: a late dislike takes no newer one's place (the sort is
+        # stable, so dislikes that came in time order stay in arrival order)
+        by_time = tuple(sorted((*disliked, entry), key=lambda dislike: dislike[1]))
+        disliked = newest(by_time, config.deescalation.max_disliked)
     if (
         reaction.penalties == profile.penalties
         and reaction.streak == profile.streak

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from operators.catalog import Catalog, ItemState, apply_feedback
 from operators.deescalation import (
+    Adjustment,
     DeescalationParams,
+    Reaction,
+    _change,
+    _scoped,
+    base_key,
     deepen,
+    part_of_day,
     penalty_at,
+    penalty_keys,
+    react,
     relax,
     relaxes_at,
     tags_at,
@@ -692,3 +702,211 @@ def test_not_relevant_never_leaves_a_short_list_when_other_items_are_there() -> 
     assert 1 <= _count(after, "thriller") <= 3  # capped, never none
     shown = [item.item_id for item in after.snapshot.items]
     assert len(set(shown)) == 10 and not {"i000", "i004", "i024"} & set(shown)
+
+
+# -- streaks by event time, whatever the arrival order ---------------------------------------
+
+#: (event id, seconds after T0, kind, session, category)
+Signal = tuple[str, float, str, str | None, str | None]
+
+
+def _react_in_turn(signals: list[Signal], params: DeescalationParams = PARAMS) -> list[Reaction]:
+    """Each signal's reaction, the state carried from one to the next as the loop does."""
+    penalties: dict[str, tuple[float, float]] = {}
+    streak: tuple[tuple[str, str, float], ...] = ()
+    session: str | None = None
+    reactions = []
+    for event_id, seconds, kind, in_session, category in signals:
+        reaction = react(penalties, streak, session, event_id=event_id,
+                         when=T0 + timedelta(seconds=seconds), session=in_session, kind=kind,
+                         target=1.0 if kind == "liked" else -1.0, category=category,
+                         creator=None, reason=None, params=params,
+                         liked=kind == "liked")  # fmt: skip
+        penalties, streak, session = reaction.penalties, reaction.streak, reaction.streak_session
+        reactions.append(reaction)
+    return reactions
+
+
+def _skip(event_id: str, seconds: float, session: str = "s1", category: str = "thriller") -> Signal:
+    return (event_id, seconds, "frustration", session, category)
+
+
+def _streak_adjustments(reactions: list[Reaction]) -> list[Adjustment]:
+    return [a for r in reactions for a in r.adjustments if a.rule == "skip_streak"]
+
+
+def _ids(reaction: Reaction) -> list[str]:
+    return [event_id for event_id, _, _ in reaction.streak]
+
+
+#: a streak in time order, missed when 1000 came in before 0 (1900 was measured from 0)
+MISSED = [_skip("a", 0.0), _skip("b", 1000.0), _skip("c", 1900.0)]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2), (1, 2, 0), (2, 1, 0)])
+def test_a_skip_streak_forms_by_event_time_whatever_order_its_skips_arrive_in(
+    order: tuple[int, ...],
+) -> None:
+    in_time = _react_in_turn(MISSED)
+    arrived = _react_in_turn([MISSED[n] for n in order])
+
+    [adjustment] = _streak_adjustments(arrived)
+    assert _streak_adjustments(in_time) == [adjustment]  # same basis, time, before and after
+    assert adjustment.basis == ("a", "b", "c") and adjustment.after == PARAMS.streak_step
+    assert adjustment.event_time == T0 + timedelta(seconds=1900)  # the newest skip's time
+    assert arrived[-1].penalties == in_time[-1].penalties
+    assert arrived[-1].streak == in_time[-1].streak == ()
+
+
+def test_a_late_skip_long_before_the_others_makes_no_streak() -> None:
+    a, b = _skip("a", 7000.0), _skip("b", 7010.0)
+    late = _skip("late", 1000.0)  # 100 minutes before them: 7010 was measured from it
+
+    arrived = _react_in_turn([a, b, late])
+    in_time = _react_in_turn([late, a, b])
+
+    assert _streak_adjustments(arrived) == _streak_adjustments(in_time) == []
+    assert arrived[-1].penalties == in_time[-1].penalties == {}
+    assert _ids(arrived[-1]) == _ids(in_time[-1]) == ["a", "b"]
+
+
+def test_a_late_skip_long_before_the_others_sends_no_notice() -> None:
+    user, _ = _thriller_fan()
+    session = {"context": Context(session_id="s1")}
+    user.send(Skip, "i24", minutes=120, **session)
+    user.send(Skip, "i28", **session)
+
+    late = user.send(Skip, "i32", minutes=-101, **session)  # 100 minutes before the first
+
+    assert late.adjustments == ()
+    assert late.snapshot is not None and late.snapshot.notice is None
+    assert [e for e, _, _ in late.profile.streak] == ["e7", "e8"]
+
+
+@pytest.mark.parametrize(
+    ("late", "left"),
+    [
+        (("like", 500.0, "liked", "s1", "thriller"), ["a", "b"]),  # before both: ends none
+        (("like", 1050.0, "liked", "s1", "thriller"), ["b"]),
+        (_skip("other", 500.0, session="s2"), ["a", "b"]),
+        (_skip("other", 1050.0, session="s2"), ["b"]),
+    ],
+)
+def test_a_late_break_ends_only_the_skips_before_it(late: Signal, left: list[str]) -> None:
+    skips = [_skip("a", 1000.0), _skip("b", 1100.0, category="comedy")]
+    next_skip = _skip("c", 1200.0)
+
+    arrived = _react_in_turn([*skips, late])
+    in_time = _react_in_turn(sorted([*skips, late], key=lambda s: s[1]))
+
+    assert _ids(arrived[-1]) == _ids(in_time[-1]) == left
+    assert arrived[-1].streak_session == in_time[-1].streak_session == "s1"
+    completed = _react_in_turn([*skips, late, next_skip])
+    assert bool(_streak_adjustments(completed)) == (len(left) == 2)
+
+
+def test_a_streak_stored_with_a_late_skip_last_reads_as_the_run_it_stood_for() -> None:
+    # what the arrival-order streak kept after skips at 7000 then a late one at 1000
+    stored = (("a", "thriller", T0.timestamp() + 7000), ("late", "thriller", T0.timestamp() + 1000))
+
+    reaction = react({}, stored, "s1", event_id="b", when=T0 + timedelta(seconds=7010),
+                     session="s1", kind="frustration", target=-1.0, category="thriller",
+                     creator=None, reason=None, params=PARAMS, liked=False)  # fmt: skip
+
+    assert reaction.adjustments == ()
+    assert _ids(reaction) == ["a", "b"]  # the 1000 skip is not part of it
+
+
+def _react_before_event_time_streaks(
+    penalties: dict[str, tuple[float, float]], streak: tuple[tuple[str, str, float], ...],
+    streak_session: str | None, *, event_id: str, when: datetime, session: str | None,
+    kind: str, target: float, surface: str | None, part: str | None, category: str | None,
+    creator: str | None, reason: str | None, params: DeescalationParams, liked: bool,
+) -> Reaction:  # fmt: skip
+    """``react`` as it was when streaks followed arrival order (the reference for in order)."""
+    current = dict(penalties)
+    adjustments: list[Adjustment] = []
+    keys = penalty_keys(category, creator)
+    if kind == "not_relevant":
+        streak, streak_session = (), session
+        if reason not in ("seen_it", "wrong_language"):
+            for key in keys:
+                if key.startswith("creator:") and reason == "too_many_of_these":
+                    continue
+                step = (
+                    params.too_many_step if reason == "too_many_of_these" else params.explicit_step
+                )
+                for scoped, scoped_step in _scoped(key, step, surface, part, params):
+                    current, adjustment = _change(current, scoped, scoped_step, when,
+                                                  "not_relevant", (event_id,), reason,
+                                                  params)  # fmt: skip
+                    adjustments.append(adjustment)
+    elif kind == "frustration":
+        last = streak[-1][2] if streak else None
+        if session != streak_session or (
+            last is not None and when.timestamp() - last > params.streak_gap_s
+        ):
+            streak, streak_session = (), session
+        streak = (*streak, (event_id, category or "", when.timestamp()))
+        if len(streak) >= params.streak_length:
+            basis = tuple(e for e, _, _ in streak)
+            for name in sorted({c for _, c, _ in streak if c}):
+                for scoped, step in _scoped(f"category:{name}", params.streak_step, surface,
+                                            part, params):  # fmt: skip
+                    current, adjustment = _change(current, scoped, step, when, "skip_streak",
+                                                  basis, None, params)  # fmt: skip
+                    adjustments.append(adjustment)
+            streak = ()
+    elif liked:
+        streak = ()
+        t = when.timestamp()
+        covered = [k for k in sorted(current) if base_key(k) in keys]
+        for key in covered:
+            if penalty_at(current, key, t, params) > 0:
+                current, adjustment = _change(current, key, None, when, "contradicted",
+                                              (event_id,), None, params)  # fmt: skip
+                adjustments.append(adjustment)
+    return Reaction(current, streak, streak_session, tuple(adjustments))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_in_time_order_streaks_and_penalties_are_what_they_were(seed: int) -> None:
+    rng = random.Random(seed)
+    params = replace(PARAMS, streak_length=rng.choice((2, 3, 4)), time_of_day=seed % 2 == 1)
+    new = old = Reaction({}, (), None, ())
+    when, session = T0, "s1"
+    streaks = 0
+    for n in range(400):
+        # steps around the gap (at it, just past it) and ties, in time order; now and then
+        # another session, or none
+        when += timedelta(seconds=rng.choice((0, 5, 60, 900, 1800, 1801, 7200, 86_400)))
+        session = rng.choice(("s1", "s2", None)) if rng.random() < 0.1 else session
+        kind = rng.choices(("frustration", "not_relevant", "liked", "neutral"), (8, 1, 2, 1))[0]
+        signal: dict[str, Any] = {
+            "event_id": f"e{n}", "when": when, "session": session,
+            "kind": kind, "target": 0.0, "surface": rng.choice((None, "tv")),
+            "part": part_of_day(when, params), "category": rng.choice((*CATEGORIES[:3], None)),
+            "creator": rng.choice(("studio-0", None)),
+            "reason": rng.choice((None, "seen_it", "too_many_of_these")),
+            "params": params, "liked": kind == "liked",
+        }  # fmt: skip
+        new = react(new.penalties, new.streak, new.streak_session, **signal)
+        old = _react_before_event_time_streaks(old.penalties, old.streak, old.streak_session,
+                                               **signal)  # fmt: skip
+        assert new == old, f"event {n}"
+        streaks += any(a.rule == "skip_streak" for a in new.adjustments)
+    assert streaks >= 5  # the sequence did make streaks
+
+
+def test_the_newest_dislikes_by_event_time_are_kept() -> None:
+    user = User(_catalog(), LoopConfig(deescalation=replace(PARAMS, max_disliked=2)))
+    for n in (0, 4, 8):
+        user.send(Click, f"i{n:02d}")
+    user.send(NotRelevant, "i24")
+    user.send(NotRelevant, "i28")
+
+    late = user.send(NotRelevant, "i32", minutes=-60)  # before both
+
+    assert [i for i, _ in late.profile.disliked] == ["i24", "i28"]
+    newer = user.send(NotRelevant, "i36", minutes=59.5)  # between them: after i24
+    assert [i for i, _ in newer.profile.disliked] == ["i36", "i28"]
