@@ -44,14 +44,31 @@ ID_MAX_BYTES = 128
 
 
 #: Invisible characters the schema's pattern (C0/C1 controls only) lets through, yet no
-#: printable id holds: zero-width characters, bidirectional controls (which make one id
-#: display as another), line and paragraph separators, the byte order mark.
-_INVISIBLE = re.compile("[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+#: printable id holds, since they make one id display as another: every Unicode format
+#: character (category Cf, as of Unicode 15.1: zero-width characters, bidirectional
+#: controls, the soft hyphen, the byte order mark, tag characters, ...), the line and
+#: paragraph separators, and the letters and symbols that render as blank space (the
+#: Hangul fillers, the braille blank). Written out as ranges rather than built from
+#: ``unicodedata`` so importing costs nothing and one search checks a string; a test
+#: checks every Cf character of the running Python is in here.
+_INVISIBLE = re.compile(
+    "["
+    # format characters (Cf), with U+2065, unassigned and as blank, inside one range
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f"
+    # line and paragraph separators; Hangul fillers and the braille pattern blank
+    "\u2028\u2029\u115f\u1160\u3164\uffa0\u2800"
+    "]"
+)
 
 
 def visible(value: str) -> str:
     """``value`` unchanged; raises ``ValueError`` when it holds an invisible character."""
-    if found := _INVISIBLE.search(value):
+    # no invisible character is ASCII, and most ids are: isascii() is a flag lookup, so
+    # they skip the search (a range list, as the set reaches past the BMP)
+    if not value.isascii() and (found := _INVISIBLE.search(value)):
         raise ValueError(
             f"holds the invisible character U+{ord(found.group()):04X}; ids and labels "
             "must be printable"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.catalog import item_to_json, parse_item
+from schemas.events import parse_event, visible
+
+#: Letters and symbols that are not format characters yet render as blank space.
+_BLANK_FILLERS = ["\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"]
 
 
 def _errors(doc: dict[str, Any]) -> list[tuple[str, tuple[str | int, ...]]]:
@@ -107,6 +113,16 @@ def test_a_withdrawn_item_says_so(item_doc: dict[str, Any]) -> None:
         ),
         pytest.param({"creator": "studio\ufeff0"}, "value_error", ("creator",), id="creator-bom"),
         pytest.param({"tags": ["ok", "noir\u2066"]}, "value_error", ("tags", 1), id="tag-bidi"),
+        # ... and the invisible characters that are not zero-width or bidi controls
+        pytest.param(
+            {"item_id": "i\u180e"}, "value_error", ("item_id",), id="id-mongolian-vowel-separator"
+        ),
+        pytest.param({"category": "i\u00ad"}, "value_error", ("category",), id="category-shy"),
+        pytest.param({"tags": ["i\U000e0041"]}, "value_error", ("tags", 0), id="tag-tag-char"),
+        pytest.param(
+            {"creator": "\u3164"}, "value_error", ("creator",), id="creator-hangul-filler"
+        ),
+        pytest.param({"item_id": "i\u2800"}, "value_error", ("item_id",), id="id-braille-blank"),
         # Unix times, which pydantic alone would guess at ("17672256000" is the year 2530)
         pytest.param(
             {"created_at": "17672256000"}, "value_error", ("created_at",), id="created_at-unix"
@@ -175,3 +191,49 @@ def test_records_are_immutable_and_do_not_share_default_tags(item_doc: dict[str,
     assert parse_item(json.dumps(minimal)).tags == []
     with pytest.raises(ValidationError):
         first.available = False  # type: ignore[misc]
+
+
+def test_every_format_character_and_blank_filler_is_refused() -> None:
+    # every Cf character the running Python knows, so a newer Unicode's additions show up
+    # here rather than slipping into ids
+    invisible = [
+        chr(code) for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"
+    ] + _BLANK_FILLERS
+
+    def accepted(char: str) -> bool:
+        try:
+            visible(f"item{char}9")
+        except ValueError:
+            return False
+        return True
+
+    assert [f"U+{ord(char):04X}" for char in invisible if accepted(char)] == []
+
+
+@pytest.mark.parametrize("printable", ["café-7", "東京-タワー", "фильм", "item-😀", "a b"])
+def test_printable_non_ascii_ids_are_kept(item_doc: dict[str, Any], printable: str) -> None:
+    assert parse_item(json.dumps(_with(item_doc, item_id=printable))).item_id == printable
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\u180e", "\u00ad", "\U000e0041", "\u3164"],
+    ids=["mongolian-vowel-separator", "soft-hyphen", "tag-character", "hangul-filler"],
+)
+@pytest.mark.parametrize("field", ["user_id", "surface"])
+def test_an_event_naming_an_invisible_character_is_refused(
+    click_doc: dict[str, Any], field: str, char: str
+) -> None:
+    # events use the same Id and Label types; the reviewer's examples passed decode_event
+    doc = (
+        {**click_doc, "context": {"surface": f"home{char}"}}
+        if field == "surface"
+        else {**click_doc, "user_id": f"i{char}"}
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        parse_event(json.dumps(doc))
+
+    error = caught.value.errors()[0]
+    assert error["type"] == "value_error"
+    assert f"U+{ord(char):04X}" in error["msg"]
