@@ -108,9 +108,32 @@ def _projection(source_dim: int, dim: int, seed: int) -> Vector:
     return matrix
 
 
+#: Norms np.linalg.norm computes to full precision: it sums squares, which overflow to
+#: inf from components of about 1e154 and turn subnormal (then 0) below about 1e-154.
+_EXACT_NORMS = (1e-140, 1e140)
+
+
+def _with_norm(vector: Vector) -> tuple[Vector, float]:
+    """``vector``, or the same direction rescaled so its norm is exact, and that norm.
+
+    Only a direction matters to the callers, so a vector whose norm would overflow or
+    underflow is first divided by its largest component; any other vector (and a zero
+    or non-finite one) is returned as it is, so its results do not change by a bit.
+    """
+    with np.errstate(over="ignore"):  # an overflow is what the rescaling below is for
+        norm = float(np.linalg.norm(vector))
+    if _EXACT_NORMS[0] <= norm <= _EXACT_NORMS[1]:
+        return vector, norm
+    largest = float(np.max(np.abs(vector), initial=0.0))
+    if largest == 0.0 or not math.isfinite(largest):
+        return vector, norm
+    rescaled = vector / largest
+    return rescaled, float(np.linalg.norm(rescaled))
+
+
 def _scaled(vector: Vector, length: float) -> Vector:
-    norm = float(np.linalg.norm(vector))
-    return vector * (length / norm) if norm > 0 else vector
+    base, norm = _with_norm(vector)
+    return base * (length / norm) if norm > 0 else vector
 
 
 def item_prior(record: ItemRecord | None, params: EmbeddingParams) -> Vector:
@@ -135,7 +158,8 @@ def item_prior(record: ItemRecord | None, params: EmbeddingParams) -> Vector:
         )
     prior = _scaled(prior, 1.0)
     if record.embedding:
-        content = np.asarray(record.embedding, dtype=np.float64)
+        # rescaled first, or components near the float limit overflow in the projection
+        content, _ = _with_norm(np.asarray(record.embedding, dtype=np.float64))
         projected = content @ _projection(len(content), params.dim, params.seed)
         prior = _scaled(prior + _scaled(projected, 1.0), 1.0)
     return _scaled(prior, params.prior_weight)
@@ -171,7 +195,11 @@ def item_embedding(
 
 
 def unit(vector: Vector) -> Vector | None:
-    """The vector scaled to length 1, or ``None`` for a zero (or non-finite) vector."""
+    """The vector scaled to length 1, or ``None`` for a zero (or non-finite) vector.
+
+    For the vectors recloop makes (priors, tastes, user vectors: all of moderate length);
+    on the hot path, so without :func:`_with_norm`'s guard, which costs half as much again.
+    """
     norm = float(np.linalg.norm(vector))
     if norm == 0.0 or not math.isfinite(norm):
         return None

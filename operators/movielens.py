@@ -318,8 +318,13 @@ def _title_year(title: str) -> datetime:
 
 
 def _clean(text: str) -> str:
-    """Printable text within the contract's bounds (control characters become spaces)."""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", text).strip()[:_MAX_TITLE]
+    r"""Printable text within the contract's bounds (control characters become spaces).
+
+    The C1 controls (``\x80``-``\x9f``) too, which the contract's text fields refuse as
+    it does C0: a Windows-1252 byte in the Latin-1 ``u.item`` (``Caf\x92 Society``) reads
+    as one, and would otherwise abort the whole import.
+    """
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", text).strip()[:_MAX_TITLE]
 
 
 def movie_record(

@@ -101,6 +101,28 @@ def test_a_record_embedding_of_any_length_is_projected_into_the_space() -> None:
     assert _cos(near, close) > _cos(near, far)
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e300, 1e-200, 1e-300])
+def test_only_the_direction_of_a_record_embedding_matters(scale: float) -> None:
+    # np.linalg.norm overflows (or underflows) for such components, which used to drop
+    # the record's embedding from its prior without a word
+    plain = item_prior(_record("a", embedding=[1.0, 2.0, 3.0]), PARAMS)
+    without = item_prior(_record("a"), PARAMS)
+
+    scaled = item_prior(_record("a", embedding=[scale, 2 * scale, 3 * scale]), PARAMS)
+
+    assert np.allclose(scaled, plain)
+    assert not np.allclose(scaled, without)
+    assert np.linalg.norm(scaled) == pytest.approx(PARAMS.prior_weight)
+
+
+def test_a_record_embedding_at_the_float_limit_still_counts() -> None:
+    largest = np.finfo(np.float64).max
+
+    prior = item_prior(_record("a", embedding=[largest, largest, -largest]), PARAMS)
+
+    assert np.allclose(prior, item_prior(_record("a", embedding=[1.0, 1.0, -1.0]), PARAMS))
+
+
 def test_items_liked_by_the_same_users_end_up_close() -> None:
     taste: dict[str, tuple[float, ...]] = {"a": (), "b": (), "c": ()}
     for user in range(30):

@@ -174,6 +174,23 @@ def test_100k_catalog_reads_latin1_genres_and_release_dates(tmp_path: Path) -> N
     assert records["m4"].created_at == datetime(1994, 1, 1, tzinfo=UTC)
 
 
+def test_a_windows_1252_byte_in_a_100k_title_is_imported_as_a_space(tmp_path: Path) -> None:
+    # \x92 is Windows-1252's apostrophe; read as Latin-1 it is a C1 control, which the
+    # contract refuses in a title as it does \x00-\x1f
+    items = [item_line(1, "Caf\x92 Society (1995)", "01-Jan-1995", "0010")]
+    source = write_100k(tmp_path / "ml", [(1, 1, 4, 1)], items)
+    assert b"Caf\x92 Society" in (source / "u.item").read_bytes()
+
+    counts = import_movielens(source, tmp_path / "out")
+
+    records = [parse_item(line) for line in (tmp_path / "out" / "items.jsonl").read_bytes()
+               .splitlines()]  # fmt: skip
+    assert counts.items == 1
+    assert [(r.item_id, r.title, r.category) for r in records] == [
+        ("m1", "Caf  Society (1995)", "Comedy")
+    ]
+
+
 def test_written_files_follow_the_contract_and_rated_items_missing_from_the_catalog_get_a_record(
     tmp_path: Path,
 ) -> None:
