@@ -221,6 +221,8 @@ def _in_time_order(
     A no-op on every streak this module keeps; a profile stored before streaks followed
     event time may hold a late skip last, and reads as the run it stood for.
     """
+    if len(streak) < 2:  # most events find no streak, or one skip
+        return streak
     ordered = sorted(streak, key=lambda entry: entry[2])  # stable: ties keep their order
     start = len(ordered) - 1
     while start > 0 and ordered[start][2] - ordered[start - 1][2] <= params.streak_gap_s:
@@ -234,6 +236,8 @@ def _after(streak: tuple[StreakEntry, ...], t: float) -> tuple[StreakEntry, ...]
     In event time a break (a like, a not_relevant, a skip in another session) ends the
     skips before it; the ones after it, delivered before a late break, stay the streak.
     """
+    if not streak or streak[0][2] > t:  # nothing to end (the common case: no streak)
+        return streak
     return tuple(entry for entry in streak if entry[2] > t)
 
 
