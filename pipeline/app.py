@@ -63,7 +63,7 @@ from pipeline.catalog_follower import CATCH_UP_SLICE, CatalogFollower
 from pipeline.metrics import MetricsExporter, consumer_lag, encode_record, metrics_record, worker_id
 from pipeline.offsets import KafkaRecordFetcher, Progress, RecordFetcher, processing
 from pipeline.settings import Section, Settings, WorkerSettings
-from pipeline.topics import replica_config, topic_specs
+from pipeline.topics import partition_of, replica_config, topic_specs
 from pipeline.web import HttpApi, decode_latest, encode_latest
 from schemas.catalog import parse_item
 from schemas.events import Event, Forget, Id
@@ -98,6 +98,10 @@ def _item_key(key: bytes) -> str:
 Clock = Callable[[], datetime]
 Headers = Sequence[tuple[str, bytes]]
 
+
+#: The dead-letter reason of an event in another partition than its key's (the worker's
+#: own check; the others come from :func:`~operators.validation.decode_event`).
+WRONG_PARTITION = "wrong_partition"
 
 #: The most of a dead letter's key and value that goes as it is: with its headers (under
 #: 3 KiB) it stays below the 1,000,000-byte request limit of Faust's producer and the
@@ -737,6 +741,7 @@ class Recloop:
         key, raw = message.key, source.value
         try:
             event = decode_event(raw, key=key, now=self.clock(), limits=self.limits)
+            self._check_partition(event.user_id, message.partition)
         except InvalidEvent as exc:
             await self._dead_letter(key, raw, exc, message.topic, message.partition,
                                     message.offset)  # fmt: skip
@@ -773,6 +778,23 @@ class Recloop:
                     message.timestamp)  # fmt: skip
         if applied.adjustments:  # de-escalation answers at once, with its notice
             await self._answer(pending.pop(user_id))
+
+    def _check_partition(self, user_id: str, partition: int) -> None:
+        """Refuse an event outside its user's partition (``wrong_partition``).
+
+        The user's state lives in the partition murmur2 of the key names; applied where
+        it arrived, the event would start a second, partial profile of the user there (a
+        librdkafka producer partitions with CRC32 unless told ``murmur2_random``).
+        """
+        partitions = self.settings.kafka.partitions
+        expected = partition_of(user_id.encode(), partitions)
+        if partition != expected:
+            raise InvalidEvent(
+                WRONG_PARTITION,
+                f"key {user_id!r} belongs in partition {expected} of {partitions} (murmur2, "
+                f"the Java client's and Faust's partitioner), not {partition}: produce with "
+                "partitioner=murmur2_random (docs/sdk.md)",
+            )
 
     async def _answer(self, waiting: _Pending) -> None:
         """Rank the user's list after their pending events; write the tables; publish.

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -54,6 +55,15 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(kafka.topic("audit"), plain),
         TopicSpec(kafka.topic("metrics"), plain),
     ]
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition a keyed record belongs in: murmur2, the Java client's and Faust's.
+
+    Events and the tables built from them are co-partitioned by it, so a user's events
+    must all be in this partition of the events topic.
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def replica_config(kafka: KafkaSettings) -> dict[str, str]:

@@ -41,7 +41,6 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from pydantic import TypeAdapter, ValidationError
@@ -52,6 +51,7 @@ from operators.profile import UserProfile
 from operators.serving import needs_rerank, rank_for_surface
 from operators.validation import InvalidEvent, decode_event, encode_event, user_key
 from pipeline.metrics import assigned_partitions, unfetched_partitions
+from pipeline.topics import partition_of
 from schemas.events import EVENT_ADAPTER, Id, ShortText
 from schemas.snapshot import Snapshot, parse_snapshot, snapshot_to_json
 
@@ -515,7 +515,7 @@ class TableOwner:
 
     def __call__(self, key: str) -> URL | None:
         """The URL of the worker that owns ``key``; ``None`` when it is this one."""
-        partition = (murmur2(key.encode()) & 0x7FFFFFFF) % self._partitions
+        partition = partition_of(key.encode(), self._partitions)
         try:
             metadata = self._app.router.table_metadata(self._table)
         except Exception as exc:  # no assignment yet

@@ -19,6 +19,7 @@ import pytest
 
 from operators.synthetic import EPOCH, SyntheticWorld
 from pipeline.settings import Settings
+from pipeline.topics import partition_of
 from schemas.events import Click, event_to_json
 from tests.hostile_corpus import CASES, USER, Hostile
 from tests.integration.harness import Harness, Record, free_port, scrape_metrics
@@ -112,3 +113,42 @@ def _as_sent(case: Hostile, letter: Record) -> bool:
         and letter.value == (b"" if neither else case.value)
         and (letter.headers.get("recloop.dlq.value") == b"null") == neither
     )
+
+
+def test_an_event_in_another_partition_than_its_keys_is_dead_lettered(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    # what a librdkafka producer without partitioner=murmur2_random does to half the keys
+    world = SyntheticWorld.generate(seed=43, n_items=24, n_users=1, n_categories=3)
+    harness = Harness(kafka_settings, tmp_path)
+    harness.send_items(world.items)
+    user = "u-misplaced"
+    belongs = partition_of(user.encode(), kafka_settings.kafka.partitions)
+    elsewhere = (belongs + 1) % kafka_settings.kafka.partitions
+    stray, good = (
+        Click(
+            type="click",
+            event_id=name,
+            user_id=user,
+            item_id=world.items[n].item_id,
+            timestamp=EPOCH + timedelta(minutes=n),
+        )
+        for n, name in enumerate(("stray", "good"))
+    )
+    worker = harness.worker()
+    worker.start()
+    try:
+        harness.wait_until_worker_sees_catalog()
+        harness.producer.produce(harness.topic("events"), key=user.encode(),
+                                 value=event_to_json(stray), partition=elsewhere)  # fmt: skip
+        snapshot = harness.send_and_wait([good])
+        with harness.tail("dead-letters") as letters:
+            assert letters.read_until(lambda records: len(records) >= 1, 60), worker.log_tail()
+            (letter,) = letters.records
+        assert worker.running, worker.log_tail()
+    finally:
+        worker.stop()
+    assert (snapshot.source_event_id, snapshot.version) == ("good", 1)
+    assert letter.headers["recloop.dlq.reason"] == b"wrong_partition"
+    assert int(letter.headers["recloop.dlq.partition"]) == elsewhere
+    assert letter.value == event_to_json(stray)

@@ -40,9 +40,15 @@ def batch() -> tuple[int, float]:
     return 1, 5.0
 
 
+@pytest.fixture
+def partitions() -> int:
+    """The events topic's partitions: one unless a test says so (each key's is then 0)."""
+    return 1
+
+
 @pytest_asyncio.fixture
 async def recloop(
-    world: SyntheticWorld, emitter: RecordingEmitter, batch: tuple[int, float]
+    world: SyntheticWorld, emitter: RecordingEmitter, batch: tuple[int, float], partitions: int
 ) -> AsyncIterator[Recloop]:
     catalog = Catalog()
     for item in world.items:
@@ -50,6 +56,7 @@ async def recloop(
     env = {
         "RECLOOP__WORKER__BATCH_MAX": str(batch[0]),
         "RECLOOP__WORKER__BATCH_WINDOW_MS": str(batch[1]),
+        "RECLOOP__KAFKA__PARTITIONS": str(partitions),
     }
     app, fatal = pipeline_app(catalog, env, emitter, NOW)
     yield app

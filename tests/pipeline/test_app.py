@@ -171,6 +171,27 @@ def test_a_dead_letter_body_that_fits_is_sent_unchanged_and_a_huge_key_is_cut_to
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("partitions", [2])
+async def test_an_event_outside_its_users_partition_is_dead_lettered(
+    recloop: Recloop, emitter: RecordingEmitter, world: SyntheticWorld
+) -> None:
+    # a librdkafka producer partitions with CRC32 unless told murmur2_random: applied
+    # where it arrived, the event started a second, partial profile of the user there
+    item = world.items[1].item_id
+    misplaced = _event("e1", "u5", "click", item)  # u5's partition of two is 1
+    async with recloop.events_agent.test_context() as agent:
+        await agent.put(misplaced, key=b"u5", partition=0)
+        await agent.put(_event("e2", "u5", "click", item), key=b"u5", partition=1)
+    (letter,) = emitter.to("dead-letters")
+    assert letter.headers["recloop.dlq.reason"] == b"wrong_partition"
+    assert b"belongs in partition 1 of 2" in letter.headers["recloop.dlq.detail"]
+    assert (letter.key, letter.value) == (b"u5", misplaced)
+    assert [parse_snapshot(s.value or b"").source_event_id for s in emitter.to("snapshots")] == [
+        "e2"
+    ]
+    assert recloop.stats.dead_lettered == 1 and recloop.stats.processed == 1
+
+
 async def test_a_long_dead_letter_detail_is_cut_between_characters(
     recloop: Recloop, emitter: RecordingEmitter
 ) -> None:
@@ -533,7 +554,7 @@ async def test_in_a_burst_an_event_de_escalation_reacts_to_is_answered_at_once(
     assert audited and set(audited) == {"e2"}
 
 
-@pytest.mark.parametrize("batch", [(3, 10_000.0)])
+@pytest.mark.parametrize(("batch", "partitions"), [((3, 10_000.0), 2)])
 async def test_each_table_write_of_a_batch_goes_to_its_own_events_partition(
     recloop: Recloop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -548,15 +569,16 @@ async def test_each_table_write_of_a_batch_goes_to_its_own_events_partition(
 
         monkeypatch.setattr(table, "send_changelog", spy)
     async with recloop.events_agent.test_context() as agent:
-        await agent.put(_event("e1", "u1", "click", "item-00001"), key=b"u1", partition=1)
+        # u5's partition of two is 1 and u2's 0 (murmur2)
+        await agent.put(_event("e1", "u5", "click", "item-00001"), key=b"u5", partition=1)
         await agent.put(_event("e2", "u2", "click", "item-00002"), key=b"u2", partition=0)
-        await agent.put(_event("e3", "u1", "click", "item-00003"), key=b"u1", partition=1)
+        await agent.put(_event("e3", "u5", "click", "item-00003"), key=b"u5", partition=1)
         await until(lambda: len(written) == 4)  # the batch of three is done
     assert sorted(written) == [
-        ("snapshots", "u1", 1),
         ("snapshots", "u2", 0),
-        ("users", "u1", 1),
+        ("snapshots", "u5", 1),
         ("users", "u2", 0),
+        ("users", "u5", 1),
     ]
 
 
