@@ -817,7 +817,8 @@ def _finish(
             neighbours.append([item_id for item_id, _ in near])
     fresh: list[str] = []
     if params.fresh_candidates > 0:
-        fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s)
+        # out within the window, and out already: a catalog may date an item ahead
+        fresh = catalog.newest(params.fresh_candidates, now_t - params.fresh_window_s, now_t)
     states = start.states
     _take_in(states, chain(start.popular, *by_category, embedded, *neighbours, fresh,
                            start.longtail), items, excluded)  # fmt: skip

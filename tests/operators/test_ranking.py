@@ -511,6 +511,29 @@ def test_fresh_items_are_explored_and_called_new(world: SyntheticWorld) -> None:
     assert f"something new in {newcomer.category}" in ranked[-1].reasons
 
 
+def test_items_dated_ahead_are_not_fresh_and_what_just_came_out_is() -> None:
+    # a catalog may date items ahead (MovieLens: 78 films released after the first
+    # rating); newest first, they filled every fresh slot and were explored as "new"
+    catalog = Catalog()
+    for n in range(200):
+        _put_old(catalog, f"old{n:03d}", ["drama", "comedy"][n % 2], likes=n % 7)
+    for n in range(30):
+        record = ItemRecord(item_id=f"ahead{n:02d}", category="drama",
+                            created_at=T0 + timedelta(days=300 + n))  # fmt: skip
+        catalog.put(ItemState(item_id=record.item_id, record=record))
+    justout = ItemRecord(item_id="justout", category="comedy", created_at=T0 - timedelta(days=1))
+    catalog.put(ItemState(item_id="justout", record=justout))
+
+    found = candidate_features(UserProfile.new("u"), catalog, NOW, DEFAULTS)
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, DEFAULTS)
+
+    assert found.fresh == {"justout"}
+    assert catalog.newest(5, NOW - 86_400 * 30, NOW) == ["justout"]
+    assert catalog.newest(3) == ["ahead29", "ahead28", "ahead27"]  # no bound: by date
+    assert not any(item.item_id.startswith("ahead") and "something new" in " ".join(item.reasons)
+                   for item in ranked)  # fmt: skip
+
+
 def test_a_new_user_gets_popular_items_from_several_categories(catalog: Catalog) -> None:
     for n in range(0, 60, 6):  # every sixth item: all of one category, the most popular
         _boost(catalog, f"item-{n:05d}", times=20)
