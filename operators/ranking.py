@@ -1254,7 +1254,7 @@ def rank_rows(
 
     def widened() -> list[Row]:  # the head and every other live candidate, penalised alike
         more = _rest_of(found, scores, live, {r[1] for r in rows}, profile)
-        return sorted([*ranked, *_apply_penalties(more, active, params.k, near)[0]], key=order)
+        return sorted([*rows, *_apply_penalties(more, active, params.k, near)[0]], key=order)
 
     n_explore = exploration_slots(profile, params)
     exploit_slots = params.k - n_explore

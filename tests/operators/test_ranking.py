@@ -306,6 +306,28 @@ def test_the_model_only_reorders_the_heuristics_best(catalog: Catalog) -> None:
     assert with_model[3:] == plain[3:]
 
 
+def test_a_model_head_longer_than_the_search_window_still_gives_way_to_other_categories() -> None:
+    # with more rows re-ranked than the cap's window looks at, the widened search skipped
+    # the rows past the window: the cap gave way with other categories still there
+    from operators.model import RankingModel
+
+    catalog = Catalog()
+    for n in range(40):
+        _put_old(catalog, f"a{n:02d}", "a", likes=60 - n)
+    for n in range(10):
+        _put_old(catalog, f"b{n:02d}", f"b{n % 5}", likes=10 - n // 2)
+    model = RankingModel()
+    for _ in range(200):
+        model.learn([{"trend": 1.0}], [{"trend": 0.0}])
+    params = replace(DEFAULTS, model_rerank=50, model_warmup=1, explore_max=0.0, explore_min=0.0)
+
+    ranked = rank_items(UserProfile.new("u"), catalog, NOW, params, model)
+    categories = Counter(item.category for item in ranked)
+
+    assert len(ranked) == DEFAULTS.k
+    assert max(categories.values()) <= DEFAULTS.cold_start_category_cap
+
+
 # -- exploration, cold start, embeddings and the consumed-set filter --------------------
 
 DEFAULTS = RankingParams()
