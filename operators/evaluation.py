@@ -1141,8 +1141,11 @@ class RiverMFRecommender:
         if wanted <= 0:
             return []
         top = np.argpartition(-scores, wanted - 1)[:wanted]
-        # ties by item id: candidates are sorted, so by index
-        order = sorted(top.tolist(), key=lambda n: (-scores[n], n))
+        # ties by item id (candidates are sorted, so by index): argpartition picks any of
+        # the items tied at the cut (all of them, for a user the model has not met), so
+        # every one of those competes for the last places
+        contenders = np.flatnonzero(scores >= scores[top].min())
+        order = sorted(contenders.tolist(), key=lambda n: (-scores[n], n))[:wanted]
         return [self._ids[n] for n in order]
 
 

@@ -256,6 +256,19 @@ def test_matrix_factorisation_lists_have_no_side_effect_on_the_model() -> None:
     assert "m1" not in mf.recommend("u1", 3, frozenset({"m1"}), T0)
 
 
+def test_matrix_factorisation_breaks_ties_by_item_id_however_many_tie() -> None:
+    # a user the model has not met scores 0 everywhere: argpartition picked any ten of
+    # the 1,682 tied items (m969, m97, ...) instead of the first ten ids
+    catalog = [item(f"m{n}", "x") for n in range(1, 1683)]
+    mf = RiverMFRecommender(funk_mf(seed=3, n_factors=4), catalog)
+    first_ids = sorted(f"m{n}" for n in range(1, 1683))[:10]
+    assert mf.recommend("stranger", 10, frozenset(), T0) == first_ids
+    assert mf.recommend("stranger", 10, frozenset({"m1"}), T0) == [
+        *first_ids[1:],
+        sorted(f"m{n}" for n in range(1, 1683))[10],
+    ]
+
+
 def test_standard_runs_are_repeatable_from_their_seed() -> None:
     world = SyntheticWorld.generate(seed=4, n_items=40, n_users=8, n_categories=4)
     log = synthetic_log(world, 25)
