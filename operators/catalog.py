@@ -1024,18 +1024,25 @@ class Catalog:
         An item dated after ``until_t`` (the moment asked about) is not out yet: it heads
         the order newest first, so when such items fill the first ``n``, an order four
         times as long is read (a few lengths, each kept; the dates never change order).
+        The rows in the window are found by bisection (an order's rows are sorted).
         """
         size = n
         while True:
-            rows = self._top(None, size, 0.0, newest=True)
-            kept = [i for i in rows if since_t <= self._items[i].created_t <= until_t]
-            if len(kept) >= n or len(rows) < size or self._items[rows[-1]].created_t < since_t:
-                return kept[:n]  # enough, or none left (an order is newest first)
-            size *= 4
+            rows = self._order(None, size, 0.0, newest=True).rows
+            # rows are (-created_t, 0.0, item_id), ascending: newest first
+            start = bisect.bisect_left(rows, (-until_t,))
+            end = bisect.bisect_right(rows, (-since_t, math.inf))
+            if end - start >= n or len(rows) < size or end < len(rows):
+                return [row[2] for row in rows[start : min(end, start + n)]]
+            size *= 4  # enough, or none left past the window's start: else read further
 
     def _top(
         self, category: str | None, n: int, half_life_s: float, newest: bool
     ) -> tuple[str, ...]:
+        return self._order(category, n, half_life_s, newest).ids()
+
+    def _order(self, category: str | None, n: int, half_life_s: float, newest: bool) -> _TopOrder:
+        """The kept order of that kind, rebuilt first when stale."""
         key = (category, n, half_life_s, newest)
         order = self._orders.get(key)
         if order is None:
@@ -1043,7 +1050,7 @@ class Catalog:
             self._orders_of.setdefault(category, []).append(order)
         if order.stale:
             order.rebuild(iter(self._items.values()))
-        return order.ids()
+        return order
 
     def snapshot(self) -> bytes:
         """All items as JSON lines."""
