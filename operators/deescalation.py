@@ -209,8 +209,11 @@ StreakEntry = tuple[str, str, float]
 
 
 def streak_at(streak: tuple[StreakEntry, ...]) -> float | None:
-    """When the streak's newest skip happened, by event time (``None`` for no streak)."""
-    return max(t for _, _, t in streak) if streak else None
+    """When the streak's newest skip happened (``None`` for no streak).
+
+    Its last entry's time: a streak is kept in event-time order (:func:`_in_time_order`).
+    """
+    return streak[-1][2] if streak else None
 
 
 def _in_time_order(
